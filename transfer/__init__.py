@@ -1,0 +1,1 @@
+"""xfer: moves container images between registries, the local store and archives."""

@@ -1,0 +1,145 @@
+"""The whole exception tree of xfer.
+
+    TransferError                    exit 1 unless noted; context in attributes
+    ├── UsageError                   exit 2: bad arguments
+    │   ├── InvalidReference         a reference that does not parse
+    │   └── InvalidDigest            a digest that does not parse (checked before any URL or path)
+    ├── RegistryError                an HTTP answer from a registry (status, registry error code)
+    │   ├── Unauthorized             401 after credentials / token were tried
+    │   ├── Denied                   403
+    │   ├── NotFound                 404 / MANIFEST_UNKNOWN / BLOB_UNKNOWN / NAME_UNKNOWN
+    │   └── TooManyRequests          429 (retryable, may carry Retry-After)
+    ├── NetworkError                 connection refused/reset/timeout (retryable)
+    ├── IntegrityError               bytes that do not match what was promised
+    │   ├── DigestMismatch           expected digest ≠ computed digest
+    │   └── SizeMismatch             byte count ≠ descriptor size, or over a cap
+    ├── ManifestError                unsupported or malformed manifest / index / config
+    │   └── PlatformNotFound         no image in an index for the requested platform
+    ├── AuthError                    token service failure, malformed challenge
+    ├── StoreError                   the local store: missing image, corrupt blob, disk
+    └── Interrupted                  exit 130 (Ctrl-C), partials kept
+
+Every error renders as one line (``str(err)``) naming what failed; secrets never appear in it.
+``retryable`` decides whether the retry policy tries again.
+"""
+
+from __future__ import annotations
+
+
+class TransferError(Exception):
+    """Root of every error xfer raises on purpose."""
+
+    exit_code: int = 1
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reference: str | None = None,
+        digest: str | None = None,
+        host: str | None = None,
+        status: int | None = None,
+        code: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reference = reference
+        self.digest = digest
+        self.host = host
+        self.status = status
+        self.code = code
+        self.hint = hint
+
+    def __str__(self) -> str:
+        parts = [self.message]
+        context = []
+        if self.reference and self.reference not in self.message:
+            context.append(self.reference)
+        if self.digest and self.digest not in self.message:
+            context.append(self.digest)
+        if self.host and self.host not in self.message:
+            context.append(f"host {self.host}")
+        if self.status is not None and str(self.status) not in self.message:
+            context.append(f"HTTP {self.status}")
+        if self.code and self.code not in self.message:
+            context.append(self.code)
+        if context:
+            parts.append(f"({', '.join(context)})")
+        if self.hint:
+            parts.append(f"- {self.hint}")
+        return " ".join(parts)
+
+
+class UsageError(TransferError):
+    exit_code = 2
+
+
+class InvalidReference(UsageError):
+    pass
+
+
+class InvalidDigest(UsageError):
+    pass
+
+
+class RegistryError(TransferError):
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.retry_after = retry_after
+        if self.status is not None and (self.status >= 500 or self.status in (408, 429)):
+            self.retryable = True
+
+
+class Unauthorized(RegistryError):
+    pass
+
+
+class Denied(RegistryError):
+    pass
+
+
+class NotFound(RegistryError):
+    pass
+
+
+class TooManyRequests(RegistryError):
+    retryable = True
+
+
+class NetworkError(TransferError):
+    retryable = True
+
+
+class IntegrityError(TransferError):
+    # A corrupt transfer is worth one more try from scratch: proxies and CDNs flip bytes.
+    retryable = True
+
+
+class DigestMismatch(IntegrityError):
+    pass
+
+
+class SizeMismatch(IntegrityError):
+    pass
+
+
+class ManifestError(TransferError):
+    pass
+
+
+class PlatformNotFound(ManifestError):
+    pass
+
+
+class AuthError(TransferError):
+    pass
+
+
+class StoreError(TransferError):
+    pass
+
+
+class Interrupted(TransferError):
+    exit_code = 130
