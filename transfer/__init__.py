@@ -1,1 +1,49 @@
-"""xfer: moves container images between registries, the local store and archives."""
+"""xfer: moves container images between registries, the local store and archives.
+
+The async API mirrors the CLI; ``*_sync`` wrappers serve scripts.
+"""
+
+from .api import (
+    ImageEntry,
+    Settings,
+    default_store,
+    images,
+    inspect,
+    pull,
+    pull_sync,
+    tags,
+    tags_sync,
+)
+from .auth import Credentials
+from .client import TransportOptions
+from .copy import CopyOptions, CopyResult, copy_image
+from .digest import Digest
+from .errors import TransferError
+from .manifest import Descriptor, Manifest, Platform
+from .reference import Reference, parse
+from .retry import RetryPolicy
+
+__all__ = [
+    "CopyOptions",
+    "CopyResult",
+    "Credentials",
+    "Descriptor",
+    "Digest",
+    "ImageEntry",
+    "Manifest",
+    "Platform",
+    "Reference",
+    "RetryPolicy",
+    "Settings",
+    "TransferError",
+    "TransportOptions",
+    "copy_image",
+    "default_store",
+    "images",
+    "inspect",
+    "parse",
+    "pull",
+    "pull_sync",
+    "tags",
+    "tags_sync",
+]

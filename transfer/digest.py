@@ -62,7 +62,9 @@ class Verifier:
 
     def __init__(self, expected: Digest, size: int, *, what: str = "blob") -> None:
         if size < 0:
-            raise SizeMismatch(f"{what} {expected} has a negative size {size}", digest=str(expected))
+            raise SizeMismatch(
+                f"{what} {expected} has a negative size {size}", digest=str(expected)
+            )
         self.expected = expected
         self.size = size
         self.what = what

@@ -1,0 +1,341 @@
+"""The command line: argparse commands, and the only module that prints or owns tqdm."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TextIO
+
+import anyio
+
+from . import api
+from .auth import Credentials
+from .client import TransportOptions
+from .copy import CopyResult
+from .errors import TransferError, UsageError
+from .manifest import Index, Platform
+from .progress import (
+    BlobDone,
+    BlobProgress,
+    BlobStart,
+    Event,
+    ImageDone,
+    ImageStart,
+    Message,
+    Retry,
+)
+from .retry import RetryPolicy
+
+PROG = "xfer"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line and exit 2, as for a bad reference
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+# ---- rendering -----------------------------------------------------------------------------------
+
+
+class Renderer:
+    """Turns library events into JSON Lines, tqdm bars, or a line per blob."""
+
+    def __init__(self, mode: str, err: TextIO = sys.stderr, out: TextIO = sys.stdout) -> None:
+        self.mode = mode  # "json" | "quiet" | "bars" | "lines"
+        self.err, self.out = err, out
+        self.bar: Any = None
+        self.totals = {"bytes_transferred": 0, "blobs_transferred": 0, "blobs_skipped": 0}
+        self.started = time.monotonic()
+        self.images = 0
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, ImageDone):
+            for key in self.totals:
+                self.totals[key] += getattr(event, key)
+            self.images += 1
+        if self.mode == "json":
+            self.out.write(json.dumps(event.to_json()) + "\n")
+            self.out.flush()
+            return
+        if self.mode == "quiet":
+            return
+        if isinstance(event, ImageStart) and self.mode == "bars":
+            from tqdm import tqdm
+
+            self.close()
+            self.bar = tqdm(
+                total=event.bytes,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=event.reference[-40:],
+                file=self.err,
+                leave=False,
+            )
+        elif isinstance(event, BlobProgress) and self.bar is not None:
+            self.bar.update(event.advance)
+        elif isinstance(event, BlobDone):
+            if event.skipped and self.bar is not None:
+                self.bar.update(event.size)
+            state = "already present" if event.skipped else f"fetched {_size(event.transferred)}"
+            self._line(f"{event.digest[:19]}: {state}")
+        elif isinstance(event, BlobStart) and event.offset:
+            self._line(f"{event.digest[:19]}: resuming at {_size(event.offset)}")
+        elif isinstance(event, Retry):
+            self._line(f"retrying {event.what} in {event.wait:.1f}s: {event.error}")
+        elif isinstance(event, Message):
+            self._line(event.text)
+        elif isinstance(event, ImageDone):
+            self.close()
+
+    def _line(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=self.err)
+        else:
+            self.err.write(text + "\n")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def summary(self, digest: str | None = None) -> None:
+        """The last JSON line of a multi-image command: one total."""
+        if self.mode == "json" and self.images > 1:
+            seconds = round(time.monotonic() - self.started, 3)
+            total = {"event": "done", "digest": digest, **self.totals, "seconds": seconds}
+            self.out.write(json.dumps(total) + "\n")
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _renderer(args: argparse.Namespace) -> Renderer:
+    if getattr(args, "json", False):
+        return Renderer("json")
+    if getattr(args, "quiet", False):
+        return Renderer("quiet")
+    return Renderer("bars" if sys.stderr.isatty() else "lines")
+
+
+# ---- settings from options -------------------------------------------------------------------
+
+
+def _settings(args: argparse.Namespace) -> api.Settings:
+    creds = None
+    if getattr(args, "creds", None):
+        user, sep, password = args.creds.partition(":")
+        if not sep:
+            raise UsageError("--creds takes USER:PASSWORD")
+        creds = Credentials(user, password)
+    elif getattr(args, "username", None):
+        if not getattr(args, "password_stdin", False):
+            raise UsageError("--username needs --password-stdin")
+        creds = Credentials(args.username, sys.stdin.readline().rstrip("\r\n"))
+    transport = TransportOptions(
+        plain_http=getattr(args, "plain_http", False),
+        insecure=getattr(args, "insecure", False),
+        ca_file=getattr(args, "ca_file", None),
+    )
+    jobs = getattr(args, "jobs", 8)
+    if jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    retry = RetryPolicy(attempts=max(getattr(args, "retries", 5), 0) + 1)
+    store = Path(args.store) if args.store else api.default_store()
+    return api.Settings(
+        store=store,
+        transport=replace(transport, max_connections=max(jobs * 2, 16)),
+        credentials=creds,
+        jobs=jobs,
+        retry=retry,
+    )
+
+
+def _platform(args: argparse.Namespace) -> Platform | None:
+    return Platform.parse(args.platform) if getattr(args, "platform", None) else None
+
+
+# ---- commands ------------------------------------------------------------------------------
+
+
+async def cmd_pull(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    render = _renderer(args)
+    results: list[CopyResult] = []
+    try:
+        for reference in args.references:
+            result = await api.pull(
+                reference,
+                settings,
+                platform=_platform(args),
+                all_platforms=args.all_platforms,
+                emit=render,
+            )
+            results.append(result)
+            if render.mode in ("lines", "bars", "quiet"):
+                print(result.digest, flush=True)
+    finally:
+        render.close()
+    render.summary(str(results[-1].digest) if results else None)
+    return 0
+
+
+async def cmd_images(args: argparse.Namespace) -> int:
+    entries = api.images(_settings(args))
+    if args.json:
+        for entry in entries:
+            print(
+                json.dumps(
+                    {
+                        "reference": entry.reference,
+                        "digest": str(entry.digest),
+                        "media_type": entry.media_type,
+                        "size": entry.size,
+                    }
+                )
+            )
+        return 0
+    if args.quiet:
+        for entry in entries:
+            print(entry.reference)
+        return 0
+    rows = [("REFERENCE", "DIGEST", "SIZE")]
+    rows += [(e.reference, e.digest.short, _size(e.size)) for e in entries]
+    width = max(len(r[0]) for r in rows)
+    for ref, digest, size in rows:
+        print(f"{ref:<{width}}  {digest:<19}  {size}")
+    return 0
+
+
+async def cmd_inspect(args: argparse.Namespace) -> int:
+    reference: str = args.reference
+    from_store = reference.startswith("store:")
+    if from_store:
+        reference = reference[len("store:") :]
+    elif reference.startswith("docker://"):
+        reference = reference[len("docker://") :]
+    manifest, config = await api.inspect(reference, _settings(args), from_store=from_store)
+    if args.raw:
+        sys.stdout.buffer.write(manifest.raw)
+        sys.stdout.flush()
+        return 0
+    if args.config:
+        if config is None:
+            raise UsageError(f"{reference} is an index; choose an image with --platform or @digest")
+        sys.stdout.buffer.write(config)
+        sys.stdout.flush()
+        return 0
+    parsed = manifest.parse()
+    summary: dict[str, Any] = {
+        "reference": reference,
+        "digest": str(manifest.digest),
+        "media_type": manifest.media_type,
+        "size": len(manifest.raw),
+    }
+    if isinstance(parsed, Index):
+        summary["manifests"] = [
+            {"digest": str(d.digest), "platform": str(d.platform) if d.platform else None}
+            for d in parsed.manifests
+        ]
+    else:
+        summary["config"] = str(parsed.config.digest)
+        summary["layers"] = [
+            {"digest": str(d.digest), "size": d.size, "media_type": d.media_type}
+            for d in parsed.layers
+        ]
+        summary["total_size"] = sum(d.size for d in parsed.blobs())
+        if config is not None:
+            summary["platform"] = str(api.config_platform(config))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+async def cmd_tags(args: argparse.Namespace) -> int:
+    for tag in await api.tags(args.repository, _settings(args)):
+        print(tag)
+    return 0
+
+
+# ---- parser ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument("--store", help="the local store (default $XFER_STORE or XDG data dir)")
+    common.add_argument("--debug", action="store_true", help="tracebacks on errors")
+    output = common.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="JSON Lines events on stdout")
+    output.add_argument("-q", "--quiet", action="store_true", help="only the final result")
+
+    net = _Parser(add_help=False)
+    net.add_argument("--plain-http", action="store_true", help="talk HTTP, not HTTPS")
+    net.add_argument("--insecure", action="store_true", help="HTTPS without verification")
+    net.add_argument("--ca-file", help="trust this CA bundle for HTTPS")
+    net.add_argument("--creds", help="USER:PASSWORD for the registry")
+    net.add_argument("--username", "-u", help="user name; the password comes from stdin")
+    net.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+
+    xfer = _Parser(add_help=False)
+    xfer.add_argument("-j", "--jobs", type=int, default=8, help="blob transfers at once")
+    xfer.add_argument("--retries", type=int, default=5, help="retries per request (default 5)")
+    plat = xfer.add_mutually_exclusive_group()
+    plat.add_argument("--platform", help="OS/ARCH[/VARIANT] of an index to use")
+    plat.add_argument("--all-platforms", action="store_true", help="every image of an index")
+
+    parser = _Parser(prog=PROG, description="Move container images between registries and stores.")
+    parser.add_argument("--version", action="version", version="xfer 0.1.0")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("pull", parents=[common, net, xfer], help="registry → store")
+    p.add_argument("references", nargs="+", metavar="REF")
+    p.set_defaults(func=cmd_pull)
+
+    p = sub.add_parser("images", parents=[common], help="the store's images")
+    p.set_defaults(func=cmd_images)
+
+    p = sub.add_parser("inspect", parents=[common, net], help="manifest summary")
+    p.add_argument("reference", metavar="REF", help="a registry reference or store:REF")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--raw", action="store_true", help="the exact manifest bytes")
+    shown.add_argument("--config", action="store_true", help="the image config")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("tags", parents=[common, net], help="a repository's tags")
+    p.add_argument("repository", metavar="REPO")
+    p.set_defaults(func=cmd_tags)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        args = build_parser().parse_args(argv)
+        func: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = args.func
+        return anyio.run(func, args)
+    except TransferError as exc:
+        if debug:
+            raise
+        _error(str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _error("interrupted; partial downloads are kept and resume on the next run")
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+def _error(message: str) -> None:
+    line = " ".join(message.split())  # one line, always
+    sys.stderr.write(f"{PROG}: error: {line}\n")
+    sys.stderr.flush()

@@ -1,0 +1,494 @@
+"""The distribution HTTP API over one shared ``httpx.AsyncClient`` per registry host.
+
+One client per host keeps connections alive across every manifest and blob of a run (skopeo opens
+a new TCP connection for each request). Authentication happens here: a 401 is answered once with a
+token or basic credentials; the challenge is remembered so later scopes skip the 401 round trip.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import ipaddress
+import json
+import re
+import ssl
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urljoin
+
+import httpx
+
+from .auth import Challenge, Credentials, TokenCache, find_credentials, parse_challenges
+from .digest import Digest
+from .errors import (
+    Denied,
+    DigestMismatch,
+    InvalidDigest,
+    ManifestError,
+    NetworkError,
+    NotFound,
+    RegistryError,
+    SizeMismatch,
+    TooManyRequests,
+    TransferError,
+    Unauthorized,
+)
+from .manifest import ACCEPT, MAX_MANIFEST_BYTES, Descriptor, Manifest
+
+MAX_ERROR_BODY = 64 << 10  # registry error bodies beyond this are not read (reliability case 4)
+MAX_REDIRECTS = 10
+READ_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class TransportOptions:
+    plain_http: bool = False
+    insecure: bool = False
+    ca_file: str | None = None
+    client_cert: tuple[str, str] | None = None  # (certificate, key)
+    connect_timeout: float = 30.0
+    read_timeout: float = 60.0  # a stalled socket fails after this and the blob resumes
+    max_connections: int = 32
+
+
+class RangeError(TransferError):
+    """The server's answer to a Range request cannot be appended: restart the blob from 0."""
+
+    retryable = True
+
+
+def is_loopback(host: str) -> bool:
+    name = host
+    if name.startswith("["):
+        name = name[1 : name.find("]")]
+    elif name.count(":") == 1:
+        name = name.split(":")[0]
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+def parse_content_range(value: str) -> tuple[int, int, int | None]:
+    """``bytes START-END/TOTAL`` → (start, end, total); anything else raises RangeError."""
+    match = _CONTENT_RANGE.fullmatch(value.strip())
+    if not match:
+        raise RangeError(f"malformed Content-Range {value!r}")
+    start, end = int(match.group(1)), int(match.group(2))
+    total = None if match.group(3) == "*" else int(match.group(3))
+    if end < start or (total is not None and end >= total):
+        raise RangeError(f"inconsistent Content-Range {value!r}")
+    return start, end, total
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After in seconds or as an HTTP date (RFC 9110 §10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - (time.time() if now is None else now), 0.0)
+
+
+def registry_error(
+    resp: httpx.Response, body: bytes, *, what: str, host: str, reference: str | None = None
+) -> RegistryError:
+    """Turn an error answer into a typed error carrying host, status and the registry's code."""
+    code = message = None
+    try:
+        errors = json.loads(body).get("errors") or []
+        if errors and isinstance(errors[0], dict):
+            code = str(errors[0].get("code") or "") or None
+            message = str(errors[0].get("message") or "") or None
+    except (ValueError, AttributeError):
+        pass
+    status = resp.status_code
+    detail = f"HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
+    kwargs: dict[str, Any] = {"host": host, "status": status, "code": code, "reference": reference}
+    retry_after = parse_retry_after(resp.headers.get("retry-after"))
+    cls: type[RegistryError] = RegistryError
+    hint = None
+    if status == 401:
+        cls, hint = Unauthorized, "check the credentials (xfer login, --creds)"
+    elif status == 403:
+        cls = Denied
+    elif status == 404:
+        cls = NotFound
+    elif status == 429:
+        cls = TooManyRequests
+    return cls(f"{what}: {detail}", retry_after=retry_after, hint=hint, **kwargs)
+
+
+class RegistryClient:
+    """The distribution API of one registry host (``api_host`` as in Reference.api_host)."""
+
+    def __init__(
+        self,
+        host: str,
+        *,
+        options: TransportOptions | None = None,
+        credentials: Credentials | None = None,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.host = host
+        self.options = options or TransportOptions()
+        self.credentials = credentials if credentials is not None else find_credentials(host)
+        self._http = http or _make_http(self.options)
+        self._owns_http = http is None
+        self._scheme = "http" if self.options.plain_http else "https"
+        self._scheme_known = self.options.plain_http or not is_loopback(host)
+        self._challenge: Challenge | None = None
+        self.tokens = TokenCache(self._http, self.credentials)
+
+    async def __aenter__(self) -> RegistryClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    @property
+    def base_url(self) -> str:
+        return f"{self._scheme}://{self.host}"
+
+    # ---- the request core -------------------------------------------------------------------
+
+    async def _authorization(self, scopes: tuple[str, ...]) -> str | None:
+        challenge = self._challenge
+        if challenge is None:
+            return None
+        if challenge.scheme == "bearer":
+            realm, service = challenge.realm, challenge.params.get("service", "")
+            token = await self.tokens.get(realm, service, scopes, self.host)
+            return f"Bearer {token}"
+        if challenge.scheme == "basic" and self.credentials and self.credentials.username:
+            return self.credentials.basic()
+        return None
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        scopes: tuple[str, ...],
+        headers: Mapping[str, str] | None = None,
+        content: Any = None,
+        follow_redirects: bool = False,
+        what: str = "request",
+    ) -> httpx.Response:
+        """Send a request with auth; the response is streamed and must be closed by the caller."""
+        url = path if path.startswith(("http://", "https://")) else None
+        refreshed = False
+        while True:
+            request = self._http.build_request(
+                method,
+                url or f"{self.base_url}{path}",
+                headers=dict(headers or {}),
+                content=content,
+            )
+            authorization = await self._authorization(scopes)
+            if authorization:
+                request.headers["Authorization"] = authorization
+            try:
+                resp = await self._http.send(
+                    request, stream=True, follow_redirects=follow_redirects
+                )
+            except httpx.ConnectError as exc:
+                if not self._scheme_known and _speaks_no_tls(exc):
+                    # docker's rule for loopback: HTTPS first, plain HTTP only if TLS is not spoken.
+                    self._scheme, self._scheme_known = "http", True
+                    continue
+                raise NetworkError(
+                    f"cannot connect to {self.host}: {_reason(exc)}", host=self.host
+                ) from None
+            except httpx.TooManyRedirects:
+                raise RegistryError(
+                    f"{what}: more than {MAX_REDIRECTS} redirects", host=self.host
+                ) from None
+            except httpx.TransportError as exc:
+                raise NetworkError(f"{what}: {_reason(exc)}", host=self.host) from None
+            self._scheme_known = True
+            if resp.status_code != 401 or refreshed:
+                return resp
+            await resp.aclose()
+            challenges = parse_challenges(resp.headers.get_list("www-authenticate"))
+            self._challenge = self._choose(challenges)
+            if self._challenge.scheme == "bearer":
+                realm = self._challenge.realm
+                service = self._challenge.params.get("service", "")
+                extra = self._challenge.params.get("scope")
+                if self._challenge.params.get("error") == "insufficient_scope" and extra:
+                    scopes = tuple(dict.fromkeys((*scopes, *extra.split(" "))))
+                self.tokens.forget(realm, service, scopes)
+            refreshed = True
+
+    def _choose(self, challenges: Iterable[Challenge]) -> Challenge:
+        offered = list(challenges)
+        for scheme in ("bearer", "basic"):
+            for challenge in offered:
+                if challenge.scheme == scheme:
+                    if scheme == "basic" and not (self.credentials and self.credentials.username):
+                        raise Unauthorized(
+                            f"registry {self.host} requires a username and password",
+                            host=self.host,
+                            status=401,
+                            hint="use xfer login or --creds",
+                        )
+                    return challenge
+        names = ", ".join(c.scheme for c in offered) or "none"
+        raise Unauthorized(
+            f"registry {self.host} asks for an unsupported authentication scheme ({names})",
+            host=self.host,
+            status=401,
+        )
+
+    async def _fail(
+        self, resp: httpx.Response, what: str, reference: str | None = None
+    ) -> RegistryError:
+        body = bytearray()
+        try:
+            async for chunk in resp.aiter_raw():
+                body += chunk
+                if len(body) > MAX_ERROR_BODY:
+                    break
+        except httpx.HTTPError:
+            pass
+        finally:
+            await resp.aclose()
+        return registry_error(resp, bytes(body), what=what, host=self.host, reference=reference)
+
+    # ---- manifests ----------------------------------------------------------------------------
+
+    async def get_manifest(
+        self, repository: str, identifier: str, *, reference: str | None = None
+    ) -> Manifest:
+        expected = _digest_or_none(identifier)
+        what = f"manifest {reference or f'{self.host}/{repository}:{identifier}'}"
+        resp = await self.send(
+            "GET",
+            f"/v2/{repository}/manifests/{identifier}",
+            scopes=(f"repository:{repository}:pull",),
+            headers={"Accept": ACCEPT},
+            what=what,
+        )
+        if resp.status_code != 200:
+            raise await self._fail(resp, what, reference)
+        try:
+            raw = await _read_capped(resp, MAX_MANIFEST_BYTES, what, self.host)
+        finally:
+            await resp.aclose()
+        header = resp.headers.get("docker-content-digest")
+        if expected and header and header != str(expected):
+            raise DigestMismatch(
+                f"{what}: registry says {header}, expected {expected}",
+                host=self.host,
+                digest=str(expected),
+            )
+        return Manifest.from_bytes(
+            raw, resp.headers.get("content-type"), expected=expected, what=what
+        )
+
+    async def head_manifest(self, repository: str, identifier: str) -> Descriptor | None:
+        """The manifest's descriptor without its body, or None when it does not exist."""
+        resp = await self.send(
+            "HEAD",
+            f"/v2/{repository}/manifests/{identifier}",
+            scopes=(f"repository:{repository}:pull",),
+            headers={"Accept": ACCEPT},
+        )
+        await resp.aclose()
+        if resp.status_code == 404:
+            return None
+        if resp.status_code != 200:
+            raise await self._fail(resp, f"manifest {self.host}/{repository}:{identifier}")
+        header = resp.headers.get("docker-content-digest")
+        if not header:
+            return None
+        return Descriptor(
+            media_type=resp.headers.get("content-type", "").split(";")[0].strip(),
+            digest=Digest.parse(header),
+            size=int(resp.headers.get("content-length", "0")),
+        )
+
+    # ---- blobs --------------------------------------------------------------------------------
+
+    async def has_blob(self, repository: str, digest: Digest) -> bool:
+        resp = await self.send(
+            "HEAD",
+            f"/v2/{repository}/blobs/{digest}",
+            scopes=(f"repository:{repository}:pull",),
+            follow_redirects=True,
+        )
+        await resp.aclose()
+        if resp.status_code == 200:
+            return True
+        if resp.status_code == 404:
+            return False
+        raise await self._fail(resp, f"blob {digest}")
+
+    @asynccontextmanager
+    async def open_blob(
+        self, repository: str, desc: Descriptor, offset: int = 0
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """Stream a blob from ``offset``; the bytes yielded always start exactly there."""
+        what = f"blob {desc.digest}"
+        # No Range header on a first request: some registries answer `bytes=0-` with 400.
+        headers = {"Accept-Encoding": "identity"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        resp = await self.send(
+            "GET",
+            f"/v2/{repository}/blobs/{desc.digest}",
+            scopes=(f"repository:{repository}:pull",),
+            headers=headers,
+            follow_redirects=True,
+            what=what,
+        )
+        try:
+            skip = 0
+            if resp.status_code == 206 and offset:
+                start, _, total = parse_content_range(resp.headers.get("content-range", ""))
+                if start != offset or (total is not None and total != desc.size):
+                    raise RangeError(
+                        f"{what}: asked for bytes from {offset}, server sent from {start}",
+                        digest=str(desc.digest),
+                        host=self.host,
+                    )
+            elif resp.status_code == 200:
+                skip = offset  # the server ignored Range: discard what we already have
+            elif resp.status_code == 416:
+                raise RangeError(f"{what}: range not satisfiable", digest=str(desc.digest))
+            else:
+                raise await self._fail(resp, what)
+            yield _body(resp, skip, what, self.host)
+        finally:
+            await resp.aclose()
+
+    # ---- tags ---------------------------------------------------------------------------------
+
+    async def list_tags(self, repository: str, page_size: int = 1000) -> list[str]:
+        tags: list[str] = []
+        path: str | None = f"/v2/{repository}/tags/list?n={page_size}"
+        pages = 0
+        while path and pages < 10_000:
+            pages += 1
+            what = f"tags of {self.host}/{repository}"
+            resp = await self.send(
+                "GET", path, scopes=(f"repository:{repository}:pull",), what=what
+            )
+            if resp.status_code != 200:
+                raise await self._fail(resp, what)
+            try:
+                body = await _read_capped(resp, 16 << 20, what, self.host)
+            finally:
+                await resp.aclose()
+            try:
+                page = json.loads(body).get("tags") or []
+            except (ValueError, AttributeError):
+                raise RegistryError(f"{what}: the answer is not JSON", host=self.host) from None
+            tags.extend(str(t) for t in page)
+            path = _next_link(resp.headers.get("link"), str(resp.url))
+            if path and path.startswith(self.base_url):
+                path = path[len(self.base_url) :]
+        return tags
+
+
+async def _body(resp: httpx.Response, skip: int, what: str, host: str) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in resp.aiter_raw(READ_CHUNK):
+            if skip:
+                if len(chunk) <= skip:
+                    skip -= len(chunk)
+                    continue
+                chunk, skip = chunk[skip:], 0
+            yield chunk
+    except httpx.TransportError as exc:
+        raise NetworkError(f"{what}: {_reason(exc)}", host=host) from None
+    if skip:
+        raise NetworkError(f"{what}: body ended before the resume offset", host=host)
+
+
+async def _read_capped(resp: httpx.Response, cap: int, what: str, host: str) -> bytes:
+    length = resp.headers.get("content-length")
+    if length and length.isdigit() and int(length) > cap:
+        raise SizeMismatch(f"{what} is {length} bytes, more than the {cap} allowed", host=host)
+    body = bytearray()
+    try:
+        async for chunk in resp.aiter_raw():
+            body += chunk
+            if len(body) > cap:
+                raise SizeMismatch(f"{what} is more than the {cap} bytes allowed", host=host)
+    except httpx.TransportError as exc:
+        raise NetworkError(f"{what}: {_reason(exc)}", host=host) from None
+    return bytes(body)
+
+
+def _next_link(header: str | None, base: str) -> str | None:
+    """The RFC 5988 ``Link: <url>; rel="next"`` that distribution uses for tag pagination."""
+    if not header:
+        return None
+    for part in header.split(","):
+        match = re.match(r'\s*<([^>]*)>\s*;\s*rel="?next"?', part)
+        if match:
+            return str(urljoin(base, match.group(1)))
+    return None
+
+
+def _digest_or_none(identifier: str) -> Digest | None:
+    if ":" not in identifier:
+        return None
+    try:
+        return Digest.parse(identifier)
+    except InvalidDigest:
+        raise ManifestError(f"invalid manifest digest {identifier!r}") from None
+
+
+def _speaks_no_tls(exc: httpx.ConnectError) -> bool:
+    text = str(exc).lower()
+    return (
+        "wrong version number" in text
+        or "record layer failure" in text
+        or ("unexpected eof" in text and "ssl" in text)
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+def _make_http(options: TransportOptions) -> httpx.AsyncClient:
+    verify: ssl.SSLContext | bool
+    if options.insecure:
+        verify = False
+    else:
+        verify = ssl.create_default_context(cafile=options.ca_file)
+        if options.client_cert:
+            verify.load_cert_chain(*options.client_cert)
+    return httpx.AsyncClient(
+        verify=verify,
+        timeout=httpx.Timeout(options.read_timeout, connect=options.connect_timeout, pool=None),
+        limits=httpx.Limits(
+            max_connections=options.max_connections,
+            max_keepalive_connections=options.max_connections,
+        ),
+        max_redirects=MAX_REDIRECTS,
+        trust_env=True,
+        headers={"User-Agent": "xfer/0.1"},
+    )

@@ -1,0 +1,247 @@
+"""The one copy pipeline: every operation is a copy from a Source to a Destination.
+
+manifest → (index filtered by platform) → every blob once → ask the destination what it lacks →
+one task group, bounded by a limiter, transfers those (retry around each; the destination resumes)
+→ child manifests → the top manifest and its tag → commit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import anyio
+
+from .digest import Digest
+from .endpoints import Destination, Source
+from .errors import ManifestError, TransferError
+from .manifest import Descriptor, ImageManifest, Manifest, Platform
+from .progress import BlobDone, BlobProgress, BlobStart, Emit, ImageDone, ImageStart, ignore
+from .retry import RetryPolicy, retrying
+
+MAX_INDEX_DEPTH = 2  # an index of indexes is legal; deeper nesting is an attack (case 25)
+# Layers that registries must not redistribute (Windows base layers): skipped as docker does.
+FOREIGN_TYPES = frozenset(
+    {
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+    }
+)
+
+
+@dataclass(frozen=True)
+class CopyOptions:
+    platform: Platform | None = None  # None: the whole index (copy keeps the source's digest)
+    jobs: int = 8
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    reference: str
+    manifest: Manifest  # what the destination's tag now points at
+    source_digest: Digest  # the digest the source's reference resolved to (an index, maybe)
+    bytes_transferred: int
+    blobs_transferred: int
+    blobs_skipped: int
+    seconds: float
+
+    @property
+    def digest(self) -> Digest:
+        return self.manifest.digest
+
+
+@dataclass
+class _Plan:
+    top: Manifest
+    children: list[Manifest]  # manifests below the top one, deepest first
+    images: list[ImageManifest]
+
+    def blobs(self) -> list[Descriptor]:
+        seen: dict[Digest, Descriptor] = {}
+        for image in self.images:
+            for desc in image.blobs():
+                if desc.media_type in FOREIGN_TYPES and desc.urls:
+                    continue
+                seen.setdefault(desc.digest, desc)
+        return list(seen.values())
+
+
+async def resolve(
+    source: Source, identifier: str | Digest, options: CopyOptions, emit: Emit = ignore
+) -> tuple[Manifest, _Plan]:
+    """Read the manifest and, for an index, the children the options select."""
+    policy = options.retry
+    first = await retrying(
+        f"manifest {source.name}", lambda: source.get_manifest(identifier), policy, emit
+    )
+    if not first.is_index:
+        return first, _Plan(first, [], [first.image()])
+    if options.platform is not None:
+        chosen = await _select(source, first, options.platform, policy, emit)
+        return first, _Plan(chosen, [], [chosen.image()])
+    plan = _Plan(first, [], [])
+    await _walk(source, first, plan, policy, emit, depth=1)
+    return first, plan
+
+
+async def _select(
+    source: Source, index: Manifest, platform: Platform, policy: RetryPolicy, emit: Emit
+) -> Manifest:
+    manifest = index
+    for _ in range(MAX_INDEX_DEPTH):
+        desc = manifest.index().select(platform)
+        manifest = await _child(source, desc, policy, emit)
+        if not manifest.is_index:
+            return manifest
+    raise ManifestError(f"{source.name}: indexes nested deeper than {MAX_INDEX_DEPTH}")
+
+
+async def _walk(
+    source: Source, index: Manifest, plan: _Plan, policy: RetryPolicy, emit: Emit, depth: int
+) -> None:
+    if depth > MAX_INDEX_DEPTH:
+        raise ManifestError(f"{source.name}: indexes nested deeper than {MAX_INDEX_DEPTH}")
+    for desc in index.index().manifests:
+        child = await _child(source, desc, policy, emit)
+        if child.is_index:
+            await _walk(source, child, plan, policy, emit, depth + 1)
+        else:
+            plan.images.append(child.image())
+        plan.children.append(child)
+
+
+async def _child(source: Source, desc: Descriptor, policy: RetryPolicy, emit: Emit) -> Manifest:
+    manifest = await retrying(
+        f"manifest {desc.digest}", lambda: source.get_manifest(desc.digest), policy, emit
+    )
+    if manifest.media_type != desc.media_type or len(manifest.raw) != desc.size:
+        raise ManifestError(
+            f"{source.name}: manifest {desc.digest} does not match its descriptor in the index"
+        )
+    return manifest
+
+
+async def copy_image(
+    source: Source,
+    destination: Destination,
+    identifier: str | Digest,
+    tag: str | None,
+    options: CopyOptions,
+    emit: Emit = ignore,
+) -> CopyResult:
+    """Copy one image (or index) ``identifier`` of ``source`` to ``destination`` as ``tag``."""
+    started = time.monotonic()
+    first, plan = await resolve(source, identifier, options, emit)
+    blobs = plan.blobs()
+    emit(ImageStart(reference=source.name, blobs=len(blobs), bytes=sum(b.size for b in blobs)))
+
+    missing = await _missing(destination, blobs, options.jobs)
+    skipped = [b for b in blobs if b.digest not in {m.digest for m in missing}]
+    for desc in skipped:
+        emit(BlobDone(digest=str(desc.digest), size=desc.size, transferred=0, skipped=True))
+
+    received = 0
+    limiter = anyio.CapacityLimiter(options.jobs if destination.concurrent else 1)
+
+    async def transfer(desc: Descriptor) -> None:
+        nonlocal received
+        async with limiter:
+            got = await _transfer_blob(source, destination, desc, options.retry, emit)
+        received += got
+
+    await _run_all(transfer, missing)
+
+    for child in plan.children:
+        await destination.put_manifest(child, None)
+    await destination.put_manifest(plan.top, tag)
+    await destination.commit()
+    result = CopyResult(
+        reference=source.name,
+        manifest=plan.top,
+        source_digest=first.digest,
+        bytes_transferred=received,
+        blobs_transferred=len(missing),
+        blobs_skipped=len(skipped),
+        seconds=round(time.monotonic() - started, 3),
+    )
+    emit(
+        ImageDone(
+            reference=result.reference,
+            digest=str(result.digest),
+            bytes_transferred=result.bytes_transferred,
+            blobs_transferred=result.blobs_transferred,
+            blobs_skipped=result.blobs_skipped,
+            seconds=result.seconds,
+            media_type=plan.top.media_type,
+        )
+    )
+    return result
+
+
+async def _missing(
+    destination: Destination, blobs: list[Descriptor], jobs: int
+) -> list[Descriptor]:
+    """Ask the destination about every blob at once (a registry answers each with a round trip)."""
+    present: set[Digest] = set()
+    limiter = anyio.CapacityLimiter(max(jobs, 1))
+
+    async def check(desc: Descriptor) -> None:
+        async with limiter:
+            if await destination.has_blob(desc):
+                present.add(desc.digest)
+
+    await _run_all(check, blobs)
+    return [b for b in blobs if b.digest not in present]
+
+
+async def _transfer_blob(
+    source: Source, destination: Destination, desc: Descriptor, policy: RetryPolicy, emit: Emit
+) -> int:
+    total = 0
+    digest = str(desc.digest)
+
+    def progress(advance: int) -> None:
+        emit(BlobProgress(digest=digest, advance=advance))
+
+    def opener(offset: int):  # type: ignore[no-untyped-def]
+        emit(BlobStart(digest=digest, size=desc.size, offset=offset))
+        return source.open_blob(desc, offset)
+
+    async def attempt() -> int:
+        nonlocal total
+        got = await destination.put_blob(desc, opener, progress)
+        total += got
+        return got
+
+    try:
+        await retrying(f"blob {digest}", attempt, policy, emit)
+    except TransferError as exc:
+        exc.digest = exc.digest or digest
+        raise
+    emit(BlobDone(digest=digest, size=desc.size, transferred=total))
+    return total
+
+
+async def _run_all(func, items: Iterable[Descriptor]) -> None:  # type: ignore[no-untyped-def]
+    """Run ``func`` over items in one task group; the first real error is raised bare."""
+    try:
+        async with anyio.create_task_group() as group:
+            for item in items:
+                group.start_soon(func, item)
+    except BaseExceptionGroup as group_error:
+        raise _first(group_error) from None
+
+
+def _first(error: BaseException) -> BaseException:
+    """The most informative error in a (nested) exception group: a TransferError if any."""
+    if isinstance(error, BaseExceptionGroup):
+        leaves = [_first(e) for e in error.exceptions]
+        for leaf in leaves:
+            if isinstance(leaf, TransferError):
+                return leaf
+        return leaves[0]
+    return error

@@ -1,0 +1,52 @@
+"""Endpoints: the sources and destinations that the one copy pipeline moves images between.
+
+registry.py   a repository in a registry (distribution API)
+layout.py     an OCI image layout directory: the local store, and ``oci:``
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol, runtime_checkable
+
+from ..digest import Digest
+from ..manifest import Descriptor, Manifest
+
+Opener = Callable[[int], AbstractAsyncContextManager[AsyncIterator[bytes]]]
+Progress = Callable[[int], None]
+
+
+@runtime_checkable
+class Source(Protocol):
+    """Where an image is read from."""
+
+    name: str  # for messages: the full reference or path
+
+    async def get_manifest(self, identifier: str | Digest) -> Manifest: ...
+
+    def open_blob(
+        self, desc: Descriptor, offset: int = 0
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]: ...
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Destination(Protocol):
+    """Where an image is written to."""
+
+    name: str
+    concurrent: bool  # False for a tar being written: blobs then go one at a time
+
+    async def has_blob(self, desc: Descriptor) -> bool: ...
+
+    async def put_blob(self, desc: Descriptor, opener: Opener, progress: Progress) -> int:
+        """Store a blob read through ``opener(offset)``, verified; returns bytes received."""
+        ...
+
+    async def put_manifest(self, manifest: Manifest, tag: str | None) -> None: ...
+
+    async def commit(self) -> None: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,403 @@
+"""An OCI image layout on disk: the local store, and the ``oci:`` endpoint.
+
+Content-addressed: ``blobs/<alg>/<hex>`` holds each blob once, for every image that uses it.
+Work in progress lives under ``.xfer/`` (partials, locks), never under ``blobs/``: a file appears
+there only by atomic rename after its size and digest were verified (reliability case 39).
+
+A partial download is plain bytes in ``.xfer/partials/<alg>-<hex>``. Resuming re-hashes that
+prefix and asks the source for the rest, so a resume survives Ctrl-C, kill -9 and reboots with
+no journal to corrupt. One file lock per blob makes concurrent xfer processes share the work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+from filelock import FileLock, Timeout
+
+from ..digest import Digest, Verifier
+from ..errors import IntegrityError, NetworkError, SizeMismatch, StoreError, TransferError
+from ..manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest
+from . import Opener, Progress
+
+REF_NAME = "org.opencontainers.image.ref.name"
+LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
+INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
+WRITE_BATCH = 4 << 20  # bytes gathered before one write+hash in a worker thread
+READ_CHUNK = 1 << 20
+
+
+class Layout:
+    """An OCI image layout directory; creating one on first write."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.work = self.root / ".xfer"
+
+    # ---- structure ----------------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return (self.root / "oci-layout").is_file()
+
+    def ensure(self) -> None:
+        try:
+            for sub in ("blobs/sha256", ".xfer/partials", ".xfer/locks"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+            if not (self.root / "oci-layout").exists():
+                _atomic_write(self.root / "oci-layout", json.dumps(LAYOUT_VERSION).encode())
+            if not (self.root / "index.json").exists():
+                _atomic_write(self.root / "index.json", _index_bytes([]))
+        except OSError as exc:
+            raise StoreError(f"cannot create the store at {self.root}: {exc.strerror}") from None
+
+    def blob_path(self, digest: Digest) -> Path:
+        return self.root / "blobs" / digest.algorithm / digest.encoded
+
+    def _partial_path(self, digest: Digest) -> Path:
+        return self.work / "partials" / f"{digest.algorithm}-{digest.encoded}"
+
+    def _lock(self, name: str) -> FileLock:
+        return FileLock(str(self.work / "locks" / f"{name}.lock"))
+
+    # ---- blobs --------------------------------------------------------------------------------
+
+    def has_blob(self, desc: Descriptor) -> bool:
+        """A complete blob: a regular file (never a symlink) of the descriptor's size."""
+        path = self.blob_path(desc.digest)
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            return False
+        return path.is_file() and not path.is_symlink() and st.st_size == desc.size
+
+    def read_blob(self, desc: Descriptor, *, cap: int | None = None) -> bytes:
+        """A small blob (manifest, config) read whole and verified."""
+        if cap is not None and desc.size > cap:
+            raise StoreError(f"blob {desc.digest} is larger than {cap} bytes")
+        path = self.blob_path(desc.digest)
+        if path.is_symlink():
+            raise StoreError(
+                f"blob {desc.digest} in {self.root} is a symlink", digest=str(desc.digest)
+            )
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise StoreError(
+                f"blob {desc.digest} is missing from {self.root}", digest=str(desc.digest)
+            ) from None
+        verifier = Verifier(desc.digest, desc.size)
+        try:
+            verifier.update(data)
+            verifier.verify()
+        except TransferError as exc:
+            raise StoreError(
+                f"store {self.root} is corrupt: {exc}", digest=str(desc.digest)
+            ) from None
+        return data
+
+    @asynccontextmanager
+    async def open_blob(
+        self, desc: Descriptor, offset: int = 0
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        path = self.blob_path(desc.digest)
+        if path.is_symlink() or not path.is_file():
+            raise StoreError(
+                f"blob {desc.digest} is missing from {self.root}", digest=str(desc.digest)
+            )
+        handle = await anyio.open_file(path, "rb")
+        try:
+            await handle.seek(offset)
+            yield _read_chunks(handle)
+        finally:
+            await handle.aclose()
+
+    def put_bytes(self, desc: Descriptor, data: bytes) -> None:
+        """Store a small blob already in memory (manifests, configs), verified first."""
+        if self.has_blob(desc):
+            return
+        verifier = Verifier(desc.digest, desc.size)
+        verifier.update(data)
+        verifier.verify()
+        self.ensure()
+        _atomic_write(self.blob_path(desc.digest), data, tmp_dir=self.work / "partials")
+
+    async def put_blob(self, desc: Descriptor, opener: Opener, progress: Progress) -> int:
+        """Fetch a blob through ``opener(offset)`` unless present; returns bytes received."""
+        if self.has_blob(desc):
+            return 0
+        self.ensure()
+        lock = self._lock(f"{desc.digest.algorithm}-{desc.digest.encoded}")
+        await _acquire(lock)
+        try:
+            if self.has_blob(desc):  # another process finished it while we waited
+                return 0
+            return await self._download(desc, opener, progress)
+        finally:
+            lock.release()
+
+    async def _download(self, desc: Descriptor, opener: Opener, progress: Progress) -> int:
+        partial = self._partial_path(desc.digest)
+        verifier = Verifier(desc.digest, desc.size)
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        received = 0
+        try:
+            offset = os.fstat(fd).st_size
+            if offset > desc.size:  # cannot be a prefix of this blob
+                os.ftruncate(fd, 0)
+                offset = 0
+            if offset:
+                await anyio.to_thread.run_sync(_hash_prefix, fd, offset, verifier)
+            try:
+                if offset < desc.size:
+                    received = await self._receive(fd, desc, offset, verifier, opener, progress)
+                verifier.verify()
+            except IntegrityError:
+                os.ftruncate(fd, 0)  # these bytes are worthless; never resume from them
+                raise
+            await anyio.to_thread.run_sync(os.fsync, fd)
+        finally:
+            os.close(fd)
+        final = self.blob_path(desc.digest)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(partial, final)
+        _fsync_dir(final.parent)
+        return received
+
+    async def _receive(
+        self,
+        fd: int,
+        desc: Descriptor,
+        offset: int,
+        verifier: Verifier,
+        opener: Opener,
+        progress: Progress,
+    ) -> int:
+        pending: list[bytes] = []
+        pending_size = 0
+        received = 0
+
+        async def flush() -> None:
+            nonlocal pending, pending_size
+            if not pending:
+                return
+            data, pending, pending_size = b"".join(pending), [], 0
+            # Hashing and writing release the GIL: done in a thread they overlap with the network.
+            await anyio.to_thread.run_sync(_write_and_hash, fd, data, verifier)
+            progress(len(data))
+
+        try:
+            async with opener(offset) as chunks:
+                async for chunk in chunks:
+                    received += len(chunk)
+                    if offset + received > desc.size:
+                        raise SizeMismatch(
+                            f"blob {desc.digest} is longer than its declared {desc.size} bytes",
+                            digest=str(desc.digest),
+                        )
+                    pending.append(chunk)
+                    pending_size += len(chunk)
+                    if pending_size >= WRITE_BATCH:
+                        await flush()
+            if offset + received < desc.size:
+                # A short body (server closed early): keep the prefix and resume from it.
+                raise NetworkError(
+                    f"blob {desc.digest} ended after {offset + received} of {desc.size} bytes",
+                    digest=str(desc.digest),
+                )
+        finally:
+            # Keep every byte that arrived as a resumable prefix, even when cancelled.
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(TransferError):
+                    await flush()
+        return received
+
+    # ---- index.json ---------------------------------------------------------------------------
+
+    def read_index(self) -> list[Descriptor]:
+        path = self.root / "index.json"
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return []
+        if len(raw) > 64 << 20:
+            raise StoreError(f"{path} is implausibly large")
+        try:
+            data = json.loads(raw)
+            return [Descriptor.from_json(entry) for entry in data.get("manifests") or []]
+        except (ValueError, AttributeError, TransferError) as exc:
+            raise StoreError(f"{path} is not a valid OCI index: {exc}") from None
+
+    def find(self, name: str) -> Descriptor | None:
+        for desc in self.read_index():
+            if desc.annotations.get(REF_NAME) == name:
+                return desc
+        return None
+
+    def get_manifest(self, desc: Descriptor) -> Manifest:
+        raw = self.read_blob(desc, cap=MAX_MANIFEST_BYTES)
+        return Manifest.from_bytes(raw, desc.media_type, expected=desc.digest)
+
+    @contextlib.contextmanager
+    def _index_locked(self) -> Iterator[list[Descriptor]]:
+        self.ensure()
+        with self._lock("index"):
+            entries = self.read_index()
+            yield entries
+            _atomic_write(self.root / "index.json", _index_bytes(entries))
+
+    def set_reference(
+        self, name: str, manifest: Manifest, extra: dict[str, str] | None = None
+    ) -> None:
+        """Point ``name`` at a manifest whose blobs are all stored already."""
+        desc = manifest.descriptor(annotations={**(extra or {}), REF_NAME: name})
+        with self._index_locked() as entries:
+            entries[:] = [e for e in entries if e.annotations.get(REF_NAME) != name] + [desc]
+
+    def remove_reference(self, name: str) -> bool:
+        with self._index_locked() as entries:
+            before = len(entries)
+            entries[:] = [e for e in entries if e.annotations.get(REF_NAME) != name]
+            return len(entries) != before
+
+
+def _read_chunks(handle: Any) -> AsyncIterator[bytes]:
+    async def chunks() -> AsyncIterator[bytes]:
+        while chunk := await handle.read(READ_CHUNK):
+            yield chunk
+
+    return chunks()
+
+
+def _hash_prefix(fd: int, length: int, verifier: Verifier) -> None:
+    done = 0
+    while done < length:
+        chunk = os.pread(fd, min(READ_CHUNK * 4, length - done), done)
+        if not chunk:
+            raise StoreError("partial file shrank while being read")
+        verifier.update(chunk)
+        done += len(chunk)
+
+
+def _write_and_hash(fd: int, data: bytes, verifier: Verifier) -> None:
+    verifier.update(data)  # raises before writing when the body runs past the declared size
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _index_bytes(entries: list[Descriptor]) -> bytes:
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": INDEX_MEDIA_TYPE,
+        "manifests": [e.to_json() for e in entries],
+    }
+    return json.dumps(doc, indent=2).encode() + b"\n"
+
+
+def _atomic_write(path: Path, data: bytes, *, tmp_dir: Path | None = None) -> None:
+    """Write to a temporary file beside (or in tmp_dir), fsync, rename, fsync the directory."""
+    directory = tmp_dir or path.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{path.name}.{os.getpid()}.{id(data)}.tmp"
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise StoreError(f"cannot write {path}: {exc.strerror}") from None
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def _acquire(lock: FileLock) -> None:
+    """Wait for a file lock without blocking the event loop (and stay cancellable)."""
+    delay = 0.01
+    while True:
+        try:
+            lock.acquire(timeout=0)
+            return
+        except Timeout:
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 0.25)
+
+
+class LayoutSource:
+    """An image of a layout, found by its ``org.opencontainers.image.ref.name``."""
+
+    def __init__(self, layout: Layout, ref_name: str) -> None:
+        self.layout = layout
+        self.name = ref_name
+
+    async def get_manifest(self, identifier: str | Digest) -> Manifest:
+        if isinstance(identifier, Digest):
+            for desc in self.layout.read_index():
+                if desc.digest == identifier:
+                    return self.layout.get_manifest(desc)
+            path = self.layout.blob_path(identifier)
+            size = path.stat().st_size if path.is_file() else 0
+            return self.layout.get_manifest(Descriptor("", identifier, size))
+        found = self.layout.find(identifier)
+        if found is None:
+            raise StoreError(
+                f"image {identifier} is not in the store {self.layout.root}",
+                reference=identifier,
+                hint="xfer images lists what it holds",
+            )
+        return self.layout.get_manifest(found)
+
+    def open_blob(
+        self, desc: Descriptor, offset: int = 0
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        return self.layout.open_blob(desc, offset)
+
+    async def aclose(self) -> None:
+        return None
+
+
+class LayoutDestination:
+    """Writes blobs with resume; the reference is set last, once everything it needs is stored."""
+
+    concurrent = True
+
+    def __init__(self, layout: Layout, ref_name: str | None, extra: dict[str, str] | None = None):
+        self.layout = layout
+        self.name = ref_name or str(layout.root)
+        self.ref_name = ref_name
+        self.extra = extra or {}
+
+    async def has_blob(self, desc: Descriptor) -> bool:
+        return self.layout.has_blob(desc)
+
+    async def put_blob(self, desc: Descriptor, opener: Opener, progress: Progress) -> int:
+        return await self.layout.put_blob(desc, opener, progress)
+
+    async def put_manifest(self, manifest: Manifest, tag: str | None) -> None:
+        self.layout.put_bytes(manifest.descriptor(), manifest.raw)
+        if tag is not None:
+            self.layout.set_reference(tag, manifest, self.extra)
+
+    async def commit(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
