@@ -44,31 +44,27 @@ class Challenge:
 
 
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-_PARAM = re.compile(rf'\s*({_TOKEN})\s*=\s*(?:"((?:[^"\\]|\\.)*)"|({_TOKEN}))\s*(,)?')
-_SCHEME = re.compile(rf"\s*,?\s*({_TOKEN})(?:\s+|$)")
+_PARAM = re.compile(rf'[\s,]*({_TOKEN})\s*=\s*(?:"((?:[^"\\]|\\.)*)"|({_TOKEN}))')
+_SCHEME = re.compile(rf"[\s,]*({_TOKEN})")
 
 
 def parse_challenges(headers: Sequence[str]) -> list[Challenge]:
-    """Parse WWW-Authenticate values (RFC 7235) into challenges, several per header allowed."""
+    """Parse WWW-Authenticate values (RFC 7235) into challenges, several per header allowed.
+
+    A challenge is a scheme followed by comma-separated ``name=value`` parameters; the next
+    bare token (not followed by ``=``) starts the next challenge.
+    """
     challenges: list[Challenge] = []
     for header in headers:
         pos = 0
-        while pos < len(header):
-            scheme = _SCHEME.match(header, pos)
-            if not scheme:
-                break
+        while (scheme := _SCHEME.match(header, pos)) is not None:
             pos = scheme.end()
             params: dict[str, str] = {}
-            while True:
-                param = _PARAM.match(header, pos)
-                if not param:
-                    break
+            while (param := _PARAM.match(header, pos)) is not None:
                 quoted = param.group(2)
                 value = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else param.group(3)
                 params[param.group(1).lower()] = value
                 pos = param.end()
-                if not param.group(4):
-                    break
             challenges.append(Challenge(scheme.group(1).lower(), params))
     return challenges
 

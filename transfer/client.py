@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin
 
+import anyio
 import httpx
 
 from .auth import Challenge, Credentials, TokenCache, find_credentials, parse_challenges
@@ -460,12 +461,24 @@ def _digest_or_none(identifier: str) -> Digest | None:
 
 
 def _speaks_no_tls(exc: httpx.ConnectError) -> bool:
-    text = str(exc).lower()
-    return (
-        "wrong version number" in text
-        or "record layer failure" in text
-        or ("unexpected eof" in text and "ssl" in text)
-    )
+    """The TLS handshake failed because the server answered in plain HTTP or hung up.
+
+    A certificate that fails verification is never taken for "no TLS" (no downgrade on attack).
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return False
+        if isinstance(seen, ssl.SSLError):
+            text = str(seen).lower()
+            return any(
+                marker in text
+                for marker in ("wrong version number", "record layer failure", "unexpected eof")
+            )
+        if isinstance(seen, anyio.EndOfStream | ConnectionResetError):
+            return True  # the server closed the connection on our ClientHello
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _reason(exc: BaseException) -> str:

@@ -1,0 +1,45 @@
+# xfer — make demo: pull from a local registry; make test: everything CI runs.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := docker-registry skopeo umoci
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck system venv bench bench-quick clean
+
+# Debian packages the tests drive for real: the registry, and two independent readers of our store.
+system:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing"; \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: system venv
+	$(PY) -m fixtures.demo
+
+lint: venv
+	$(VENV)/bin/ruff check transfer tests fixtures
+	$(VENV)/bin/ruff format --check transfer tests fixtures
+	$(VENV)/bin/mypy
+
+test: system venv lint
+	$(VENV)/bin/pytest -q
+
+bench: system venv
+	$(PY) -m fixtures.bench
+
+bench-quick: system venv
+	XFER_BENCH_SCALE=0.05 $(PY) -m fixtures.bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .demo
