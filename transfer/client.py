@@ -38,6 +38,7 @@ from .errors import (
     Unauthorized,
 )
 from .manifest import ACCEPT, MAX_MANIFEST_BYTES, Descriptor, Manifest
+from .throttle import Throttle
 
 MAX_ERROR_BODY = 64 << 10  # registry error bodies beyond this are not read (reliability case 4)
 MAX_REDIRECTS = 10
@@ -59,6 +60,10 @@ class RangeError(TransferError):
     """The server's answer to a Range request cannot be appended: restart the blob from 0."""
 
     retryable = True
+
+
+class RangeIgnored(TransferError):
+    """A bounded Range request was answered with the whole blob: no parallel ranges here."""
 
 
 def is_loopback(host: str) -> bool:
@@ -143,8 +148,10 @@ class RegistryClient:
         options: TransportOptions | None = None,
         credentials: Credentials | None = None,
         http: httpx.AsyncClient | None = None,
+        throttle: Throttle | None = None,
     ) -> None:
         self.host = host
+        self.throttle = throttle
         self.options = options or TransportOptions()
         self.credentials = credentials if credentials is not None else find_credentials(host)
         self._http = http or _make_http(self.options)
@@ -345,13 +352,19 @@ class RegistryClient:
 
     @asynccontextmanager
     async def open_blob(
-        self, repository: str, desc: Descriptor, offset: int = 0
+        self, repository: str, desc: Descriptor, offset: int = 0, end: int | None = None
     ) -> AsyncIterator[AsyncIterator[bytes]]:
-        """Stream a blob from ``offset``; the bytes yielded always start exactly there."""
+        """Stream a blob from ``offset`` (to ``end``, exclusive, when given).
+
+        The bytes yielded always start exactly at ``offset``. With ``end``, a server that ignores
+        Range raises ``RangeIgnored`` instead of streaming the whole blob.
+        """
         what = f"blob {desc.digest}"
         # No Range header on a first request: some registries answer `bytes=0-` with 400.
         headers = {"Accept-Encoding": "identity"}
-        if offset:
+        if end is not None:
+            headers["Range"] = f"bytes={offset}-{end - 1}"
+        elif offset:
             headers["Range"] = f"bytes={offset}-"
         resp = await self.send(
             "GET",
@@ -363,7 +376,7 @@ class RegistryClient:
         )
         try:
             skip = 0
-            if resp.status_code == 206 and offset:
+            if resp.status_code == 206 and "Range" in headers:
                 start, _, total = parse_content_range(resp.headers.get("content-range", ""))
                 if start != offset or (total is not None and total != desc.size):
                     raise RangeError(
@@ -372,12 +385,15 @@ class RegistryClient:
                         host=self.host,
                     )
             elif resp.status_code == 200:
+                if end is not None:
+                    raise RangeIgnored(f"{what}: the server ignores Range", host=self.host)
                 skip = offset  # the server ignored Range: discard what we already have
             elif resp.status_code == 416:
                 raise RangeError(f"{what}: range not satisfiable", digest=str(desc.digest))
             else:
                 raise await self._fail(resp, what)
-            yield _body(resp, skip, what, self.host)
+            limit = (end if end is not None else desc.size) - offset
+            yield _body(resp, skip, limit, what, self.host, self.throttle)
         finally:
             await resp.aclose()
 
@@ -410,7 +426,11 @@ class RegistryClient:
         return tags
 
 
-async def _body(resp: httpx.Response, skip: int, what: str, host: str) -> AsyncIterator[bytes]:
+async def _body(
+    resp: httpx.Response, skip: int, limit: int, what: str, host: str, throttle: Throttle | None
+) -> AsyncIterator[bytes]:
+    """The body after ``skip`` bytes; one byte past ``limit`` is yielded so callers see it."""
+    sent = 0
     try:
         async for chunk in resp.aiter_raw(READ_CHUNK):
             if skip:
@@ -418,7 +438,12 @@ async def _body(resp: httpx.Response, skip: int, what: str, host: str) -> AsyncI
                     skip -= len(chunk)
                     continue
                 chunk, skip = chunk[skip:], 0
+            if throttle is not None:
+                await throttle.take(len(chunk))
+            sent += len(chunk)
             yield chunk
+            if sent > limit:
+                return  # longer than promised: stop reading; the caller rejects it
     except httpx.TransportError as exc:
         raise NetworkError(f"{what}: {_reason(exc)}", host=host) from None
     if skip:

@@ -26,8 +26,11 @@ class Source(Protocol):
     async def get_manifest(self, identifier: str | Digest) -> Manifest: ...
 
     def open_blob(
-        self, desc: Descriptor, offset: int = 0
-    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]: ...
+        self, desc: Descriptor, offset: int = 0, end: int | None = None
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """The blob's bytes from ``offset`` (to ``end`` exclusive); ``RangeIgnored`` if ``end``
+        cannot be honoured."""
+        ...
 
     async def aclose(self) -> None: ...
 

@@ -114,7 +114,7 @@ class Layout:
         handle = await anyio.open_file(path, "rb")
         try:
             await handle.seek(offset)
-            yield _read_chunks(handle)
+            yield _read_chunks(handle, (desc.size if end is None else end) - offset)
         finally:
             await handle.aclose()
 
@@ -267,9 +267,11 @@ class Layout:
             return len(entries) != before
 
 
-def _read_chunks(handle: Any) -> AsyncIterator[bytes]:
+def _read_chunks(handle: Any, length: int) -> AsyncIterator[bytes]:
     async def chunks() -> AsyncIterator[bytes]:
-        while chunk := await handle.read(READ_CHUNK):
+        left = length
+        while left > 0 and (chunk := await handle.read(min(READ_CHUNK, left))):
+            left -= len(chunk)
             yield chunk
 
     return chunks()
@@ -366,9 +368,9 @@ class LayoutSource:
         return self.layout.get_manifest(found)
 
     def open_blob(
-        self, desc: Descriptor, offset: int = 0
+        self, desc: Descriptor, offset: int = 0, end: int | None = None
     ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
-        return self.layout.open_blob(desc, offset)
+        return self.layout.open_blob(desc, offset, end)
 
     async def aclose(self) -> None:
         return None

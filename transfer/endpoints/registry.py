@@ -24,9 +24,9 @@ class RegistrySource:
         )
 
     def open_blob(
-        self, desc: Descriptor, offset: int = 0
+        self, desc: Descriptor, offset: int = 0, end: int | None = None
     ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
-        return self.client.open_blob(self.reference.repository, desc, offset)
+        return self.client.open_blob(self.reference.repository, desc, offset, end)
 
     async def aclose(self) -> None:
         await self.client.aclose()
