@@ -104,7 +104,7 @@ class Layout:
 
     @asynccontextmanager
     async def open_blob(
-        self, desc: Descriptor, offset: int = 0
+        self, desc: Descriptor, offset: int = 0, end: int | None = None
     ) -> AsyncIterator[AsyncIterator[bytes]]:
         path = self.blob_path(desc.digest)
         if path.is_symlink() or not path.is_file():
