@@ -20,10 +20,12 @@ from .digest import Digest
 from .endpoints.layout import REF_NAME, Layout, LayoutDestination, LayoutSource
 from .endpoints.registry import RegistrySource
 from .errors import StoreError
+from .fetch import RangePolicy
 from .manifest import MAX_CONFIG_BYTES, Descriptor, ImageConfig, Index, Manifest, Platform
 from .progress import Emit, ignore
 from .reference import Reference, parse, parse_repository
 from .retry import RetryPolicy
+from .throttle import Throttle
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -46,14 +48,19 @@ class Settings:
     credentials: Credentials | None = None  # explicit --creds; else config files per host
     jobs: int = 8
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    ranges: RangePolicy = field(default_factory=RangePolicy)  # parallel Range requests
+    throttle: Throttle | None = None  # one byte-rate cap shared by every stream of the run
 
     def client(self, reference: Reference) -> RegistryClient:
         return RegistryClient(
-            reference.api_host, options=self.transport, credentials=self.credentials
+            reference.api_host,
+            options=self.transport,
+            credentials=self.credentials,
+            throttle=self.throttle,
         )
 
     def layout(self) -> Layout:
-        return Layout(self.store)
+        return Layout(self.store, self.ranges)
 
 
 @dataclass(frozen=True)

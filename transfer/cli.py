@@ -18,6 +18,7 @@ from .auth import Credentials
 from .client import TransportOptions
 from .copy import CopyResult
 from .errors import TransferError, UsageError
+from .fetch import RangePolicy
 from .manifest import Index, Platform
 from .progress import (
     BlobDone,
@@ -30,6 +31,7 @@ from .progress import (
     Retry,
 )
 from .retry import RetryPolicy
+from .throttle import Throttle, parse_rate
 
 PROG = "xfer"
 
@@ -152,6 +154,15 @@ def _settings(args: argparse.Namespace) -> api.Settings:
     if jobs < 1:
         raise UsageError("--jobs must be at least 1")
     retry = RetryPolicy(attempts=max(getattr(args, "retries", 5), 0) + 1)
+    ranges = RangePolicy()
+    if getattr(args, "parallel_ranges", None) is not None:
+        # Asked for explicitly: split every big blob, not only when the link proves slow.
+        ranges = replace(ranges, parts=max(args.parallel_ranges, 1), adaptive=False)
+    if getattr(args, "range_threshold", None):
+        ranges = replace(ranges, threshold=_bytes_option("--range-threshold", args.range_threshold))
+    throttle = None
+    if getattr(args, "limit_rate", None):
+        throttle = Throttle(_bytes_option("--limit-rate", args.limit_rate))
     store = Path(args.store) if args.store else api.default_store()
     return api.Settings(
         store=store,
@@ -159,7 +170,16 @@ def _settings(args: argparse.Namespace) -> api.Settings:
         credentials=creds,
         jobs=jobs,
         retry=retry,
+        ranges=ranges,
+        throttle=throttle,
     )
+
+
+def _bytes_option(name: str, text: str) -> int:
+    try:
+        return int(parse_rate(text))
+    except ValueError as exc:
+        raise UsageError(f"{name}: {exc}") from None
 
 
 def _platform(args: argparse.Namespace) -> Platform | None:
@@ -289,6 +309,19 @@ def build_parser() -> argparse.ArgumentParser:
     xfer = _Parser(add_help=False)
     xfer.add_argument("-j", "--jobs", type=int, default=8, help="blob transfers at once")
     xfer.add_argument("--retries", type=int, default=5, help="retries per request (default 5)")
+    xfer.add_argument(
+        "--limit-rate", metavar="RATE", help="cap the whole transfer, e.g. 50M (bytes/s)"
+    )
+    xfer.add_argument(
+        "--parallel-ranges",
+        type=int,
+        metavar="N",
+        help="always fetch a big blob as N Range requests at once (default: up to 4, only "
+        "when the link is slow; 1 disables)",
+    )
+    xfer.add_argument(
+        "--range-threshold", metavar="SIZE", help="split blobs at least this big (default 64Mi)"
+    )
     plat = xfer.add_mutually_exclusive_group()
     plat.add_argument("--platform", help="OS/ARCH[/VARIANT] of an index to use")
     plat.add_argument("--all-platforms", action="store_true", help="every image of an index")

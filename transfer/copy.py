@@ -8,14 +8,16 @@ one task group, bounded by a limiter, transfers those (retry around each; the de
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 
 from .digest import Digest
 from .endpoints import Destination, Source
-from .errors import ManifestError, TransferError
+from .errors import ManifestError, TransferError, first_error
 from .manifest import Descriptor, ImageManifest, Manifest, Platform
 from .progress import BlobDone, BlobProgress, BlobStart, Emit, ImageDone, ImageStart, ignore
 from .retry import RetryPolicy, retrying
@@ -207,9 +209,12 @@ async def _transfer_blob(
     def progress(advance: int) -> None:
         emit(BlobProgress(digest=digest, advance=advance))
 
-    def opener(offset: int):  # type: ignore[no-untyped-def]
-        emit(BlobStart(digest=digest, size=desc.size, offset=offset))
-        return source.open_blob(desc, offset)
+    def opener(
+        offset: int, end: int | None = None
+    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        if end is None:  # one event per stream of the blob, not per parallel range
+            emit(BlobStart(digest=digest, size=desc.size, offset=offset))
+        return source.open_blob(desc, offset, end)
 
     async def attempt() -> int:
         nonlocal total
@@ -226,22 +231,13 @@ async def _transfer_blob(
     return total
 
 
-async def _run_all(func, items: Iterable[Descriptor]) -> None:  # type: ignore[no-untyped-def]
+async def _run_all(
+    func: Callable[[Descriptor], Coroutine[Any, Any, None]], items: Iterable[Descriptor]
+) -> None:
     """Run ``func`` over items in one task group; the first real error is raised bare."""
     try:
         async with anyio.create_task_group() as group:
             for item in items:
                 group.start_soon(func, item)
     except BaseExceptionGroup as group_error:
-        raise _first(group_error) from None
-
-
-def _first(error: BaseException) -> BaseException:
-    """The most informative error in a (nested) exception group: a TransferError if any."""
-    if isinstance(error, BaseExceptionGroup):
-        leaves = [_first(e) for e in error.exceptions]
-        for leaf in leaves:
-            if isinstance(leaf, TransferError):
-                return leaf
-        return leaves[0]
-    return error
+        raise first_error(group_error) from None

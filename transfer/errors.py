@@ -143,3 +143,17 @@ class StoreError(TransferError):
 
 class Interrupted(TransferError):
     exit_code = 130
+
+
+def first_error(error: BaseException) -> BaseException:
+    """The most telling error in a (nested) exception group: a TransferError if there is one.
+
+    Task groups wrap failures in groups; users want the one line that says what failed.
+    """
+    if isinstance(error, BaseExceptionGroup):
+        leaves = [first_error(e) for e in error.exceptions]
+        for leaf in leaves:
+            if isinstance(leaf, TransferError):
+                return leaf
+        return leaves[0]
+    return error

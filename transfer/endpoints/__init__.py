@@ -13,7 +13,8 @@ from typing import Protocol, runtime_checkable
 from ..digest import Digest
 from ..manifest import Descriptor, Manifest
 
-Opener = Callable[[int], AbstractAsyncContextManager[AsyncIterator[bytes]]]
+# opener(offset, end): the blob's bytes from offset, to end (exclusive) when given
+Opener = Callable[[int, int | None], AbstractAsyncContextManager[AsyncIterator[bytes]]]
 Progress = Callable[[int], None]
 
 

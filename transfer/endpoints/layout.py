@@ -22,24 +22,27 @@ from typing import Any
 import anyio
 from filelock import FileLock, Timeout
 
+from ..client import RangeError
 from ..digest import Digest, Verifier
-from ..errors import IntegrityError, NetworkError, SizeMismatch, StoreError, TransferError
+from ..errors import IntegrityError, StoreError, TransferError
+from ..fetch import RangePolicy, fill
+from ..ingest import Ingest
 from ..manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest
 from . import Opener, Progress
 
 REF_NAME = "org.opencontainers.image.ref.name"
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
 INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
-WRITE_BATCH = 4 << 20  # bytes gathered before one write+hash in a worker thread
 READ_CHUNK = 1 << 20
 
 
 class Layout:
     """An OCI image layout directory; creating one on first write."""
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, ranges: RangePolicy | None = None) -> None:
         self.root = Path(root)
         self.work = self.root / ".xfer"
+        self.ranges = ranges or RangePolicy()
 
     # ---- structure ----------------------------------------------------------------------------
 
@@ -129,7 +132,7 @@ class Layout:
         _atomic_write(self.blob_path(desc.digest), data, tmp_dir=self.work / "partials")
 
     async def put_blob(self, desc: Descriptor, opener: Opener, progress: Progress) -> int:
-        """Fetch a blob through ``opener(offset)`` unless present; returns bytes received."""
+        """Fetch a blob through ``opener`` unless present; returns bytes received."""
         if self.has_blob(desc):
             return 0
         self.ensure()
@@ -143,80 +146,21 @@ class Layout:
             lock.release()
 
     async def _download(self, desc: Descriptor, opener: Opener, progress: Progress) -> int:
-        partial = self._partial_path(desc.digest)
-        verifier = Verifier(desc.digest, desc.size)
-        fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-        received = 0
+        ingest = Ingest(self._partial_path(desc.digest), desc)
+        ingest.open()
         try:
-            offset = os.fstat(fd).st_size
-            if offset > desc.size:  # cannot be a prefix of this blob
-                os.ftruncate(fd, 0)
-                offset = 0
-            if offset:
-                await anyio.to_thread.run_sync(_hash_prefix, fd, offset, verifier)
+            if ingest.received:
+                progress(ingest.received)  # what earlier attempts or runs left us
             try:
-                if offset < desc.size:
-                    received = await self._receive(fd, desc, offset, verifier, opener, progress)
-                verifier.verify()
-            except IntegrityError:
-                os.ftruncate(fd, 0)  # these bytes are worthless; never resume from them
+                await ingest.catch_up()  # re-hash the prefix we already have
+                received = await fill(ingest, opener, progress, self.ranges)
+                await ingest.finish(self.blob_path(desc.digest))
+            except (IntegrityError, RangeError):
+                ingest.discard()  # these bytes are worthless; never resume from them
                 raise
-            await anyio.to_thread.run_sync(os.fsync, fd)
+            return received
         finally:
-            os.close(fd)
-        final = self.blob_path(desc.digest)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(partial, final)
-        _fsync_dir(final.parent)
-        return received
-
-    async def _receive(
-        self,
-        fd: int,
-        desc: Descriptor,
-        offset: int,
-        verifier: Verifier,
-        opener: Opener,
-        progress: Progress,
-    ) -> int:
-        pending: list[bytes] = []
-        pending_size = 0
-        received = 0
-
-        async def flush() -> None:
-            nonlocal pending, pending_size
-            if not pending:
-                return
-            data, pending, pending_size = b"".join(pending), [], 0
-            # Hashing and writing release the GIL: done in a thread they overlap with the network.
-            await anyio.to_thread.run_sync(_write_and_hash, fd, data, verifier)
-            progress(len(data))
-
-        try:
-            async with opener(offset) as chunks:
-                async for chunk in chunks:
-                    received += len(chunk)
-                    if offset + received > desc.size:
-                        raise SizeMismatch(
-                            f"blob {desc.digest} is longer than its declared {desc.size} bytes",
-                            digest=str(desc.digest),
-                        )
-                    pending.append(chunk)
-                    pending_size += len(chunk)
-                    if pending_size >= WRITE_BATCH:
-                        await flush()
-            if offset + received < desc.size:
-                # A short body (server closed early): keep the prefix and resume from it.
-                raise NetworkError(
-                    f"blob {desc.digest} ended after {offset + received} of {desc.size} bytes",
-                    digest=str(desc.digest),
-                )
-        finally:
-            # Keep every byte that arrived as a resumable prefix, even when cancelled.
-            with anyio.CancelScope(shield=True):
-                with contextlib.suppress(TransferError):
-                    await flush()
-        return received
+            ingest.close()
 
     # ---- index.json ---------------------------------------------------------------------------
 
@@ -275,24 +219,6 @@ def _read_chunks(handle: Any, length: int) -> AsyncIterator[bytes]:
             yield chunk
 
     return chunks()
-
-
-def _hash_prefix(fd: int, length: int, verifier: Verifier) -> None:
-    done = 0
-    while done < length:
-        chunk = os.pread(fd, min(READ_CHUNK * 4, length - done), done)
-        if not chunk:
-            raise StoreError("partial file shrank while being read")
-        verifier.update(chunk)
-        done += len(chunk)
-
-
-def _write_and_hash(fd: int, data: bytes, verifier: Verifier) -> None:
-    verifier.update(data)  # raises before writing when the body runs past the declared size
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
 
 
 def _index_bytes(entries: list[Descriptor]) -> bytes:

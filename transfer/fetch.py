@@ -1,0 +1,249 @@
+"""Filling an Ingest from a source: one stream, or several Range requests at once.
+
+One TCP stream is bounded by its window and the round-trip time; a big blob split into ranges
+fetched in parallel goes as fast as the link and the disk allow. The first piece is requested
+without a bounded Range (so a server that ignores Range still serves everything through it);
+the others ask for ``bytes=start-end``. A server that answers those with the whole blob is
+remembered, the extra pieces stop, and the first piece simply continues to the end.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import anyio
+import anyio.abc
+
+from .client import RangeIgnored
+from .endpoints import Opener, Progress
+from .errors import NetworkError, SizeMismatch, first_error
+from .ingest import Ingest
+
+WRITE_BATCH = 1 << 20  # bytes gathered before one write (+hash) in a worker thread
+
+
+@dataclass(frozen=True)
+class RangePolicy:
+    parts: int = 4  # Range requests at once for one big blob; 1 disables
+    threshold: int = 64 << 20  # blobs at least this large may be split
+    min_part: int = 16 << 20  # never split finer than this
+    # Adaptive: start with one stream and split only if, after `probe` seconds, the whole run
+    # receives less than `slow_rate` bytes/s. On a fast path the CPU (hashing, writing) is the
+    # limit and more streams only cost memory; on a long or shaped path they multiply the rate.
+    adaptive: bool = True
+    probe: float = 0.5
+    slow_rate: float = 150e6
+
+
+@dataclass
+class _Piece:
+    start: int
+    end: int  # an open-ended piece's end moves when its tail is split off
+    bounded: bool  # sends bytes=start-(end-1); else an open-ended request that can run on
+    pos: int = 0
+
+
+class _Meter:
+    """Bytes received by every stream of this process: the run's aggregate rate."""
+
+    total = 0
+
+
+class _Shared:
+    def __init__(self) -> None:
+        self.ranges_ignored = False
+        self.received = 0
+
+
+def _splittable(size: int, missing: int, policy: RangePolicy) -> bool:
+    return policy.parts > 1 and size >= policy.threshold and missing >= 2 * policy.min_part
+
+
+def split(start: int, end: int, parts: int, min_part: int) -> list[tuple[int, int]]:
+    """[start, end) in at most ``parts`` ranges of at least ``min_part`` bytes (bar the last)."""
+    part = max(min_part, math.ceil((end - start) / parts))
+    return [(s, min(s + part, end)) for s in range(start, end, part)]
+
+
+def plan(gaps: list[tuple[int, int]], size: int, policy: RangePolicy) -> list[_Piece]:
+    """The pieces to start with: one open-ended stream per gap, or (not adaptive) a split."""
+    missing = sum(end - start for start, end in gaps)
+    if policy.adaptive or not _splittable(size, missing, policy):
+        return [_Piece(start, end, bounded=False, pos=start) for start, end in gaps]
+    part = max(policy.min_part, math.ceil(missing / policy.parts))
+    pieces = [
+        _Piece(s, e, bounded=True, pos=s)
+        for start, end in gaps
+        for s, e in split(start, end, math.ceil((end - start) / part), policy.min_part)
+    ]
+    pieces[0].bounded = False
+    return pieces
+
+
+async def fill(ingest: Ingest, opener: Opener, progress: Progress, policy: RangePolicy) -> int:
+    """Fetch every missing range of ``ingest``; returns the bytes received from the network."""
+    shared = _Shared()
+    gaps = ingest.missing()
+    pieces = plan(gaps, ingest.desc.size, policy)
+    if any(p.start != ingest.prefix() for p in pieces):
+        ingest.will_write_out_of_order()
+    limiter = anyio.CapacityLimiter(max(policy.parts, 1))
+    adaptive = policy.adaptive and _splittable(
+        ingest.desc.size, sum(e - s for s, e in gaps), policy
+    )
+    try:
+        async with anyio.create_task_group() as group:
+            monitor = anyio.CancelScope()
+
+            async def first_piece() -> None:
+                try:
+                    await _run_piece(ingest, opener, progress, pieces[0], True, shared, limiter)
+                finally:
+                    monitor.cancel()  # nothing left to split
+
+            async def watch() -> None:
+                with monitor:
+                    await _split_if_slow(
+                        ingest, opener, progress, pieces[0], shared, policy, group, limiter
+                    )
+
+            group.start_soon(first_piece)
+            if adaptive:
+                group.start_soon(watch)
+            for piece in pieces[1:]:
+                group.start_soon(
+                    _run_piece, ingest, opener, progress, piece, False, shared, limiter
+                )
+    except BaseExceptionGroup as group_error:
+        raise first_error(group_error) from None
+    finally:
+        with anyio.CancelScope(shield=True):
+            ingest.save()
+    # Pieces dropped because the server ignores Range are fetched now, one stream each.
+    for start, end in ingest.missing():
+        await _run_piece(
+            ingest, opener, progress, _Piece(start, end, False, start), True, shared, None
+        )
+    return shared.received
+
+
+async def _split_if_slow(
+    ingest: Ingest,
+    opener: Opener,
+    progress: Progress,
+    first: _Piece,
+    shared: _Shared,
+    policy: RangePolicy,
+    group: anyio.abc.TaskGroup,
+    limiter: anyio.CapacityLimiter,
+) -> None:
+    before, started = _Meter.total, anyio.current_time()
+    await anyio.sleep(policy.probe)
+    rate = (_Meter.total - before) / max(anyio.current_time() - started, 1e-3)
+    if rate >= policy.slow_rate or shared.ranges_ignored:
+        return
+    # Leave the running stream what is already in flight to it, split off the rest.
+    tail = first.pos + policy.min_part // 2
+    if first.end - tail < 2 * policy.min_part:
+        return
+    ranges = split(tail, first.end, policy.parts - 1, policy.min_part)
+    ingest.will_write_out_of_order()
+    first.end = tail
+    for start, end in ranges:
+        piece = _Piece(start, end, bounded=True, pos=start)
+        group.start_soon(_run_piece, ingest, opener, progress, piece, False, shared, limiter)
+
+
+async def _run_piece(
+    ingest: Ingest,
+    opener: Opener,
+    progress: Progress,
+    piece: _Piece,
+    first: bool,
+    shared: _Shared,
+    limiter: anyio.CapacityLimiter | None,
+) -> None:
+    if limiter is not None:
+        async with limiter:
+            await _stream(ingest, opener, progress, piece, first, shared)
+    else:
+        await _stream(ingest, opener, progress, piece, first, shared)
+
+
+async def _stream(
+    ingest: Ingest, opener: Opener, progress: Progress, piece: _Piece, first: bool, shared: _Shared
+) -> None:
+    """Read one piece; a writer task hashes and writes the previous batch meanwhile."""
+    if piece.bounded and shared.ranges_ignored:
+        return
+    size = ingest.desc.size
+    pos = piece.start
+    pending: list[bytes] = []
+    pending_at = pos  # offset of the first pending byte
+    send, receive = anyio.create_memory_object_stream[tuple[int, list[bytes]]](1)
+
+    def stop_at() -> int:
+        # An open-ended piece runs on through what the dropped pieces should have fetched.
+        if first and shared.ranges_ignored:
+            return ingest.gap_end(pos)
+        return piece.end
+
+    async def writer() -> None:
+        async with receive:
+            async for at, chunks in receive:
+                await ingest.write(at, chunks)
+                progress(sum(len(c) for c in chunks))
+
+    async def hand_over() -> None:
+        nonlocal pending, pending_at
+        if pending:
+            batch, pending = pending, []
+            at, pending_at = pending_at, pos
+            await send.send((at, batch))
+
+    async def read() -> None:
+        nonlocal pos
+        async with opener(piece.start, piece.end if piece.bounded else None) as chunks:
+            async for chunk in chunks:
+                stop = stop_at()
+                shared.received += len(chunk)
+                if pos + len(chunk) > stop:
+                    if not piece.bounded and stop == size:
+                        raise SizeMismatch(
+                            f"blob {ingest.desc.digest} is longer than its declared {size} bytes",
+                            digest=str(ingest.desc.digest),
+                        )
+                    chunk = chunk[: stop - pos]  # an open-ended piece reached the next one
+                pending.append(chunk)
+                pos += len(chunk)
+                piece.pos = pos
+                _Meter.total += len(chunk)
+                if pos - pending_at >= WRITE_BATCH:
+                    await hand_over()
+                if pos >= stop:
+                    break
+
+    error: Exception | None = None
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(writer)
+            async with send:
+                try:
+                    await read()
+                except Exception as exc:  # keep what arrived before the failure, then raise
+                    error = exc
+                await hand_over()
+    except BaseExceptionGroup as group_error:
+        raise first_error(group_error) from None
+    if isinstance(error, RangeIgnored):
+        shared.ranges_ignored = True
+        return
+    if error is not None:
+        raise error
+    if pos < stop_at():
+        # A short body (server closed early): keep what came and resume from there.
+        raise NetworkError(
+            f"blob {ingest.desc.digest} ended after {pos} of {size} bytes",
+            digest=str(ingest.desc.digest),
+        )

@@ -1,0 +1,201 @@
+"""A blob being received: a partial file, the byte ranges it holds, the digest of its prefix.
+
+Bytes may arrive out of order (parallel Range requests write at their offsets), but a digest
+can only be computed in order: the verifier follows the contiguous prefix as it grows, hashing
+straight from memory when a write lands exactly at the prefix's end and re-reading the file
+(page cache) only for ranges that arrived early.
+
+When ranges beyond the prefix exist, they are recorded in a small sidecar file
+(``<partial>.ranges``), written before the first out-of-order byte and refreshed as work
+progresses, so that kill -9 loses at most the work since the last refresh. Without a sidecar
+the partial file is a plain prefix. Every claim is checked at the end by the digest anyway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+from pathlib import Path
+
+import anyio
+
+from .digest import Verifier
+from .errors import StoreError
+from .manifest import Descriptor
+
+READ_CHUNK = 4 << 20
+SAVE_EVERY = 32 << 20  # bytes written between two refreshes of the sidecar
+
+
+class Ingest:
+    def __init__(self, partial: Path, desc: Descriptor) -> None:
+        self.path = partial
+        self.sidecar = partial.with_name(partial.name + ".ranges")
+        self.desc = desc
+        self.verifier = Verifier(desc.digest, desc.size)
+        self.filled: list[tuple[int, int]] = []  # sorted, merged [start, end) ranges
+        self.fd = -1
+        self._hash_lock = threading.Lock()  # the verifier is advanced by worker threads
+        self._unsaved = 0
+        self._sidecar_needed = False
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    def open(self) -> None:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        size = os.fstat(self.fd).st_size
+        if size > self.desc.size:  # cannot belong to this blob
+            self._reset()
+            return
+        ranges = self._load_sidecar(size)
+        if ranges is None:
+            ranges = [(0, size)] if size else []
+        else:
+            self._sidecar_needed = True
+        self.filled = _merge(ranges)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def discard(self) -> None:
+        """Forget every byte: they failed verification or cannot be trusted."""
+        self._reset()
+        self.verifier = Verifier(self.desc.digest, self.desc.size)
+
+    def _reset(self) -> None:
+        os.ftruncate(self.fd, 0)
+        self.filled = []
+        self._sidecar_needed = False
+        with contextlib.suppress(FileNotFoundError):
+            self.sidecar.unlink()
+
+    def _load_sidecar(self, size: int) -> list[tuple[int, int]] | None:
+        try:
+            data = json.loads(self.sidecar.read_text())
+            if data.get("digest") != str(self.desc.digest):
+                return None
+            ranges = [(int(a), int(b)) for a, b in data["filled"]]
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError):
+            return []  # a torn sidecar: trust nothing but what we can re-download
+        # Only what the file really holds; a range past its end was never written.
+        return [(a, min(b, size)) for a, b in ranges if 0 <= a < min(b, size)]
+
+    def save(self) -> None:
+        """Refresh the sidecar (atomically) when out-of-order ranges exist."""
+        if not self._sidecar_needed:
+            return
+        doc = {"digest": str(self.desc.digest), "filled": [list(r) for r in self.filled]}
+        tmp = self.sidecar.with_name(self.sidecar.name + ".tmp")
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, self.sidecar)
+        self._unsaved = 0
+
+    # ---- ranges -------------------------------------------------------------------------------
+
+    @property
+    def received(self) -> int:
+        return sum(b - a for a, b in self.filled)
+
+    def prefix(self) -> int:
+        """End of the contiguous range that starts at 0."""
+        return self.filled[0][1] if self.filled and self.filled[0][0] == 0 else 0
+
+    def gap_end(self, pos: int) -> int:
+        """Where the missing range that contains ``pos`` ends (the next filled byte, or size)."""
+        for start, _ in self.filled:
+            if start > pos:
+                return start
+        return self.desc.size
+
+    def missing(self) -> list[tuple[int, int]]:
+        gaps, pos = [], 0
+        for start, end in self.filled:
+            if start > pos:
+                gaps.append((pos, start))
+            pos = max(pos, end)
+        if pos < self.desc.size:
+            gaps.append((pos, self.desc.size))
+        return gaps
+
+    def will_write_out_of_order(self) -> None:
+        """Called before a range that does not start at the prefix: the sidecar must exist
+        first, or a crash would leave a sparse file that looks like a plain prefix."""
+        if not self._sidecar_needed:
+            self._sidecar_needed = True
+            self.save()
+
+    # ---- data ---------------------------------------------------------------------------------
+
+    async def write(self, offset: int, chunks: list[bytes]) -> None:
+        """Write ``chunks`` (consecutive) at ``offset``; hashed on the way when in order."""
+        length = sum(len(c) for c in chunks)
+        await anyio.to_thread.run_sync(self._write, offset, chunks, length)
+        self.filled = _merge([*self.filled, (offset, offset + length)])
+        self._unsaved += length
+        if self._unsaved >= SAVE_EVERY:
+            self.save()
+        if self.prefix() > self.verifier.count:
+            await self.catch_up()
+
+    def _write(self, offset: int, chunks: list[bytes], length: int) -> None:
+        # pwritev: one system call for the batch, and no copy to join the chunks first.
+        written = os.pwritev(self.fd, chunks, offset)
+        if written < length:  # short write (rare: signals, quotas): finish it plainly
+            rest = memoryview(b"".join(chunks))[written:]
+            while rest:
+                done = os.pwrite(self.fd, rest, offset + written)
+                rest, written = rest[done:], written + done
+        with self._hash_lock:
+            if offset == self.verifier.count:  # in order: hash from memory, no re-read
+                for chunk in chunks:
+                    self.verifier.update(chunk)
+
+    async def catch_up(self) -> None:
+        """Hash whatever of the contiguous prefix is not hashed yet (from the page cache)."""
+        target = self.prefix()
+        if target > self.verifier.count:
+            await anyio.to_thread.run_sync(self._hash_to, target)
+
+    def _hash_to(self, target: int) -> None:
+        with self._hash_lock:
+            while self.verifier.count < target:
+                want = min(READ_CHUNK, target - self.verifier.count)
+                chunk = os.pread(self.fd, want, self.verifier.count)
+                if not chunk:
+                    raise StoreError(f"partial file {self.path} shrank while being read")
+                self.verifier.update(chunk)
+
+    async def finish(self, final: Path) -> None:
+        """Verify size and digest, make it durable, move it under blobs/ (atomic rename)."""
+        await self.catch_up()
+        self.verifier.verify()
+        await anyio.to_thread.run_sync(os.fsync, self.fd)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.path, final)
+        _fsync_dir(final.parent)
+        with contextlib.suppress(FileNotFoundError):
+            self.sidecar.unlink()
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(r for r in ranges if r[1] > r[0]):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
