@@ -12,6 +12,7 @@ no journal to corrupt. One file lock per blob makes concurrent xfer processes sh
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -65,6 +66,34 @@ class Layout:
 
     def _partial_path(self, digest: Digest) -> Path:
         return self.work / "partials" / f"{digest.algorithm}-{digest.encoded}"
+
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[None]:
+        """Held (shared) by every writer for its whole run, so gc never runs under it."""
+        with self._store_lock(fcntl.LOCK_SH):
+            yield
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Held by gc: no pull is between writing its blobs and tagging its image."""
+        with self._store_lock(fcntl.LOCK_EX | fcntl.LOCK_NB):
+            yield
+
+    @contextlib.contextmanager
+    def _store_lock(self, mode: int) -> Iterator[None]:
+        self.ensure()
+        fd = os.open(self.work / "store.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, mode)
+            except BlockingIOError:
+                raise StoreError(
+                    f"the store {self.root} is in use by another xfer process",
+                    hint="try again when it has finished",
+                ) from None
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
     def _lock(self, name: str) -> FileLock:
         return FileLock(str(self.work / "locks" / f"{name}.lock"))
