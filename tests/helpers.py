@@ -40,6 +40,10 @@ def xfer(
         "HOME": str(ROOT / ".pytest_cache" / "home"),
         "DOCKER_CONFIG": str(ROOT / ".pytest_cache" / "no-docker-config"),
         "REGISTRY_AUTH_FILE": str(ROOT / ".pytest_cache" / "no-auth.json"),
+        # Nothing from the machine's registry configuration (mirrors, TLS) reaches a test.
+        "XFER_CONFIG": str(ROOT / ".pytest_cache" / "no-xfer-config.toml"),
+        "CONTAINERS_REGISTRIES_CONF": str(ROOT / ".pytest_cache" / "no-registries.conf"),
+        "XFER_CERTS_D": "",
         "PYTHONPATH": str(ROOT),
     }
     full_env.pop("XFER_STORE", None)

@@ -9,6 +9,8 @@ from .api import (
     default_store,
     images,
     inspect,
+    login,
+    logout,
     pull,
     pull_sync,
     tags,
@@ -16,6 +18,7 @@ from .api import (
 )
 from .auth import Credentials
 from .client import TransportOptions
+from .config import RegistryConfig
 from .copy import CopyOptions, CopyResult, copy_image
 from .digest import Digest
 from .errors import TransferError
@@ -33,6 +36,7 @@ __all__ = [
     "Manifest",
     "Platform",
     "Reference",
+    "RegistryConfig",
     "RetryPolicy",
     "Settings",
     "TransferError",
@@ -41,6 +45,8 @@ __all__ = [
     "default_store",
     "images",
     "inspect",
+    "login",
+    "logout",
     "parse",
     "pull",
     "pull_sync",

@@ -5,6 +5,7 @@ Every transfer is ``copy.copy_image`` between two endpoints; these functions onl
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -13,17 +14,21 @@ from typing import Any, ParamSpec, TypeVar
 
 import anyio
 
-from .auth import Credentials
+from .auth import Credentials, registry_host, remove_credentials, save_credentials
 from .client import RegistryClient, TransportOptions
+from .config import RegistryConfig
+from .config import load as load_registry_config
 from .copy import CopyOptions, CopyResult, copy_image
 from .digest import Digest
 from .endpoints.layout import REF_NAME, Layout, LayoutDestination, LayoutSource
-from .endpoints.registry import RegistrySource
+from .endpoints.registry import MirrorSource, RegistrySource
 from .errors import StoreError
 from .fetch import RangePolicy
+from .maintenance import GcReport, VerifyReport, collect
+from .maintenance import verify as verify_layout
 from .manifest import MAX_CONFIG_BYTES, Descriptor, ImageConfig, Index, Manifest, Platform
-from .progress import Emit, ignore
-from .reference import Reference, parse, parse_repository
+from .progress import Emit, Message, ignore
+from .reference import DOCKER_HUB, DOCKER_HUB_API, Reference, parse, parse_repository
 from .retry import RetryPolicy
 from .throttle import Throttle
 
@@ -50,14 +55,53 @@ class Settings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     ranges: RangePolicy = field(default_factory=RangePolicy)  # parallel Range requests
     throttle: Throttle | None = None  # one byte-rate cap shared by every stream of the run
+    # Per-registry TLS, plain-http and mirrors; None: read config.toml, registries.conf and
+    # certs.d (config.load) each time a client is made, so a long-lived Settings sees edits.
+    registries: RegistryConfig | None = None
+    _warned: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
 
-    def client(self, reference: Reference) -> RegistryClient:
+    def registry_config(self) -> RegistryConfig:
+        return self.registries if self.registries is not None else load_registry_config()
+
+    def transport_for(self, host: str, config: RegistryConfig | None = None) -> TransportOptions:
+        """The command line's transport options with this host's configuration added."""
+        return (config or self.registry_config()).transport(host, self.transport)
+
+    def client(
+        self,
+        reference: Reference,
+        emit: Emit = ignore,
+        *,
+        config: RegistryConfig | None = None,
+        explicit_credentials: bool = True,
+    ) -> RegistryClient:
+        """A client for the reference's registry. ``--creds`` are for the registry named on the
+        command line; a mirror (another host) gets only its own, from the credential files."""
+        host = reference.api_host
+        options = self.transport_for(host, config)
+        if options.insecure and not self.transport.insecure and host not in self._warned:
+            # --insecure is announced by whoever set it; a config file's insecure host here, once.
+            self._warned.add(host)
+            emit(Message(f"warning: TLS certificates of {host} are not verified (insecure)"))
         return RegistryClient(
-            reference.api_host,
-            options=self.transport,
-            credentials=self.credentials,
+            host,
+            options=options,
+            credentials=self.credentials if explicit_credentials else None,
             throttle=self.throttle,
         )
+
+    def source(self, reference: Reference, emit: Emit = ignore) -> RegistrySource | MirrorSource:
+        """Where a pull reads ``reference``: its configured mirrors first, then the registry."""
+        config = self.registry_config()
+        origin = RegistrySource(self.client(reference, emit, config=config), reference)
+        mirrors = config.mirrors(reference)
+        if not mirrors:
+            return origin
+        readers = [
+            RegistrySource(self.client(m, emit, config=config, explicit_credentials=False), m)
+            for m in mirrors
+        ]
+        return MirrorSource(readers, origin, emit)
 
     def layout(self) -> Layout:
         return Layout(self.store, self.ranges)
@@ -85,10 +129,10 @@ async def pull(
     chosen = None if all_platforms else (platform or Platform.current())
     options = CopyOptions(platform=chosen, jobs=settings.jobs, retry=settings.retry)
     layout = settings.layout()
-    async with settings.client(ref) as client:
-        source = RegistrySource(client, ref)
+    async with contextlib.aclosing(settings.source(ref, emit)) as source:
         destination = LayoutDestination(layout, str(ref))
-        return await copy_image(source, destination, ref.identifier, str(ref), options, emit)
+        with layout.in_use():
+            return await copy_image(source, destination, ref.identifier, str(ref), options, emit)
 
 
 async def inspect(
@@ -128,10 +172,29 @@ async def _read_blob(client: RegistryClient, ref: Reference, desc: Descriptor) -
 
 
 async def tags(repository: str, settings: Settings | None = None) -> list[str]:
+    """Every tag of a repository, following the registry's pagination."""
     settings = settings or Settings()
     ref = parse_repository(repository)
     async with settings.client(ref) as client:
         return await client.list_tags(ref.repository)
+
+
+async def login(host: str, credentials: Credentials, settings: Settings | None = None) -> str:
+    """Check credentials against the registry (``GET /v2/`` through its auth flow: a token is
+    issued or Basic accepted), then keep them as ``docker login`` does. Returns where they went
+    (a file or a credential helper), never the secret."""
+    settings = settings or Settings()
+    name = registry_host(host)
+    api_host = DOCKER_HUB_API if name == DOCKER_HUB else name
+    options = settings.transport_for(api_host)
+    async with RegistryClient(api_host, options=options, credentials=credentials) as client:
+        await client.check_login()
+    return save_credentials(name, credentials)
+
+
+def logout(host: str) -> bool:
+    """Forget a registry's credentials (helper ``erase``, config.json); False if none were kept."""
+    return remove_credentials(host)
 
 
 def images(settings: Settings | None = None) -> list[ImageEntry]:
@@ -168,6 +231,35 @@ def _image_size(layout: Layout, desc: Descriptor) -> int:
     return sum(seen.values())
 
 
+def remove(references: list[str], settings: Settings | None = None) -> list[str]:
+    """Drop references from the store; their blobs stay until ``gc`` (others may share them)."""
+    settings = settings or Settings()
+    layout = settings.layout()
+    removed = []
+    for text in references:
+        name = str(parse(text))
+        if not layout.remove_reference(name):
+            raise StoreError(f"image {name} is not in the store {layout.root}", reference=name)
+        removed.append(name)
+    return removed
+
+
+def gc(settings: Settings | None = None, *, all_partials: bool = False) -> GcReport:
+    settings = settings or Settings()
+    layout = settings.layout()
+    if not layout.exists():
+        return GcReport(0, 0, 0, 0)
+    return collect(layout, all_partials=all_partials)
+
+
+def verify(settings: Settings | None = None) -> VerifyReport:
+    settings = settings or Settings()
+    layout = settings.layout()
+    if not layout.exists():
+        raise StoreError(f"there is no store at {layout.root}")
+    return verify_layout(layout)
+
+
 def config_platform(config: bytes) -> Platform:
     return ImageConfig.from_bytes(config).platform
 
@@ -182,8 +274,10 @@ def run(func: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T
 
 
 def pull_sync(reference: str, settings: Settings | None = None, **kwargs: Any) -> CopyResult:
+    """``pull`` for synchronous code (scripts): same arguments, runs its own event loop."""
     return run(pull, reference, settings, **kwargs)
 
 
 def tags_sync(repository: str, settings: Settings | None = None) -> list[str]:
+    """``tags`` for synchronous code."""
     return run(tags, repository, settings)

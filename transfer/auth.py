@@ -1,16 +1,23 @@
 """Registry authentication: challenges, credentials, and bearer tokens.
 
-Pure parts (challenge parsing, config.json lookup) are synchronous and table-tested; the token
-fetch is async and cached per (realm, service, scopes) so every blob of a pull shares one token.
+Pure parts (challenge parsing, credential-file lookup) are synchronous and table-tested; the
+token fetch is async and cached per (host, realm, service, scope set) so every blob of a pull
+shares one token, and concurrent requests wait for one fetch instead of each making their own.
+
+Credentials are found where docker, podman and skopeo keep them (cli.md, in this order):
+``$DOCKER_CONFIG/config.json`` (``credHelpers``, ``credsStore``, ``auths``), then
+``$REGISTRY_AUTH_FILE`` or ``$XDG_RUNTIME_DIR/containers/auth.json``.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import os
 import re
 import subprocess
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,10 +27,13 @@ from typing import Any
 import anyio
 import httpx
 
-from .errors import AuthError, Unauthorized
+from .errors import AuthError, Unauthorized, UsageError
 
 MAX_TOKEN_BODY = 1 << 20  # reliability case 4: a token answer larger than this is hostile
 DEFAULT_TOKEN_LIFETIME = 60.0  # the token spec's default when expires_in is absent
+CLIENT_ID = "xfer"  # OAuth2 client_id sent with refresh-token grants
+HUB = "docker.io"
+HUB_LOGIN_KEY = "https://index.docker.io/v1/"  # where docker keeps Docker Hub credentials
 DOCKER_HUB_ALIASES = (
     "docker.io",
     "index.docker.io",
@@ -31,6 +41,10 @@ DOCKER_HUB_ALIASES = (
     "https://index.docker.io/v1/",
     "registry.hub.docker.com",
 )
+_HUB_HOSTS = frozenset(
+    ("docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com")
+)
+HELPER_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -82,11 +96,53 @@ class Credentials:
         raw = f"{self.username}:{self.password}".encode()
         return "Basic " + base64.b64encode(raw).decode()
 
+    @property
+    def has_password(self) -> bool:
+        return bool(self.username and self.password)
 
-def _host_keys(host: str) -> list[str]:
-    if host in DOCKER_HUB_ALIASES:
-        return list(DOCKER_HUB_ALIASES)
-    return [host, f"https://{host}", f"http://{host}", f"https://{host}/v1/", f"https://{host}/v2/"]
+
+# ---- hosts and credential files -------------------------------------------------------------
+
+_HOST_RE = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::\d+)?")
+
+
+def registry_host(text: str) -> str:
+    """``host[:port]`` from a host, a config key or a URL (``https://host/v1/``).
+
+    Docker Hub's spellings all fold to ``docker.io``; anything that is not a host is a usage
+    error (``xfer login 'x y'``).
+    """
+    host = text.strip()
+    for scheme in ("https://", "http://"):
+        if host.lower().startswith(scheme):
+            host = host[len(scheme) :]
+            break
+    host = host.split("/", 1)[0]
+    if not _HOST_RE.fullmatch(host):
+        raise UsageError(f"not a registry host: {text!r}")
+    host = host.lower()
+    return HUB if host in _HUB_HOSTS else host
+
+
+def _key_host(key: str) -> str | None:
+    """The host a credential-file key is for, or None for a key naming a repository.
+
+    URL keys (``https://host/v1/``) count for their host; a containers auth.json key with a
+    path (``host/namespace``) is for that namespace only, so it never matches a bare host.
+    """
+    has_scheme = key.lower().startswith(("https://", "http://"))
+    path = key.split("://", 1)[-1].partition("/")[2].strip("/")
+    if path and not (has_scheme and path in ("v1", "v2")):
+        return None
+    try:
+        return registry_host(key)
+    except UsageError:
+        return None
+
+
+def login_key(host: str) -> str:
+    """The key docker writes for a host: Docker Hub's is its old index URL."""
+    return HUB_LOGIN_KEY if host == HUB else host
 
 
 def docker_config_path() -> Path:
@@ -94,12 +150,18 @@ def docker_config_path() -> Path:
     return Path(base) / "config.json"
 
 
+def containers_auth_path() -> Path | None:
+    if os.environ.get("REGISTRY_AUTH_FILE"):
+        return Path(os.environ["REGISTRY_AUTH_FILE"])
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(os.environ["XDG_RUNTIME_DIR"]) / "containers" / "auth.json"
+    return None
+
+
 def _auth_files() -> list[Path]:
     files = [docker_config_path()]
-    if os.environ.get("REGISTRY_AUTH_FILE"):
-        files.append(Path(os.environ["REGISTRY_AUTH_FILE"]))
-    elif os.environ.get("XDG_RUNTIME_DIR"):
-        files.append(Path(os.environ["XDG_RUNTIME_DIR"]) / "containers" / "auth.json")
+    if (extra := containers_auth_path()) is not None:
+        files.append(extra)
     return files
 
 
@@ -116,131 +178,307 @@ def _load_json(path: Path) -> dict[str, Any]:
 def _from_auth_entry(entry: Any) -> Credentials | None:
     if not isinstance(entry, dict):
         return None
+    token = str(entry.get("identitytoken") or "")
     if entry.get("auth"):
         try:
             user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
         except (ValueError, UnicodeDecodeError):
             return None
-        return Credentials(user, password, entry.get("identitytoken", ""))
-    if entry.get("username") or entry.get("identitytoken"):
-        return Credentials(
-            entry.get("username", ""), entry.get("password", ""), entry.get("identitytoken", "")
-        )
+        return Credentials(user, password, token)
+    if entry.get("username") or token:
+        return Credentials(str(entry.get("username", "")), str(entry.get("password", "")), token)
     return None
+
+
+def _matching(table: Any, host: str) -> list[Any]:
+    """Values of a host-keyed table for ``host``: the exact key first, then other spellings."""
+    if not isinstance(table, dict):
+        return []
+    exact = [table[k] for k in (host, login_key(host)) if k in table]
+    return exact + [
+        v for k, v in table.items() if k not in (host, login_key(host)) and _key_host(k) == host
+    ]
+
+
+def _helper_keys(host: str) -> list[str]:
+    # Helpers look up the server URL docker stored at login: the host as typed, or Hub's URL.
+    return [HUB_LOGIN_KEY, HUB] if host == HUB else [host, f"https://{host}"]
+
+
+def _run_helper(helper: str, action: str, data: bytes) -> subprocess.CompletedProcess[bytes]:
+    program = f"docker-credential-{helper}"
+    try:
+        return subprocess.run(
+            [program, action], input=data, capture_output=True, timeout=HELPER_TIMEOUT, check=False
+        )
+    except FileNotFoundError:
+        raise AuthError(
+            f"credential helper {program} is configured but not found on PATH"
+        ) from None
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise AuthError(
+            f"credential helper {program} {action} failed: {type(exc).__name__}"
+        ) from None
+
+
+def _not_found(done: subprocess.CompletedProcess[bytes]) -> bool:
+    return b"credentials not found" in (done.stdout + done.stderr).lower()
 
 
 def _from_helper(helper: str, host: str) -> Credentials | None:
     """The docker-credential-* protocol: the server URL on stdin, JSON on stdout."""
-    for key in _host_keys(host)[:2] if host not in DOCKER_HUB_ALIASES else [DOCKER_HUB_ALIASES[3]]:
-        try:
-            done = subprocess.run(
-                [f"docker-credential-{helper}", "get"],
-                input=key.encode(),
-                capture_output=True,
-                timeout=30,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise AuthError(f"credential helper docker-credential-{helper} failed: {exc}") from None
+    for key in _helper_keys(host):
+        done = _run_helper(helper, "get", key.encode())
         if done.returncode != 0:
-            continue  # "credentials not found in native keychain"
+            if _not_found(done):
+                continue
+            # Its message, not ours: a helper never echoes the secret it could not find.
+            reason = (done.stderr or done.stdout).decode(errors="replace").strip().splitlines()
+            raise AuthError(
+                f"credential helper docker-credential-{helper} failed for {host}"
+                + (f": {reason[0][:200]}" if reason else f" (exit {done.returncode})")
+            )
         try:
             data = json.loads(done.stdout)
         except ValueError:
             raise AuthError(f"credential helper docker-credential-{helper} gave bad JSON") from None
-        user, secret = data.get("Username", ""), data.get("Secret", "")
+        if not isinstance(data, dict):
+            raise AuthError(f"credential helper docker-credential-{helper} gave bad JSON")
+        user, secret = str(data.get("Username", "")), str(data.get("Secret", ""))
         if user == "<token>":
             return Credentials(identity_token=secret)
         return Credentials(user, secret)
     return None
 
 
+def _helper_for(config: Mapping[str, Any], host: str) -> str | None:
+    """credHelpers for this host wins over credsStore, as in docker."""
+    for name in _matching(config.get("credHelpers"), host):
+        if name:
+            return str(name)
+    store = config.get("credsStore")
+    return str(store) if store else None
+
+
 def find_credentials(host: str) -> Credentials | None:
-    """Credentials for a registry host from docker's config.json, its helpers, then auth.json."""
-    for index, path in enumerate(_auth_files()):
+    """Credentials for a registry host from docker's config.json, its helpers, then auth.json.
+
+    Every spelling of Docker Hub finds the same entry. Within a file a helper comes first and
+    ``auths`` is the fallback (a credsStore user may still have plain entries).
+    """
+    try:
+        host = registry_host(host)
+    except UsageError:
+        return None
+    for path in _auth_files():
         config = _load_json(path)
-        if index == 0:
-            helper = (config.get("credHelpers") or {}).get(host) or config.get("credsStore")
-            if helper:
-                found = _from_helper(str(helper), host)
-                if found:
-                    return found
-        auths = config.get("auths") or {}
-        for key in _host_keys(host):
-            found = _from_auth_entry(auths.get(key))
+        helper = _helper_for(config, host)
+        if helper:
+            found = _from_helper(helper, host)
+            if found:
+                return found
+        for entry in _matching(config.get("auths"), host):
+            found = _from_auth_entry(entry)
             if found:
                 return found
     return None
 
 
+def save_credentials(host: str, credentials: Credentials) -> str:
+    """Store credentials as ``docker login`` does; returns where (for the user, no secret).
+
+    Into the host's helper when config.json names one, else into config.json (mode 0600).
+    """
+    host = registry_host(host)
+    path = docker_config_path()
+    config = _load_json(path)
+    key = login_key(host)
+    helper = _helper_for(config, host)
+    if helper:
+        user, secret = credentials.username, credentials.password
+        if credentials.identity_token:
+            user, secret = "<token>", credentials.identity_token
+        payload = json.dumps({"ServerURL": key, "Username": user, "Secret": secret}).encode()
+        done = _run_helper(helper, "store", payload)
+        if done.returncode != 0:
+            raise AuthError(f"credential helper docker-credential-{helper} could not store {host}")
+        return f"credential helper docker-credential-{helper}"
+    auths = config.get("auths")
+    if not isinstance(auths, dict):
+        auths = config["auths"] = {}
+    for old in [k for k in auths if k != key and _key_host(k) == host]:
+        del auths[old]  # one entry per host: a stale spelling would shadow nothing but confuse
+    raw = f"{credentials.username}:{credentials.password}".encode()
+    entry: dict[str, str] = {"auth": base64.b64encode(raw).decode()}
+    if credentials.identity_token:
+        entry["identitytoken"] = credentials.identity_token
+    auths[key] = entry
+    _write_private(path, config)
+    return str(path)
+
+
+def remove_credentials(host: str) -> bool:
+    """Forget a host's credentials (helper erase and config.json entries); True if any were kept."""
+    host = registry_host(host)
+    path = docker_config_path()
+    config = _load_json(path)
+    removed = False
+    helper = _helper_for(config, host)
+    if helper:
+        for key in _helper_keys(host):
+            done = _run_helper(helper, "erase", key.encode())
+            if done.returncode == 0:
+                removed = True
+            elif not _not_found(done):
+                raise AuthError(
+                    f"credential helper docker-credential-{helper} could not erase {host}"
+                )
+    auths = config.get("auths")
+    if isinstance(auths, dict):
+        stale = [k for k in auths if _key_host(k) == host]
+        for key in stale:
+            removed = removed or bool(_from_auth_entry(auths[key]))
+            del auths[key]
+        if stale:
+            _write_private(path, config)
+    return removed
+
+
+def _write_private(path: Path, data: Mapping[str, Any]) -> None:
+    """Replace a credentials file atomically, readable by its owner only, parents created."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as out:  # mkstemp's file is 0600 already
+            json.dump(data, out, indent="\t")
+            out.write("\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---- bearer tokens ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenKey:
+    """What a token is good for: one host, one token service, one set of scopes."""
+
+    host: str
+    realm: str
+    service: str
+    scopes: tuple[str, ...]  # sorted and unique: the same set is the same key
+
+    @classmethod
+    def of(cls, host: str, realm: str, service: str, scopes: Sequence[str]) -> TokenKey:
+        return cls(host, realm, service, tuple(sorted(set(scopes))))
+
+
 @dataclass
 class _Token:
     value: str
-    expires: float
+    expires: float  # time.monotonic()
 
 
 class TokenCache:
-    """Bearer tokens keyed by (realm, service, scopes); one fetch at a time per key."""
+    """Bearer tokens by TokenKey; one fetch at a time per key, renewed before they expire."""
 
     def __init__(self, http: httpx.AsyncClient, credentials: Credentials | None) -> None:
         self.http = http
         self.credentials = credentials
-        self._tokens: dict[tuple[str, str, tuple[str, ...]], _Token] = {}
-        self._locks: dict[tuple[str, str, tuple[str, ...]], anyio.Lock] = {}
+        self._tokens: dict[TokenKey, _Token] = {}
+        self._locks: dict[TokenKey, anyio.Lock] = {}
         self.fetches = 0
 
-    def cached(self, realm: str, service: str, scopes: tuple[str, ...]) -> str | None:
-        token = self._tokens.get((realm, service, scopes))
+    def cached(self, key: TokenKey) -> str | None:
+        token = self._tokens.get(key)
         if token and token.expires > time.monotonic():
             return token.value
         return None
 
-    def forget(self, realm: str, service: str, scopes: tuple[str, ...]) -> None:
-        self._tokens.pop((realm, service, scopes), None)
+    def invalidate(self, key: TokenKey, value: str) -> None:
+        """Drop a token the registry refused, unless a newer one already replaced it."""
+        token = self._tokens.get(key)
+        if token is not None and token.value == value:
+            del self._tokens[key]
 
-    async def get(self, realm: str, service: str, scopes: tuple[str, ...], host: str) -> str:
-        key = (realm, service, scopes)
+    async def get(self, key: TokenKey) -> str:
         lock = self._locks.setdefault(key, anyio.Lock())
         async with lock:  # concurrent blobs wait for one token request, no stampede
-            token = self.cached(*key)
+            token = self.cached(key)
             if token:
                 return token
-            fetched = await self._fetch(realm, service, scopes, host)
+            fetched = await self._fetch(key)
             self._tokens[key] = fetched
             return fetched.value
 
-    async def _fetch(self, realm: str, service: str, scopes: tuple[str, ...], host: str) -> _Token:
-        if not realm.startswith(("https://", "http://")):
-            raise AuthError(f"registry {host} sent a token realm that is not a URL", host=host)
-        params: list[tuple[str, str | int | float | bool | None]] = (
-            [("service", service)] if service else []
-        )
-        params += [("scope", scope) for scope in scopes]
-        headers = {}
-        if self.credentials and self.credentials.username:
-            headers["Authorization"] = self.credentials.basic()
+    async def _fetch(self, key: TokenKey) -> _Token:
+        if not key.realm.startswith(("https://", "http://")):
+            raise AuthError(
+                f"registry {key.host} sent a token realm that is not a URL", host=key.host
+            )
         self.fetches += 1
+        creds = self.credentials
+        if creds and creds.identity_token:
+            # docker: an identity token is an OAuth2 refresh token, exchanged by POST; token
+            # services without the OAuth2 endpoint answer 404/405/400, and then GET is tried.
+            status, body = await self._request(key, _oauth_form(key, creds.identity_token))
+            if status not in (400, 404, 405):
+                return _token_or_error(status, body, key)
+        status, body = await self._request(key, None)
+        return _token_or_error(status, body, key)
+
+    async def _request(self, key: TokenKey, form: dict[str, str] | None) -> tuple[int, bytes]:
+        creds = self.credentials
         try:
-            async with self.http.stream("GET", realm, params=params, headers=headers) as resp:
-                body = await _read_capped(resp, MAX_TOKEN_BODY, host)
+            if form is not None:
+                stream = self.http.stream("POST", key.realm, data=form)
+            else:
+                params: list[tuple[str, str | int | float | bool | None]] = (
+                    [("service", key.service)] if key.service else []
+                )
+                params += [("scope", scope) for scope in key.scopes]
+                headers = {}
+                if creds and creds.has_password:
+                    params.append(("account", creds.username))
+                    headers["Authorization"] = creds.basic()
+                stream = self.http.stream("GET", key.realm, params=params, headers=headers)
+            async with stream as resp:
+                body = await _read_capped(resp, MAX_TOKEN_BODY, key.host)
         except httpx.HTTPError as exc:
             raise AuthError(
-                f"token service {httpx.URL(realm).host} failed: {type(exc).__name__}", host=host
+                f"token service {httpx.URL(key.realm).host} for {key.host} failed: "
+                f"{type(exc).__name__}",
+                host=key.host,
             ) from None
-        if resp.status_code in (401, 403):
-            raise Unauthorized(
-                f"unauthorized: the token service for {host} refused the credentials",
-                host=host,
-                status=resp.status_code,
-                hint="check the username and password (xfer login)",
-            )
-        if resp.status_code != 200:
-            raise AuthError(
-                f"token service for {host} answered HTTP {resp.status_code}",
-                host=host,
-                status=resp.status_code,
-            )
-        return parse_token_response(body, host)
+        return resp.status_code, body
+
+
+def _oauth_form(key: TokenKey, refresh_token: str) -> dict[str, str]:
+    form = {"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": CLIENT_ID}
+    if key.service:
+        form["service"] = key.service
+    if key.scopes:
+        form["scope"] = " ".join(key.scopes)  # OAuth2: one space-separated parameter
+    return form
+
+
+def _token_or_error(status: int, body: bytes, key: TokenKey) -> _Token:
+    if status in (401, 403):
+        raise Unauthorized(
+            f"unauthorized: the token service for {key.host} refused the credentials",
+            host=key.host,
+            status=status,
+            hint="check the username and password (xfer login)",
+        )
+    if status != 200:
+        raise AuthError(
+            f"token service for {key.host} answered HTTP {status}", host=key.host, status=status
+        )
+    return parse_token_response(body, key.host)
 
 
 async def _read_capped(resp: httpx.Response, cap: int, host: str) -> bytes:
@@ -252,7 +490,10 @@ async def _read_capped(resp: httpx.Response, cap: int, host: str) -> bytes:
     return bytes(chunks)
 
 
-def parse_token_response(body: bytes, host: str, now: float | None = None) -> _Token:
+def parse_token_response(
+    body: bytes, host: str, now: float | None = None, wall: float | None = None
+) -> _Token:
+    """The token and when to stop using it (``now`` is monotonic, ``wall`` the clock)."""
     try:
         data = json.loads(body)
     except ValueError:
@@ -265,6 +506,25 @@ def parse_token_response(body: bytes, host: str, now: float | None = None) -> _T
     lifetime = data.get("expires_in")
     if not isinstance(lifetime, int | float) or isinstance(lifetime, bool) or lifetime <= 0:
         lifetime = DEFAULT_TOKEN_LIFETIME
+    lifetime = float(lifetime)
+    # issued_at shortens the life by the token's age, but a skewed clock must neither make
+    # every token look expired (a fetch per request) nor extend one: age within [0, life/2].
+    issued = _issued_at(data.get("issued_at"))
+    if issued is not None:
+        age = (time.time() if wall is None else wall) - issued
+        lifetime -= min(max(age, 0.0), lifetime / 2)
     # Renew a little early so a token never expires between our check and the registry's.
-    lifetime = max(float(lifetime) * 0.9, 1.0)
+    lifetime = max(lifetime * 0.9, 1.0)
     return _Token(value, (time.monotonic() if now is None else now) + lifetime)
+
+
+def _issued_at(value: Any) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -17,7 +18,7 @@ from . import api
 from .auth import Credentials
 from .client import TransportOptions
 from .copy import CopyResult
-from .errors import TransferError, UsageError
+from .errors import StoreError, TransferError, UsageError
 from .fetch import RangePolicy
 from .manifest import Index, Platform
 from .progress import (
@@ -70,6 +71,8 @@ class Renderer:
             from tqdm import tqdm
 
             self.close()
+            # A terminal that reports no size (some CI ptys) would get no bar at all.
+            width, height = _terminal_size(self.err)
             self.bar = tqdm(
                 total=event.bytes,
                 unit="B",
@@ -78,6 +81,8 @@ class Renderer:
                 desc=event.reference[-40:],
                 file=self.err,
                 leave=False,
+                ncols=width or 100,
+                nrows=height or 24,
             )
         elif isinstance(event, BlobProgress) and self.bar is not None:
             self.bar.update(event.advance)
@@ -114,6 +119,14 @@ class Renderer:
             self.out.write(json.dumps(total) + "\n")
 
 
+def _terminal_size(stream: TextIO) -> tuple[int, int]:
+    try:
+        size = os.get_terminal_size(stream.fileno())
+    except (OSError, ValueError):
+        return 100, 24
+    return size.columns or 100, size.lines or 24
+
+
 def _size(n: int) -> str:
     value = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -134,22 +147,31 @@ def _renderer(args: argparse.Namespace) -> Renderer:
 # ---- settings from options -------------------------------------------------------------------
 
 
-def _settings(args: argparse.Namespace) -> api.Settings:
-    creds = None
+def _credentials(args: argparse.Namespace) -> Credentials | None:
+    """``--creds USER:PASS`` or ``--username`` with the password on stdin (never in argv)."""
     if getattr(args, "creds", None):
         user, sep, password = args.creds.partition(":")
         if not sep:
             raise UsageError("--creds takes USER:PASSWORD")
-        creds = Credentials(user, password)
-    elif getattr(args, "username", None):
+        return Credentials(user, password)
+    if getattr(args, "username", None):
         if not getattr(args, "password_stdin", False):
             raise UsageError("--username needs --password-stdin")
-        creds = Credentials(args.username, sys.stdin.readline().rstrip("\r\n"))
+        return Credentials(args.username, sys.stdin.readline().rstrip("\r\n"))
+    if getattr(args, "password_stdin", False):
+        raise UsageError("--password-stdin needs --username")
+    return None
+
+
+def _settings(args: argparse.Namespace, credentials: Credentials | None = None) -> api.Settings:
+    creds = credentials if credentials is not None else _credentials(args)
     transport = TransportOptions(
         plain_http=getattr(args, "plain_http", False),
         insecure=getattr(args, "insecure", False),
         ca_file=getattr(args, "ca_file", None),
     )
+    if transport.insecure:
+        _warning("--insecure: TLS certificates are not verified")
     jobs = getattr(args, "jobs", 8)
     if jobs < 1:
         raise UsageError("--jobs must be at least 1")
@@ -163,7 +185,7 @@ def _settings(args: argparse.Namespace) -> api.Settings:
     throttle = None
     if getattr(args, "limit_rate", None):
         throttle = Throttle(_bytes_option("--limit-rate", args.limit_rate))
-    store = Path(args.store) if args.store else api.default_store()
+    store = Path(args.store) if getattr(args, "store", None) else api.default_store()
     return api.Settings(
         store=store,
         transport=replace(transport, max_connections=max(jobs * 2, 16)),
@@ -281,9 +303,93 @@ async def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_rm(args: argparse.Namespace) -> int:
+    for name in api.remove(args.references, _settings(args)):
+        if args.json:
+            print(json.dumps({"event": "removed", "reference": name}))
+        else:
+            print(f"untagged {name}")
+    return 0
+
+
+async def cmd_gc(args: argparse.Namespace) -> int:
+    report = await anyio.to_thread.run_sync(
+        lambda: api.gc(_settings(args), all_partials=args.partials)
+    )
+    if args.json:
+        print(json.dumps({"event": "gc", **report.__dict__}))
+    elif not args.quiet:
+        print(
+            f"removed {report.blobs_removed} blobs ({_size(report.bytes_freed)}) and "
+            f"{report.partials_removed} partial downloads ({_size(report.partial_bytes_freed)})"
+        )
+    return 0
+
+
+async def cmd_verify(args: argparse.Namespace) -> int:
+    report = await anyio.to_thread.run_sync(api.verify, _settings(args))
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "event": "verify",
+                    "checked": report.checked,
+                    "bytes": report.bytes,
+                    "problems": list(report.problems),
+                }
+            )
+        )
+    else:
+        for problem in report.problems:
+            print(problem)
+        if not args.quiet:
+            state = "ok" if not report.problems else f"{len(report.problems)} problems"
+            print(
+                f"checked {report.checked} blobs ({_size(report.bytes)}): {state}", file=sys.stderr
+            )
+    if report.problems:
+        raise StoreError(
+            f"the store {_settings(args).store} has {len(report.problems)} problems: "
+            + report.problems[0],
+            hint="xfer gc removes unreferenced blobs; pull again to restore missing ones",
+        )
+    return 0
+
+
 async def cmd_tags(args: argparse.Namespace) -> int:
     for tag in await api.tags(args.repository, _settings(args)):
         print(tag)
+    return 0
+
+
+async def cmd_login(args: argparse.Namespace) -> int:
+    given = _credentials(args) if args.creds or args.password_stdin else None
+    creds = given or _ask_credentials(args.host, args.username)
+    where = await api.login(args.host, creds, _settings(args, creds))
+    if not args.quiet:
+        print(f"credentials for {args.host} kept in {where}", file=sys.stderr)
+    print("Login Succeeded")
+    return 0
+
+
+def _ask_credentials(host: str, user: str | None) -> Credentials:
+    """docker login's prompts, on a terminal only: a script must use --password-stdin."""
+    if not sys.stdin.isatty():
+        raise UsageError(f"xfer login {host}: give -u USER and --password-stdin (no terminal)")
+    import getpass
+
+    user = user or input("Username: ").strip()
+    password = getpass.getpass("Password: ")
+    if not user or not password:
+        raise UsageError("xfer login needs a username and a password")
+    return Credentials(user, password)
+
+
+async def cmd_logout(args: argparse.Namespace) -> int:
+    if api.logout(args.host):
+        print(f"Removed login credentials for {args.host}")
+    else:
+        print(f"Not logged in to {args.host}")
     return 0
 
 
@@ -344,9 +450,30 @@ def build_parser() -> argparse.ArgumentParser:
     shown.add_argument("--config", action="store_true", help="the image config")
     p.set_defaults(func=cmd_inspect)
 
+    p = sub.add_parser("rm", parents=[common], help="drop references (blobs stay until gc)")
+    p.add_argument("references", nargs="+", metavar="REF")
+    p.set_defaults(func=cmd_rm)
+
+    p = sub.add_parser("gc", parents=[common], help="delete unreferenced blobs and stale partials")
+    p.add_argument(
+        "--partials", action="store_true", help="also every partial download, however recent"
+    )
+    p.set_defaults(func=cmd_gc)
+
+    p = sub.add_parser("verify", parents=[common], help="re-hash the store, report corruption")
+    p.set_defaults(func=cmd_verify)
+
     p = sub.add_parser("tags", parents=[common, net], help="a repository's tags")
     p.add_argument("repository", metavar="REPO")
     p.set_defaults(func=cmd_tags)
+
+    p = sub.add_parser("login", parents=[common, net], help="check and keep registry credentials")
+    p.add_argument("host", metavar="HOST", nargs="?", default="docker.io")
+    p.set_defaults(func=cmd_login)
+
+    p = sub.add_parser("logout", parents=[common], help="forget a registry's credentials")
+    p.add_argument("host", metavar="HOST", nargs="?", default="docker.io")
+    p.set_defaults(func=cmd_logout)
     return parser
 
 
@@ -366,6 +493,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 1
+
+
+def _warning(message: str) -> None:
+    sys.stderr.write(f"{PROG}: warning: {message}\n")
 
 
 def _error(message: str) -> None:

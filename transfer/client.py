@@ -7,6 +7,7 @@ token or basic credentials; the challenge is remembered so later scopes skip the
 
 from __future__ import annotations
 
+import asyncio.selector_events
 import email.utils
 import ipaddress
 import json
@@ -20,11 +21,21 @@ from typing import Any
 from urllib.parse import urljoin
 
 import anyio
+import httpcore
 import httpx
 
-from .auth import Challenge, Credentials, TokenCache, find_credentials, parse_challenges
+from . import redirects
+from .auth import (
+    Challenge,
+    Credentials,
+    TokenCache,
+    TokenKey,
+    find_credentials,
+    parse_challenges,
+)
 from .digest import Digest
 from .errors import (
+    AuthError,
     Denied,
     DigestMismatch,
     InvalidDigest,
@@ -39,9 +50,18 @@ from .errors import (
 )
 from .manifest import ACCEPT, MAX_MANIFEST_BYTES, Descriptor, Manifest
 from .throttle import Throttle
+from .tls import certificate_problem, ssl_context
+
+# Larger socket reads: httpcore reads 64 KiB and asyncio 256 KiB at a time by default, and the
+# per-read overhead (h11 parsing, event-loop wake-ups) dominated a 1 GB pull in profiles.
+READ_SIZE = 1 << 20
+httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = READ_SIZE
+_transport: Any = getattr(asyncio.selector_events, "_SelectorTransport", None)
+if _transport is not None and hasattr(_transport, "max_size"):
+    _transport.max_size = READ_SIZE
 
 MAX_ERROR_BODY = 64 << 10  # registry error bodies beyond this are not read (reliability case 4)
-MAX_REDIRECTS = 10
+MAX_REDIRECTS = redirects.MAX_REDIRECTS
 READ_CHUNK = 1 << 20
 
 
@@ -50,6 +70,7 @@ class TransportOptions:
     plain_http: bool = False
     insecure: bool = False
     ca_file: str | None = None
+    ca_files: tuple[str, ...] = ()  # more CAs (certs.d, config); all add to the system trust
     client_cert: tuple[str, str] | None = None  # (certificate, key)
     connect_timeout: float = 30.0
     read_timeout: float = 60.0  # a stalled socket fails after this and the blob resumes
@@ -157,7 +178,10 @@ class RegistryClient:
         self._http = http or _make_http(self.options)
         self._owns_http = http is None
         self._scheme = "http" if self.options.plain_http else "https"
-        self._scheme_known = self.options.plain_http or not is_loopback(host)
+        # HTTPS first, plain HTTP only if TLS is not spoken: docker's rule for loopback and for
+        # registries the user marked insecure.
+        fallback = is_loopback(host) or self.options.insecure
+        self._scheme_known = self.options.plain_http or not fallback
         self._challenge: Challenge | None = None
         self.tokens = TokenCache(self._http, self.credentials)
 
@@ -177,16 +201,22 @@ class RegistryClient:
 
     # ---- the request core -------------------------------------------------------------------
 
-    async def _authorization(self, scopes: tuple[str, ...]) -> str | None:
+    async def _authorize(
+        self, request: httpx.Request, scopes: tuple[str, ...]
+    ) -> tuple[TokenKey, str] | None:
+        """Set the Authorization the remembered challenge asks for; returns the token used."""
         challenge = self._challenge
         if challenge is None:
             return None
         if challenge.scheme == "bearer":
-            realm, service = challenge.realm, challenge.params.get("service", "")
-            token = await self.tokens.get(realm, service, scopes, self.host)
-            return f"Bearer {token}"
+            key = TokenKey.of(
+                self.host, challenge.realm, challenge.params.get("service", ""), scopes
+            )
+            token = await self.tokens.get(key)
+            request.headers["Authorization"] = f"Bearer {token}"
+            return key, token
         if challenge.scheme == "basic" and self.credentials and self.credentials.username:
-            return self.credentials.basic()
+            request.headers["Authorization"] = self.credentials.basic()
         return None
 
     async def send(
@@ -200,9 +230,15 @@ class RegistryClient:
         follow_redirects: bool = False,
         what: str = "request",
     ) -> httpx.Response:
-        """Send a request with auth; the response is streamed and must be closed by the caller."""
+        """Send a request with auth; the response is streamed and must be closed by the caller.
+
+        A 401 from this registry is answered with a token for the challenged scopes (or Basic),
+        a refused token (expired or revoked mid-pull) is replaced once, and a wider scope asked
+        for is fetched once; any other 401 is returned for the caller to fail on. A 401 from a
+        host reached by redirect is never answered with this registry's credentials.
+        """
         url = path if path.startswith(("http://", "https://")) else None
-        refreshed = False
+        refreshed = grown = False
         while True:
             request = self._http.build_request(
                 method,
@@ -210,41 +246,51 @@ class RegistryClient:
                 headers=dict(headers or {}),
                 content=content,
             )
-            authorization = await self._authorization(scopes)
-            if authorization:
-                request.headers["Authorization"] = authorization
+            used = await self._authorize(request, scopes)
             try:
-                resp = await self._http.send(
-                    request, stream=True, follow_redirects=follow_redirects
+                resp = await redirects.send(
+                    self._http, request, follow=follow_redirects, what=what, host=self.host
                 )
             except httpx.ConnectError as exc:
                 if not self._scheme_known and _speaks_no_tls(exc):
                     # docker's rule for loopback: HTTPS first, plain HTTP only if TLS is not spoken.
                     self._scheme, self._scheme_known = "http", True
                     continue
-                raise NetworkError(
-                    f"cannot connect to {self.host}: {_reason(exc)}", host=self.host
-                ) from None
-            except httpx.TooManyRedirects:
-                raise RegistryError(
-                    f"{what}: more than {MAX_REDIRECTS} redirects", host=self.host
-                ) from None
-            except httpx.TransportError as exc:
-                raise NetworkError(f"{what}: {_reason(exc)}", host=self.host) from None
+                raise _connect_error(exc, self.host) from None
+            except (httpx.TransportError, ssl.SSLError) as exc:
+                raise _connect_error(exc, self.host, what) from None
             self._scheme_known = True
-            if resp.status_code != 401 or refreshed:
+            if resp.status_code != 401:
                 return resp
-            await resp.aclose()
+            if redirects.origin(resp.url) != redirects.origin(request.url):
+                return resp  # another host challenges: it gets nothing of ours (case 7)
             challenges = parse_challenges(resp.headers.get_list("www-authenticate"))
-            self._challenge = self._choose(challenges)
-            if self._challenge.scheme == "bearer":
-                realm = self._challenge.realm
-                service = self._challenge.params.get("service", "")
-                extra = self._challenge.params.get("scope")
-                if self._challenge.params.get("error") == "insufficient_scope" and extra:
-                    scopes = tuple(dict.fromkeys((*scopes, *extra.split(" "))))
-                self.tokens.forget(realm, service, scopes)
-            refreshed = True
+            if not challenges:
+                return resp
+            try:
+                challenge = self._choose(challenges)
+            except TransferError:
+                await resp.aclose()
+                raise
+            wanted = scopes
+            extra = challenge.params.get("scope")
+            if challenge.params.get("error") == "insufficient_scope" and extra:
+                wanted = tuple(dict.fromkeys((*scopes, *extra.split(" "))))
+            # One retry per reason, so a registry that keeps refusing ends in a clean failure:
+            # the first challenge, a refused (expired, revoked) token, a wider scope asked for.
+            if "authorization" not in request.headers:
+                refreshed = True  # the token fetched now is fresh: no second refresh for it
+            elif wanted != scopes:
+                if grown:
+                    return resp
+                grown = True
+            elif used is not None and not refreshed:
+                refreshed = True
+                self.tokens.invalidate(*used)
+            else:
+                return resp  # Basic refused, or a fresh token refused
+            await resp.aclose()
+            self._challenge, scopes = challenge, wanted
 
     def _choose(self, challenges: Iterable[Challenge]) -> Challenge:
         offered = list(challenges)
@@ -258,6 +304,8 @@ class RegistryClient:
                             status=401,
                             hint="use xfer login or --creds",
                         )
+                    if scheme == "bearer":
+                        self._check_realm(challenge.realm)
                     return challenge
         names = ", ".join(c.scheme for c in offered) or "none"
         raise Unauthorized(
@@ -265,6 +313,30 @@ class RegistryClient:
             host=self.host,
             status=401,
         )
+
+    def _check_realm(self, realm: str) -> None:
+        """A token realm gets our password: not over a downgrade, not to link-local (case 8)."""
+        try:
+            target = httpx.URL(realm)
+        except httpx.InvalidURL:
+            target = None
+        if target is None or not target.host:
+            raise AuthError(f"registry {self.host} sent a token realm that is not a URL")
+        reason = redirects.refusal(httpx.URL(self.base_url), target)
+        if reason:
+            raise AuthError(
+                f"registry {self.host} sent a token realm on {target.host} that is refused: "
+                f"{reason}",
+                host=self.host,
+            )
+
+    async def check_login(self) -> None:
+        """``GET /v2/`` through the auth flow: the credentials are good, or this raises."""
+        what = f"login to {self.host}"
+        resp = await self.send("GET", "/v2/", scopes=(), what=what)
+        if resp.status_code != 200:
+            raise await self._fail(resp, what)
+        await resp.aclose()
 
     async def _fail(
         self, resp: httpx.Response, what: str, reference: str | None = None
@@ -432,7 +504,7 @@ async def _body(
     """The body after ``skip`` bytes; one byte past ``limit`` is yielded so callers see it."""
     sent = 0
     try:
-        async for chunk in resp.aiter_raw(READ_CHUNK):
+        async for chunk in resp.aiter_raw():
             if skip:
                 if len(chunk) <= skip:
                     skip -= len(chunk)
@@ -488,8 +560,11 @@ def _digest_or_none(identifier: str) -> Digest | None:
 def _speaks_no_tls(exc: httpx.ConnectError) -> bool:
     """The TLS handshake failed because the server answered in plain HTTP or hung up.
 
-    A certificate that fails verification is never taken for "no TLS" (no downgrade on attack).
+    A certificate that fails verification, or a server refusing our client certificate, is
+    never taken for "no TLS" (no downgrade on attack).
     """
+    if certificate_problem(exc):
+        return False
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, ssl.SSLCertVerificationError):
@@ -511,14 +586,20 @@ def _reason(exc: BaseException) -> str:
     return text.splitlines()[0][:200]
 
 
+def _connect_error(exc: BaseException, host: str, what: str | None = None) -> NetworkError:
+    problem = certificate_problem(exc)
+    if problem:
+        error = NetworkError(f"cannot connect to {host}: {problem[0]}", host=host, hint=problem[1])
+        error.retryable = False  # no retry fixes a certificate
+        return error
+    if what is None:
+        return NetworkError(f"cannot connect to {host}: {_reason(exc)}", host=host)
+    return NetworkError(f"{what}: {_reason(exc)}", host=host)
+
+
 def _make_http(options: TransportOptions) -> httpx.AsyncClient:
-    verify: ssl.SSLContext | bool
-    if options.insecure:
-        verify = False
-    else:
-        verify = ssl.create_default_context(cafile=options.ca_file)
-        if options.client_cert:
-            verify.load_cert_chain(*options.client_cert)
+    ca_files = ((options.ca_file,) if options.ca_file else ()) + options.ca_files
+    verify = ssl_context(ca_files, options.client_cert, verify=not options.insecure)
     return httpx.AsyncClient(
         verify=verify,
         timeout=httpx.Timeout(options.read_timeout, connect=options.connect_timeout, pool=None),

@@ -142,7 +142,8 @@ async def copy_image(
     emit(ImageStart(reference=source.name, blobs=len(blobs), bytes=sum(b.size for b in blobs)))
 
     missing = await _missing(destination, blobs, options.jobs)
-    skipped = [b for b in blobs if b.digest not in {m.digest for m in missing}]
+    wanted = {m.digest for m in missing}
+    skipped = [b for b in blobs if b.digest not in wanted]
     for desc in skipped:
         emit(BlobDone(digest=str(desc.digest), size=desc.size, transferred=0, skipped=True))
 

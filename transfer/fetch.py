@@ -1,10 +1,15 @@
 """Filling an Ingest from a source: one stream, or several Range requests at once.
 
 One TCP stream is bounded by its window and the round-trip time; a big blob split into ranges
-fetched in parallel goes as fast as the link and the disk allow. The first piece is requested
-without a bounded Range (so a server that ignores Range still serves everything through it);
-the others ask for ``bytes=start-end``. A server that answers those with the whole blob is
-remembered, the extra pieces stop, and the first piece simply continues to the end.
+fetched in parallel goes as fast as the link and the disk allow. A piece from byte 0 is
+requested without Range (a first request never sends one) and so without a bound, which also
+lets a server that ignores Range serve everything through it; the others ask for
+``bytes=start-end``. A server that answers those with the whole blob is remembered, the extra
+pieces stop, and the first piece simply continues to the end.
+
+Stopping an open-ended stream early costs what is in flight (socket buffers: several MiB), so
+a piece is left open-ended only when it must be (it starts at 0) or when it runs to the end of
+the blob anyway; a resumed gap between two held ranges is always asked for with its bounds.
 """
 
 from __future__ import annotations
@@ -66,18 +71,26 @@ def split(start: int, end: int, parts: int, min_part: int) -> list[tuple[int, in
     return [(s, min(s + part, end)) for s in range(start, end, part)]
 
 
+def _open_ended(start: int, end: int, size: int) -> bool:
+    """From 0 it must be (no Range on a first request); to the end it may as well be."""
+    return start == 0 or end == size
+
+
 def plan(gaps: list[tuple[int, int]], size: int, policy: RangePolicy) -> list[_Piece]:
-    """The pieces to start with: one open-ended stream per gap, or (not adaptive) a split."""
+    """The pieces to start with: one stream per gap, or (not adaptive) a split."""
     missing = sum(end - start for start, end in gaps)
     if policy.adaptive or not _splittable(size, missing, policy):
-        return [_Piece(start, end, bounded=False, pos=start) for start, end in gaps]
+        return [
+            _Piece(start, end, bounded=not _open_ended(start, end, size), pos=start)
+            for start, end in gaps
+        ]
     part = max(policy.min_part, math.ceil(missing / policy.parts))
     pieces = [
         _Piece(s, e, bounded=True, pos=s)
         for start, end in gaps
         for s, e in split(start, end, math.ceil((end - start) / part), policy.min_part)
     ]
-    pieces[0].bounded = False
+    pieces[0].bounded = pieces[0].start != 0  # a resumed first piece knows where to stop
     return pieces
 
 
@@ -185,7 +198,7 @@ async def _stream(
 
     def stop_at() -> int:
         # An open-ended piece runs on through what the dropped pieces should have fetched.
-        if first and shared.ranges_ignored:
+        if first and not piece.bounded and shared.ranges_ignored:
             return ingest.gap_end(pos)
         return piece.end
 

@@ -6,9 +6,13 @@ straight from memory when a write lands exactly at the prefix's end and re-readi
 (page cache) only for ranges that arrived early.
 
 When ranges beyond the prefix exist, they are recorded in a small sidecar file
-(``<partial>.ranges``), written before the first out-of-order byte and refreshed as work
-progresses, so that kill -9 loses at most the work since the last refresh. Without a sidecar
-the partial file is a plain prefix. Every claim is checked at the end by the digest anyway.
+(``<partial>.ranges``), created before the first out-of-order byte: a JSON header line (the
+digest and the ranges held then), followed by one ``START END`` line appended after each write
+has reached the file. An append is one small ``write(2)``: kill -9 loses at most the writes in
+flight, where refreshing a whole document every few MiB lost everything since the last refresh
+(tens of MiB). A torn last line is ignored; the header is only ever replaced atomically.
+Without a sidecar the partial file is a plain prefix. Every claim is checked at the end by the
+digest anyway.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ from .errors import StoreError
 from .manifest import Descriptor
 
 READ_CHUNK = 4 << 20
-SAVE_EVERY = 32 << 20  # bytes written between two refreshes of the sidecar
 
 
 class Ingest:
@@ -38,8 +41,8 @@ class Ingest:
         self.filled: list[tuple[int, int]] = []  # sorted, merged [start, end) ranges
         self.fd = -1
         self._hash_lock = threading.Lock()  # the verifier is advanced by worker threads
-        self._unsaved = 0
         self._sidecar_needed = False
+        self._log = -1  # the sidecar, open for appending, while it is needed
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -49,17 +52,24 @@ class Ingest:
         if size > self.desc.size:  # cannot belong to this blob
             self._reset()
             return
-        ranges = self._load_sidecar(size)
-        if ranges is None:
-            ranges = [(0, size)] if size else []
+        claimed = self._load_sidecar(size)
+        if claimed is None:
+            self.filled = [(0, size)] if size else []
         else:
+            self.filled = _merge(claimed)
             self._sidecar_needed = True
-        self.filled = _merge(ranges)
+            self.save()  # compact what earlier runs appended, and append from here on
 
     def close(self) -> None:
+        self._close_log()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+    def _close_log(self) -> None:
+        if self._log >= 0:
+            os.close(self._log)
+            self._log = -1
 
     def discard(self) -> None:
         """Forget every byte: they failed verification or cannot be trusted."""
@@ -70,31 +80,37 @@ class Ingest:
         os.ftruncate(self.fd, 0)
         self.filled = []
         self._sidecar_needed = False
+        self._close_log()
         with contextlib.suppress(FileNotFoundError):
             self.sidecar.unlink()
 
     def _load_sidecar(self, size: int) -> list[tuple[int, int]] | None:
         try:
-            data = json.loads(self.sidecar.read_text())
+            header, *appended = self.sidecar.read_text().split("\n")
+            data = json.loads(header)
             if data.get("digest") != str(self.desc.digest):
                 return None
             ranges = [(int(a), int(b)) for a, b in data["filled"]]
+            # Complete lines only: the last element is "" or a line torn by a crash.
+            ranges += [_parse_range(line) for line in appended[:-1]]
         except FileNotFoundError:
             return None
-        except (ValueError, KeyError, TypeError):
-            return []  # a torn sidecar: trust nothing but what we can re-download
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return []  # a damaged sidecar: trust nothing but what we can re-download
         # Only what the file really holds; a range past its end was never written.
         return [(a, min(b, size)) for a, b in ranges if 0 <= a < min(b, size)]
 
     def save(self) -> None:
-        """Refresh the sidecar (atomically) when out-of-order ranges exist."""
+        """Rewrite the sidecar compactly (atomically) when out-of-order ranges exist; later
+        writes are appended to it."""
         if not self._sidecar_needed:
             return
         doc = {"digest": str(self.desc.digest), "filled": [list(r) for r in self.filled]}
         tmp = self.sidecar.with_name(self.sidecar.name + ".tmp")
-        tmp.write_text(json.dumps(doc))
+        tmp.write_text(json.dumps(doc) + "\n")
+        self._close_log()
         os.replace(tmp, self.sidecar)
-        self._unsaved = 0
+        self._log = os.open(self.sidecar, os.O_WRONLY | os.O_APPEND)
 
     # ---- ranges -------------------------------------------------------------------------------
 
@@ -137,9 +153,8 @@ class Ingest:
         length = sum(len(c) for c in chunks)
         await anyio.to_thread.run_sync(self._write, offset, chunks, length)
         self.filled = _merge([*self.filled, (offset, offset + length)])
-        self._unsaved += length
-        if self._unsaved >= SAVE_EVERY:
-            self.save()
+        if self._log >= 0:  # the bytes are in the file: now they may be claimed
+            os.write(self._log, f"{offset} {offset + length}\n".encode())
         if self.prefix() > self.verifier.count:
             await self.catch_up()
 
@@ -179,8 +194,14 @@ class Ingest:
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.path, final)
         _fsync_dir(final.parent)
+        self._close_log()
         with contextlib.suppress(FileNotFoundError):
             self.sidecar.unlink()
+
+
+def _parse_range(line: str) -> tuple[int, int]:
+    start, end = line.split(" ")
+    return int(start), int(end)
 
 
 def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -1,0 +1,128 @@
+"""The store after a pull: rm keeps shared layers, gc frees the rest, verify finds corruption."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from fixtures.images import BuiltImages
+from fixtures.registry import Registry
+from tests.helpers import index_refs, stored_blobs, xfer
+
+
+def _pull(registry: Registry, store: Path, *names: str, images: BuiltImages) -> list[str]:
+    refs = [f"{registry.host}/{images.images[n].ref}" for n in names]
+    run = xfer("pull", *refs, store=store)
+    assert run.code == 0, run.err
+    return refs
+
+
+def test_rm_keeps_layers_another_image_uses_and_gc_frees_the_rest(
+    registry: Registry, images: BuiltImages, store: Path
+) -> None:
+    a, b = images.images["shared-a"], images.images["shared-b"]
+    ref_a, ref_b = _pull(registry, store, "shared-a", "shared-b", images=images)
+
+    removed = xfer("rm", ref_a, store=store)
+    assert removed.code == 0 and ref_a in removed.out
+    assert index_refs(store) == {ref_b: b.digest}
+    assert {blob.digest for blob in a.blobs} <= set(stored_blobs(store))  # rm deletes nothing
+
+    gc = xfer("gc", "--json", store=store)
+    assert gc.code == 0, gc.err
+    report = gc.json_lines()[-1]
+    only_a = {blob.digest for blob in a.blobs} - {blob.digest for blob in b.blobs}
+    assert report["blobs_removed"] == len(only_a) + 1  # a's own layers, config and manifest
+    left = set(stored_blobs(store))
+    assert left == {blob.digest for blob in b.blobs} | {b.digest}
+    assert xfer("verify", store=store).code == 0
+    # What is left is still a complete image: pulling b again fetches nothing.
+    mark = registry.mark()
+    assert xfer("pull", ref_b, store=store).code == 0
+    assert registry.blob_gets(mark) == []
+
+
+def test_rm_of_an_unknown_reference_exits_1(store: Path) -> None:
+    run = xfer("rm", "example.com/none:1", store=store)
+    assert run.code == 1
+    assert "example.com/none:1" in run.err
+
+
+def test_gc_removes_stale_partials_and_keeps_fresh_ones(
+    registry: Registry, images: BuiltImages, store: Path
+) -> None:
+    _pull(registry, store, "small", images=images)
+    partials = store / ".xfer" / "partials"
+    stale, fresh = partials / ("sha256-" + "a" * 64), partials / ("sha256-" + "b" * 64)
+    stale.write_bytes(b"x" * 100)
+    fresh.write_bytes(b"y" * 50)
+    old = time.time() - 3 * 24 * 3600
+    os.utime(stale, (old, old))
+    report = xfer("gc", "--json", store=store).json_lines()[-1]
+    assert report["partials_removed"] == 1 and report["partial_bytes_freed"] == 100
+    assert fresh.exists() and not stale.exists()
+    report = xfer("gc", "--json", "--partials", store=store).json_lines()[-1]
+    assert report["partials_removed"] == 1 and not fresh.exists()
+    assert report["blobs_removed"] == 0
+
+
+def test_verify_reports_a_flipped_bit_and_a_symlinked_blob(
+    registry: Registry, images: BuiltImages, store: Path, tmp_path: Path
+) -> None:
+    info = images.images["small"]
+    _pull(registry, store, "small", images=images)
+    assert xfer("verify", store=store).code == 0
+
+    layer = store / "blobs" / "sha256" / info.layers[0].digest.split(":")[1]
+    data = bytearray(layer.read_bytes())
+    data[5] ^= 0x01
+    layer.write_bytes(bytes(data))
+    config = store / "blobs" / "sha256" / info.config.digest.split(":")[1]  # type: ignore[union-attr]
+    outside = tmp_path / "elsewhere"
+    outside.write_bytes(config.read_bytes())
+    config.unlink()
+    config.symlink_to(outside)
+
+    run = xfer("verify", "--json", store=store)
+    assert run.code == 1
+    problems = run.json_lines()[0]["problems"]
+    assert any(info.layers[0].digest in p and "corrupt" in p for p in problems)
+    assert any(config.name in p and "regular file" in p for p in problems)
+    assert run.err.strip().startswith("xfer: error:")
+
+
+def test_verify_reports_a_missing_blob(
+    registry: Registry, images: BuiltImages, store: Path
+) -> None:
+    info = images.images["small"]
+    _pull(registry, store, "small", images=images)
+    (store / "blobs" / "sha256" / info.layers[2].digest.split(":")[1]).unlink()
+    run = xfer("verify", "--json", store=store)
+    assert run.code == 1
+    assert any(
+        info.layers[2].digest in p and "missing" in p for p in run.json_lines()[0]["problems"]
+    )
+
+
+def test_a_corrupt_blob_in_the_store_is_fetched_again_by_the_next_pull(
+    registry: Registry, images: BuiltImages, store: Path
+) -> None:
+    info = images.images["small"]
+    (ref,) = _pull(registry, store, "small", images=images)
+    layer = store / "blobs" / "sha256" / info.layers[1].digest.split(":")[1]
+    layer.write_bytes(layer.read_bytes()[:-10])  # truncated: the size no longer matches
+    mark = registry.mark()
+    assert xfer("pull", ref, store=store).code == 0
+    assert [r.path.rsplit("/", 1)[-1] for r in registry.blob_gets(mark)] == [info.layers[1].digest]
+    assert xfer("verify", store=store).code == 0
+
+
+def test_index_json_stays_valid_json_listing_every_image(
+    registry: Registry, images: BuiltImages, store: Path
+) -> None:
+    refs = _pull(registry, store, "small", "docker", "multi", images=images)
+    index = json.loads((store / "index.json").read_text())
+    assert index["schemaVersion"] == 2
+    assert sorted(index_refs(store)) == sorted(refs)

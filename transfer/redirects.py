@@ -1,0 +1,89 @@
+"""Following redirects without leaking secrets (reliability cases 6-8).
+
+Blob GETs are redirected to CDNs and object stores on other hosts. httpx's own following strips
+``Authorization`` across origins, but adds cookies from its jar (which ignores ports) and follows
+https → http; so xfer follows redirects itself: credentials and cookies only ever go back to the
+origin they came from, never downgraded to plain HTTP, never to a link-local (metadata) address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import httpx
+
+from .errors import RegistryError
+
+MAX_REDIRECTS = 10
+SENSITIVE_HEADERS = ("authorization", "cookie", "proxy-authorization")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin(url: httpx.URL) -> tuple[str, str, int]:
+    return url.scheme, url.host, url.port or _DEFAULT_PORTS.get(url.scheme, 0)
+
+
+def is_link_local(host: str) -> bool:
+    """169.254.0.0/16 and fe80::/10, also spelled as an IPv4-mapped IPv6 address."""
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_link_local
+
+
+def refusal(source: httpx.URL, target: httpx.URL) -> str | None:
+    """Why a request must not go from ``source`` to ``target`` (a redirect, a token realm)."""
+    if target.scheme not in ("http", "https"):
+        return f"{target.scheme or 'no'} scheme"
+    if source.scheme == "https" and target.scheme == "http":
+        return "a downgrade from https to http"
+    if is_link_local(target.host):
+        return "a link-local address"
+    return None
+
+
+def redirected(request: httpx.Request, status: int, target: httpx.URL) -> httpx.Request:
+    """The next request of a redirect chain; secrets are dropped when the origin changes.
+
+    Built as a bare ``httpx.Request`` so the client's cookie jar adds nothing on the way.
+    """
+    method = request.method
+    if (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST"):
+        method = "GET"
+    headers = httpx.Headers(request.headers)
+    for name in ("host", "content-length", "transfer-encoding"):
+        headers.pop(name, None)
+    if origin(target) != origin(request.url):
+        for name in SENSITIVE_HEADERS:
+            headers.pop(name, None)
+    return httpx.Request(method, target, headers=headers, extensions=request.extensions)
+
+
+async def send(
+    http: httpx.AsyncClient, request: httpx.Request, *, follow: bool, what: str, host: str
+) -> httpx.Response:
+    """Send ``request`` (streamed), following at most MAX_REDIRECTS redirects when asked to.
+
+    Only requests without a body are followed (blob and manifest reads); the response of the
+    last hop is returned, its ``url`` telling where it came from.
+    """
+    for _ in range(MAX_REDIRECTS + 1):
+        resp = await http.send(request, stream=True, follow_redirects=False)
+        if not (follow and resp.has_redirect_location):
+            return resp
+        await resp.aclose()
+        try:
+            target = resp.url.join(resp.headers["location"])
+        except httpx.InvalidURL:
+            raise RegistryError(f"{what}: redirected to an invalid URL", host=host) from None
+        reason = refusal(resp.url, target)
+        if reason:
+            # The host only: a presigned URL's query string is a credential (case 9).
+            raise RegistryError(
+                f"{what}: refused a redirect to {target.host or '?'}: {reason}", host=host
+            )
+        request = redirected(request, resp.status_code, target)
+    raise RegistryError(f"{what}: more than {MAX_REDIRECTS} redirects", host=host)

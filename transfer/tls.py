@@ -1,0 +1,85 @@
+"""TLS as docker does it: the system's trust plus extra CAs, client certificates, and telling a
+certificate problem (never a reason to fall back to plain HTTP) from a server without TLS.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Sequence
+
+from .errors import UsageError
+
+# OpenSSL reasons that mean "the server does not like our certificate (or lack of one)".
+_CLIENT_CERT_REFUSED = frozenset(
+    {
+        "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+        "SSLV3_ALERT_BAD_CERTIFICATE",
+        "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+        "SSLV3_ALERT_CERTIFICATE_EXPIRED",
+        "SSLV3_ALERT_CERTIFICATE_REVOKED",
+        "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
+        "TLSV1_ALERT_UNKNOWN_CA",
+        "TLSV1_ALERT_ACCESS_DENIED",
+    }
+)
+
+
+def ssl_context(
+    ca_files: Sequence[str] = (),
+    client_cert: tuple[str, str] | None = None,
+    *,
+    verify: bool = True,
+) -> ssl.SSLContext:
+    """System trust (honouring $SSL_CERT_FILE / $SSL_CERT_DIR) plus ``ca_files``.
+
+    Extra CAs are added, not substituted: ``create_default_context(cafile=...)`` would drop the
+    system store, and a registry whose CDN has a public certificate would then fail.
+    ``verify=False`` (--insecure) checks nothing but still presents a client certificate.
+    """
+    if not verify:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        ca_files = ()
+    else:
+        context = ssl.create_default_context()
+    for path in ca_files:
+        try:
+            context.load_verify_locations(cafile=path)
+        except (OSError, ssl.SSLError) as exc:
+            raise UsageError(f"cannot use CA file {path}: {_first_line(exc)}") from None
+    if client_cert:
+        cert, key = client_cert
+        try:
+            context.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            raise UsageError(
+                f"cannot use client certificate {cert} with key {key}: {_first_line(exc)}"
+            ) from None
+    return context
+
+
+def certificate_problem(exc: BaseException) -> tuple[str, str] | None:
+    """What is wrong with a certificate in a TLS failure (walking the cause chain) and what to
+    do about it, or None when the failure is not about certificates."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            detail = seen.verify_message or _first_line(seen)
+            return f"TLS certificate verify failed: {detail}", TRUST_HINT
+        if isinstance(seen, ssl.SSLError) and (seen.reason or "") in _CLIENT_CERT_REFUSED:
+            return f"the server refused the client certificate ({seen.reason})", CLIENT_HINT
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+TRUST_HINT = "trust its CA: --ca-file, certs.d/HOST/*.crt, or ca-file in the xfer config"
+CLIENT_HINT = (
+    "give a client certificate: certs.d/HOST/client.cert + client.key, "
+    "or client-cert/client-key in the xfer config"
+)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]
