@@ -20,9 +20,11 @@ from .config import RegistryConfig
 from .config import load as load_registry_config
 from .copy import CopyOptions, CopyResult, copy_image
 from .digest import Digest
+from .endpoints import Destination, Source
+from .endpoints.address import Address, parse_address
 from .endpoints.layout import REF_NAME, Layout, LayoutDestination, LayoutSource
-from .endpoints.registry import MirrorSource, RegistrySource
-from .errors import StoreError
+from .endpoints.registry import MirrorSource, RegistryDestination, RegistrySource
+from .errors import StoreError, UsageError
 from .fetch import RangePolicy
 from .maintenance import GcReport, VerifyReport, collect
 from .maintenance import verify as verify_layout
@@ -133,6 +135,93 @@ async def pull(
         destination = LayoutDestination(layout, str(ref))
         with layout.in_use():
             return await copy_image(source, destination, ref.identifier, str(ref), options, emit)
+
+
+async def copy(
+    source: str | Address,
+    destination: str | Address,
+    settings: Settings | None = None,
+    *,
+    platform: Platform | None = None,
+    dest_settings: Settings | None = None,
+    emit: Emit = ignore,
+) -> CopyResult:
+    """Any endpoint → any endpoint. The whole index by default (a copy keeps the source's
+    digest); ``platform`` narrows it. Registry → registry streams: nothing is staged on disk,
+    and blobs already in the target repository, or mountable from the source repository of the
+    same registry, are not sent."""
+    settings = settings or Settings()
+    dest_settings = dest_settings or settings
+    src = source if isinstance(source, Address) else parse_address(source)
+    dst = destination if isinstance(destination, Address) else parse_address(destination)
+    options = CopyOptions(platform=platform, jobs=settings.jobs, retry=settings.retry)
+    async with contextlib.AsyncExitStack() as stack:
+        reader, identifier = _open_source(src, settings, emit)
+        stack.push_async_callback(reader.aclose)
+        writer, tag = _open_destination(dst, dest_settings, src, emit)
+        stack.push_async_callback(writer.aclose)
+        if isinstance(writer, LayoutDestination):
+            stack.enter_context(writer.layout.in_use())
+        return await copy_image(reader, writer, identifier, tag, options, emit)
+
+
+async def push(
+    reference: str,
+    destination: str | None = None,
+    settings: Settings | None = None,
+    *,
+    emit: Emit = ignore,
+) -> CopyResult:
+    """Store → registry: the image as the store holds it, to ``destination`` or its own name."""
+    settings = settings or Settings()
+    ref = parse(reference)
+    target = parse(destination) if destination else ref
+    return await copy(
+        Address("store", reference=ref), Address("registry", reference=target), settings, emit=emit
+    )
+
+
+def _open_source(address: Address, settings: Settings, emit: Emit) -> tuple[Source, str]:
+    if address.kind == "registry":
+        assert address.reference is not None
+        return settings.source(address.reference, emit), address.reference.identifier
+    if address.kind == "store":
+        assert address.reference is not None
+        name = str(address.reference)
+        return LayoutSource(settings.layout(), name), name
+    assert address.path is not None
+    layout = Layout(address.path, settings.ranges)
+    if not layout.exists():
+        raise StoreError(f"{address.path} is not an OCI image layout (no oci-layout file)")
+    name = address.name or _only_image(layout, address)
+    return LayoutSource(layout, name), name
+
+
+def _only_image(layout: Layout, address: Address) -> str:
+    names = [d.annotations.get(REF_NAME) for d in layout.read_index()]
+    if len(names) == 1 and names[0]:
+        return names[0]
+    raise UsageError(
+        f"{address} holds {len(names)} images: name one as oci:{address.path}:NAME",
+    )
+
+
+def _open_destination(
+    address: Address, settings: Settings, source: Address, emit: Emit
+) -> tuple[Destination, str | None]:
+    if address.kind == "registry":
+        ref = address.reference
+        assert ref is not None
+        client = settings.client(ref, emit)
+        mount = source.reference if source.kind == "registry" else None
+        return RegistryDestination(client, ref, mount_from=mount), ref.tag
+    if address.kind == "store":
+        assert address.reference is not None
+        name = str(address.reference)
+        return LayoutDestination(settings.layout(), name), name
+    assert address.path is not None
+    name = address.name or (source.reference.tag if source.reference else None) or "latest"
+    return LayoutDestination(Layout(address.path, settings.ranges), name), name
 
 
 async def inspect(
@@ -271,6 +360,13 @@ def run(func: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T
         return await func(*args, **kwargs)
 
     return anyio.run(main)
+
+
+def copy_sync(
+    source: str, destination: str, settings: Settings | None = None, **kwargs: Any
+) -> CopyResult:
+    """``copy`` for synchronous code."""
+    return run(copy, source, destination, settings, **kwargs)
 
 
 def pull_sync(reference: str, settings: Settings | None = None, **kwargs: Any) -> CopyResult:

@@ -89,7 +89,12 @@ class Renderer:
         elif isinstance(event, BlobDone):
             if event.skipped and self.bar is not None:
                 self.bar.update(event.size)
-            state = "already present" if event.skipped else f"fetched {_size(event.transferred)}"
+            if event.skipped:
+                state = "already present"
+            elif event.transferred:
+                state = f"fetched {_size(event.transferred)}"
+            else:
+                state = "done, no bytes moved (mounted, or finished by another xfer)"
             self._line(f"{event.digest[:19]}: {state}")
         elif isinstance(event, BlobStart) and event.offset:
             self._line(f"{event.digest[:19]}: resuming at {_size(event.offset)}")
@@ -231,6 +236,50 @@ async def cmd_pull(args: argparse.Namespace) -> int:
         render.close()
     render.summary(str(results[-1].digest) if results else None)
     return 0
+
+
+async def cmd_copy(args: argparse.Namespace) -> int:
+    # The whole index is the default for copy; --all-platforms is accepted for skopeo's users.
+    platform = None if args.all_platforms else _platform(args)
+    settings = _settings(args)
+    dest_settings = settings
+    if args.src_creds:
+        settings = replace(settings, credentials=_creds(args.src_creds, "--src-creds"))
+    if args.dest_creds:
+        dest_settings = replace(settings, credentials=_creds(args.dest_creds, "--dest-creds"))
+    render = _renderer(args)
+    try:
+        result = await api.copy(
+            args.source,
+            args.destination,
+            settings,
+            platform=platform,
+            dest_settings=dest_settings,
+            emit=render,
+        )
+    finally:
+        render.close()
+    if render.mode in ("lines", "bars", "quiet"):
+        print(result.digest, flush=True)
+    return 0
+
+
+async def cmd_push(args: argparse.Namespace) -> int:
+    render = _renderer(args)
+    try:
+        result = await api.push(args.reference, args.destination, _settings(args), emit=render)
+    finally:
+        render.close()
+    if render.mode in ("lines", "bars", "quiet"):
+        print(result.digest, flush=True)
+    return 0
+
+
+def _creds(text: str, option: str) -> Credentials:
+    user, sep, password = text.partition(":")
+    if not sep:
+        raise UsageError(f"{option} takes USER:PASSWORD")
+    return Credentials(user, password)
 
 
 async def cmd_images(args: argparse.Namespace) -> int:
@@ -439,6 +488,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pull", parents=[common, net, xfer], help="registry → store")
     p.add_argument("references", nargs="+", metavar="REF")
     p.set_defaults(func=cmd_pull)
+
+    p = sub.add_parser("push", parents=[common, net, xfer], help="store → registry")
+    p.add_argument("reference", metavar="REF", help="an image in the store")
+    p.add_argument("destination", nargs="?", metavar="DEST-REF", help="default: REF itself")
+    p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser(
+        "copy",
+        parents=[common, net, xfer],
+        help="any endpoint → any endpoint (REF, docker://REF, store:REF, oci:DIR[:NAME])",
+    )
+    p.add_argument("source", metavar="SRC")
+    p.add_argument("destination", metavar="DST")
+    p.add_argument("--src-creds", metavar="USER:PASS", help="credentials for the source only")
+    p.add_argument("--dest-creds", metavar="USER:PASS", help="credentials for the target only")
+    p.set_defaults(func=cmd_copy)
 
     p = sub.add_parser("images", parents=[common], help="the store's images")
     p.set_defaults(func=cmd_images)

@@ -252,6 +252,8 @@ class RegistryClient:
                     self._http, request, follow=follow_redirects, what=what, host=self.host
                 )
             except httpx.ConnectError as exc:
+                if url is None and request.url.scheme != self._scheme:
+                    continue  # a concurrent request found out the scheme meanwhile: use it
                 if not self._scheme_known and _speaks_no_tls(exc):
                     # docker's rule for loopback: HTTPS first, plain HTTP only if TLS is not spoken.
                     self._scheme, self._scheme_known = "http", True
@@ -347,7 +349,7 @@ class RegistryClient:
                 body += chunk
                 if len(body) > MAX_ERROR_BODY:
                     break
-        except httpx.HTTPError:
+        except (httpx.HTTPError, httpx.StreamError):  # unreadable or already closed: no body
             pass
         finally:
             await resp.aclose()
@@ -408,12 +410,10 @@ class RegistryClient:
 
     # ---- blobs --------------------------------------------------------------------------------
 
-    async def has_blob(self, repository: str, digest: Digest) -> bool:
+    async def has_blob(self, repository: str, digest: Digest, *, push: bool = False) -> bool:
+        scopes = self._push_scopes(repository) if push else (f"repository:{repository}:pull",)
         resp = await self.send(
-            "HEAD",
-            f"/v2/{repository}/blobs/{digest}",
-            scopes=(f"repository:{repository}:pull",),
-            follow_redirects=True,
+            "HEAD", f"/v2/{repository}/blobs/{digest}", scopes=scopes, follow_redirects=True
         )
         await resp.aclose()
         if resp.status_code == 200:
@@ -469,6 +469,141 @@ class RegistryClient:
         finally:
             await resp.aclose()
 
+    # ---- uploads (push) -------------------------------------------------------------------
+
+    def _push_scopes(self, repository: str, *also: str) -> tuple[str, ...]:
+        return (f"repository:{repository}:pull,push", *also)
+
+    def _upload_url(self, location: str | None, what: str) -> str:
+        if not location:
+            raise RegistryError(f"{what}: the registry gave no upload Location", host=self.host)
+        # Relative or absolute, with or without query parameters: used as given (case 47).
+        return str(urljoin(self.base_url + "/", location))
+
+    async def mount_blob(self, repository: str, digest: Digest, source: str) -> str | None:
+        """Cross-repository mount: None when mounted (201), else an upload URL to use (202)."""
+        what = f"mount of blob {digest} from {source}"
+        resp = await self.send(
+            "POST",
+            f"/v2/{repository}/blobs/uploads/?mount={digest}&from={source}",
+            scopes=self._push_scopes(repository, f"repository:{source}:pull"),
+            what=what,
+        )
+        if resp.status_code not in (201, 202):
+            raise await self._fail(resp, what)
+        await resp.aclose()
+        if resp.status_code == 201:
+            return None
+        return self._upload_url(resp.headers.get("location"), what)
+
+    async def start_upload(self, repository: str) -> str:
+        what = f"upload to {self.host}/{repository}"
+        resp = await self.send(
+            "POST",
+            f"/v2/{repository}/blobs/uploads/",
+            scopes=self._push_scopes(repository),
+            what=what,
+        )
+        if resp.status_code != 202:
+            raise await self._fail(resp, what)
+        await resp.aclose()
+        return self._upload_url(resp.headers.get("location"), what)
+
+    async def upload_offset(self, repository: str, location: str) -> tuple[str, int]:
+        """How much of an upload the registry holds (its ``Range: 0-N``), and where to go on."""
+        what = f"upload status at {self.host}/{repository}"
+        resp = await self.send("GET", location, scopes=self._push_scopes(repository), what=what)
+        if resp.status_code not in (200, 204):
+            raise await self._fail(resp, what)
+        await resp.aclose()
+        held = resp.headers.get("range", "")
+        match = re.fullmatch(r"(?:bytes=)?0-(\d+)", held.strip())
+        offset = int(match.group(1)) + 1 if match else 0
+        return self._upload_url(resp.headers.get("location") or location, what), offset
+
+    async def patch_upload(
+        self,
+        repository: str,
+        location: str,
+        body: AsyncIterator[bytes],
+        offset: int,
+        length: int,
+    ) -> str:
+        """Send ``length`` bytes at ``offset`` of an upload; returns the next Location."""
+        what = f"upload to {self.host}/{repository}"
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(length),
+            "Content-Range": f"{offset}-{offset + length - 1}",
+        }
+        resp = await self.send(
+            "PATCH",
+            location,
+            scopes=self._push_scopes(repository),
+            headers=headers,
+            content=body,
+            what=what,
+        )
+        if resp.status_code == 416:
+            await resp.aclose()
+            raise RangeError(f"{what}: the registry holds a different offset", host=self.host)
+        if resp.status_code != 202:
+            raise await self._fail(resp, what)
+        await resp.aclose()
+        return self._upload_url(resp.headers.get("location") or location, what)
+
+    async def finish_upload(self, repository: str, location: str, digest: Digest) -> None:
+        what = f"upload of blob {digest} to {self.host}/{repository}"
+        url = httpx.URL(location)
+        url = url.copy_merge_params({"digest": str(digest)})
+        resp = await self.send(
+            "PUT",
+            str(url),
+            scopes=self._push_scopes(repository),
+            headers={"Content-Length": "0"},
+            what=what,
+        )
+        if resp.status_code not in (201, 204):
+            raise await self._fail(resp, what)
+        await resp.aclose()
+
+    async def cancel_upload(self, repository: str, location: str) -> None:
+        """Best effort: a failed upload should not linger at the registry (case 48)."""
+        try:
+            resp = await self.send("DELETE", location, scopes=self._push_scopes(repository))
+            await resp.aclose()
+        except TransferError:
+            pass
+
+    async def put_manifest(self, repository: str, identifier: str, manifest: Manifest) -> None:
+        """PUT the exact bytes with their media type, so the digest is the same there."""
+        what = f"manifest {self.host}/{repository}:{identifier}"
+        resp = await self.send(
+            "PUT",
+            f"/v2/{repository}/manifests/{identifier}",
+            scopes=self._push_scopes(repository),
+            headers={"Content-Type": manifest.media_type},
+            content=manifest.raw,
+            what=what,
+        )
+        if resp.status_code == 413:
+            await resp.aclose()
+            raise RegistryError(
+                f"{what}: the registry refuses a manifest of {len(manifest.raw)} bytes (413)",
+                host=self.host,
+                status=413,
+            )
+        if resp.status_code not in (200, 201, 202):
+            raise await self._fail(resp, what)
+        await resp.aclose()
+        echoed = resp.headers.get("docker-content-digest")
+        if echoed and echoed != str(manifest.digest):
+            raise DigestMismatch(
+                f"{what}: the registry stored {echoed}, expected {manifest.digest}",
+                host=self.host,
+                digest=str(manifest.digest),
+            )
+
     # ---- tags ---------------------------------------------------------------------------------
 
     async def list_tags(self, repository: str, page_size: int = 1000) -> list[str]:
@@ -516,7 +651,7 @@ async def _body(
             yield chunk
             if sent > limit:
                 return  # longer than promised: stop reading; the caller rejects it
-    except httpx.TransportError as exc:
+    except (httpx.TransportError, ssl.SSLError) as exc:  # httpcore leaves mid-body TLS alerts raw
         raise NetworkError(f"{what}: {_reason(exc)}", host=host) from None
     if skip:
         raise NetworkError(f"{what}: body ended before the resume offset", host=host)
@@ -532,7 +667,7 @@ async def _read_capped(resp: httpx.Response, cap: int, what: str, host: str) -> 
             body += chunk
             if len(body) > cap:
                 raise SizeMismatch(f"{what} is more than the {cap} bytes allowed", host=host)
-    except httpx.TransportError as exc:
+    except (httpx.TransportError, ssl.SSLError) as exc:
         raise NetworkError(f"{what}: {_reason(exc)}", host=host) from None
     return bytes(body)
 

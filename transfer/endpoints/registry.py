@@ -1,5 +1,5 @@
-"""A repository in a registry as a copy source (and, later, destination); and a source that
-reads from mirrors first and falls back to the origin.
+"""A repository in a registry as a copy source and destination; and a source that reads from
+mirrors first and falls back to the origin.
 """
 
 from __future__ import annotations
@@ -7,12 +7,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 
-from ..client import RangeIgnored, RegistryClient
-from ..digest import Digest
-from ..errors import TransferError, UsageError
+import anyio
+
+from ..client import RangeError, RangeIgnored, RegistryClient
+from ..digest import Digest, Verifier
+from ..errors import NetworkError, TransferError, UsageError
 from ..manifest import Descriptor, Manifest
 from ..progress import Emit, Message, ignore
 from ..reference import Reference
+from . import Opener, Progress
 
 
 class RegistrySource:
@@ -34,6 +37,104 @@ class RegistrySource:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+MAX_UPLOAD_RESUMES = 3
+
+
+class RegistryDestination:
+    """Pushes blobs (mounting them from a repository of the same registry when it can) and
+    manifests, their exact bytes, so the digests are the same at the destination."""
+
+    concurrent = True
+
+    def __init__(
+        self, client: RegistryClient, reference: Reference, mount_from: Reference | None = None
+    ) -> None:
+        self.client = client
+        self.reference = reference
+        self.name = str(reference)
+        same_registry = mount_from is not None and mount_from.registry == reference.registry
+        self.mount_from = mount_from.repository if mount_from and same_registry else None
+
+    async def has_blob(self, desc: Descriptor) -> bool:
+        return await self.client.has_blob(self.reference.repository, desc.digest, push=True)
+
+    async def put_blob(self, desc: Descriptor, opener: Opener, progress: Progress) -> int:
+        repository = self.reference.repository
+        location = None
+        if self.mount_from and self.mount_from != repository:
+            try:
+                location = await self.client.mount_blob(repository, desc.digest, self.mount_from)
+            except TransferError:
+                location = None  # a refused mount is only a missed shortcut (case 46)
+            else:
+                if location is None:
+                    progress(desc.size)
+                    return 0  # mounted: no byte moved
+        if location is None:
+            location = await self.client.start_upload(repository)
+        try:
+            sent = await self._upload(location, desc, opener, progress)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.client.cancel_upload(repository, location)
+            raise
+        return sent
+
+    async def _upload(
+        self, location: str, desc: Descriptor, opener: Opener, progress: Progress
+    ) -> int:
+        """Stream the blob into the upload; a dropped PATCH resumes where the registry says it
+        holds data (its ``Range``), without starting the blob again."""
+        repository = self.reference.repository
+        verifier = Verifier(desc.digest, desc.size)
+        offset = sent = 0
+        for attempt in range(MAX_UPLOAD_RESUMES + 1):
+            try:
+                async with opener(offset, None) as chunks:
+                    body = _verified(chunks, verifier, progress)
+                    location = await self.client.patch_upload(
+                        repository, location, body, offset, desc.size - offset
+                    )
+                sent += desc.size - offset
+                break
+            except (NetworkError, RangeError):
+                if attempt == MAX_UPLOAD_RESUMES:
+                    raise
+                location, offset = await self.client.upload_offset(repository, location)
+                if offset > desc.size:
+                    raise
+                # Bytes before `offset` were verified when they were sent; hash them again
+                # from the source so the digest still covers the whole blob.
+                verifier = Verifier(desc.digest, desc.size)
+                if offset:
+                    async with opener(0, offset) as chunks:
+                        async for chunk in chunks:
+                            verifier.update(chunk[: offset - verifier.count])
+        verifier.verify()
+        await self.client.finish_upload(repository, location, desc.digest)
+        return sent
+
+    async def put_manifest(self, manifest: Manifest, tag: str | None) -> None:
+        identifier = tag if tag is not None else str(manifest.digest)
+        await self.client.put_manifest(self.reference.repository, identifier, manifest)
+
+    async def commit(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+async def _verified(
+    chunks: AsyncIterator[bytes], verifier: Verifier, progress: Progress
+) -> AsyncIterator[bytes]:
+    """The bytes as they are sent, hashed on the way, so a corrupt source is never pushed."""
+    async for chunk in chunks:
+        verifier.update(chunk)  # raises past the declared size
+        progress(len(chunk))
+        yield chunk
 
 
 class MirrorSource:
