@@ -8,7 +8,8 @@ import pytest
 
 from transfer.auth import Challenge, parse_challenges, parse_token_response
 from transfer.client import RangeError, is_loopback, parse_content_range, parse_retry_after
-from transfer.errors import AuthError
+from transfer.endpoints.address import parse_address
+from transfer.errors import AuthError, UsageError
 
 
 @pytest.mark.parametrize(
@@ -153,3 +154,28 @@ def test_token_without_expiry_lives_about_sixty_seconds() -> None:
 def test_token_response_without_token_is_an_auth_error(body: bytes) -> None:
     with pytest.raises(AuthError):
         parse_token_response(body, "h")
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "rendered"),
+    [
+        ("nginx", "registry", "docker://docker.io/library/nginx:latest"),
+        ("docker://localhost:5000/a:1", "registry", "docker://localhost:5000/a:1"),
+        ("store:busybox", "store", "store:docker.io/library/busybox:latest"),
+        ("oci:/tmp/lay", "oci", "oci:/tmp/lay"),
+        ("oci:/tmp/lay:v1", "oci", "oci:/tmp/lay:v1"),
+        ("oci:relative/dir:name", "oci", "oci:relative/dir:name"),
+    ],
+)
+def test_endpoint_addresses(text: str, kind: str, rendered: str) -> None:
+    address = parse_address(text)
+    assert address.kind == kind
+    assert str(address) == rendered
+
+
+@pytest.mark.parametrize(
+    "text", ["oci:", "oci:/x:", "oci-archive:/x.tar", "docker-archive:/x.tar", "store:Bad/X"]
+)
+def test_bad_endpoint_addresses_are_usage_errors(text: str) -> None:
+    with pytest.raises(UsageError):
+        parse_address(text)
