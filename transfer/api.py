@@ -144,6 +144,7 @@ async def copy(
     *,
     platform: Platform | None = None,
     dest_settings: Settings | None = None,
+    mounts: dict[Digest, str] | None = None,
     emit: Emit = ignore,
 ) -> CopyResult:
     """Any endpoint → any endpoint. The whole index by default (a copy keeps the source's
@@ -158,7 +159,7 @@ async def copy(
     async with contextlib.AsyncExitStack() as stack:
         reader, identifier = _open_source(src, settings, emit)
         stack.push_async_callback(reader.aclose)
-        writer, tag = _open_destination(dst, dest_settings, src, emit)
+        writer, tag = _open_destination(dst, dest_settings, src, emit, mounts)
         stack.push_async_callback(writer.aclose)
         if isinstance(writer, LayoutDestination):
             stack.enter_context(writer.layout.in_use())
@@ -207,14 +208,18 @@ def _only_image(layout: Layout, address: Address) -> str:
 
 
 def _open_destination(
-    address: Address, settings: Settings, source: Address, emit: Emit
+    address: Address,
+    settings: Settings,
+    source: Address,
+    emit: Emit,
+    mounts: dict[Digest, str] | None = None,
 ) -> tuple[Destination, str | None]:
     if address.kind == "registry":
         ref = address.reference
         assert ref is not None
         client = settings.client(ref, emit)
         mount = source.reference if source.kind == "registry" else None
-        return RegistryDestination(client, ref, mount_from=mount), ref.tag
+        return RegistryDestination(client, ref, mount_from=mount, mounts=mounts), ref.tag
     if address.kind == "store":
         assert address.reference is not None
         name = str(address.reference)

@@ -275,6 +275,52 @@ async def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_mirror(args: argparse.Namespace) -> int:
+    from .mirror import mirror  # YAML and semver only load for this command
+
+    try:
+        text = Path(args.config).read_text()
+    except OSError as exc:
+        raise UsageError(
+            f"cannot read mirror configuration {args.config}: {exc.strerror}"
+        ) from None
+    settings = _settings(args)
+    dest_settings = replace(settings, credentials=None)
+    if args.dest_creds:
+        dest_settings = replace(settings, credentials=_creds(args.dest_creds, "--dest-creds"))
+    render = _renderer(args)
+    try:
+        report = await mirror(
+            text,
+            args.destination,
+            settings,
+            dest_settings=dest_settings,
+            scoped=args.scoped,
+            emit=render,
+        )
+    finally:
+        render.close()
+    moved = sum(r.bytes_transferred for r in report.copied)
+    summary: dict[str, Any] = {
+        "event": "mirror",
+        "copied": len(report.copied),
+        "unchanged": len(report.unchanged),
+        "failed": [{"source": str(item.source), "error": error} for item, error in report.failed],
+        "bytes_transferred": moved,
+    }
+    if args.json:
+        print(json.dumps(summary))
+    elif not args.quiet:
+        print(
+            f"mirrored {summary['copied']} images, {summary['unchanged']} unchanged, "
+            f"{len(report.failed)} failed ({_size(moved)} moved)"
+        )
+    if report.failed:
+        _, error = report.failed[0]
+        raise TransferError(f"{len(report.failed)} images failed to mirror; first: {error}")
+    return 0
+
+
 def _creds(text: str, option: str) -> Credentials:
     user, sep, password = text.partition(":")
     if not sep:
@@ -504,6 +550,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--src-creds", metavar="USER:PASS", help="credentials for the source only")
     p.add_argument("--dest-creds", metavar="USER:PASS", help="credentials for the target only")
     p.set_defaults(func=cmd_copy)
+
+    p = sub.add_parser(
+        "mirror", parents=[common, net, xfer], help="many repositories into one registry"
+    )
+    p.add_argument("config", metavar="CONFIG", help="skopeo sync's YAML source format")
+    p.add_argument("destination", metavar="DEST", help="host[:port][/prefix]")
+    p.add_argument("--scoped", action="store_true", help="prefix each target with the source host")
+    p.add_argument("--dest-creds", metavar="USER:PASS", help="credentials for the target")
+    p.set_defaults(func=cmd_mirror)
 
     p = sub.add_parser("images", parents=[common], help="the store's images")
     p.set_defaults(func=cmd_images)

@@ -49,29 +49,43 @@ class RegistryDestination:
     concurrent = True
 
     def __init__(
-        self, client: RegistryClient, reference: Reference, mount_from: Reference | None = None
+        self,
+        client: RegistryClient,
+        reference: Reference,
+        mount_from: Reference | None = None,
+        mounts: dict[Digest, str] | None = None,
     ) -> None:
         self.client = client
         self.reference = reference
         self.name = str(reference)
         same_registry = mount_from is not None and mount_from.registry == reference.registry
         self.mount_from = mount_from.repository if mount_from and same_registry else None
+        # Blobs known to be in other repositories of this registry (shared by a mirror run).
+        self.mounts = mounts if mounts is not None else {}
 
     async def has_blob(self, desc: Descriptor) -> bool:
-        return await self.client.has_blob(self.reference.repository, desc.digest, push=True)
+        repository = self.reference.repository
+        found = await self.client.has_blob(repository, desc.digest, push=True)
+        if found:
+            self.mounts.setdefault(desc.digest, repository)
+        return found
 
     async def put_blob(self, desc: Descriptor, opener: Opener, progress: Progress) -> int:
         repository = self.reference.repository
         location = None
-        if self.mount_from and self.mount_from != repository:
+        for origin in dict.fromkeys([self.mounts.get(desc.digest), self.mount_from]):
+            if not origin or origin == repository:
+                continue
             try:
-                location = await self.client.mount_blob(repository, desc.digest, self.mount_from)
+                location = await self.client.mount_blob(repository, desc.digest, origin)
             except TransferError:
                 location = None  # a refused mount is only a missed shortcut (case 46)
-            else:
-                if location is None:
-                    progress(desc.size)
-                    return 0  # mounted: no byte moved
+                continue
+            if location is None:
+                progress(desc.size)
+                self.mounts[desc.digest] = repository
+                return 0  # mounted: no byte moved
+            break  # 202: the registry opened an upload for us instead (case 46)
         if location is None:
             location = await self.client.start_upload(repository)
         try:
@@ -80,6 +94,7 @@ class RegistryDestination:
             with anyio.CancelScope(shield=True):
                 await self.client.cancel_upload(repository, location)
             raise
+        self.mounts[desc.digest] = repository
         return sent
 
     async def _upload(

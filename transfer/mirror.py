@@ -1,0 +1,269 @@
+"""`xfer mirror`: many repositories and tags from a skopeo-sync YAML file into one registry.
+
+The configuration is skopeo sync's source format, so users bring the file they have:
+
+    registry.example.com:
+      images:            {busybox: [], redis: ["7.2", "sha256:…"]}   # [] = every tag
+      images-by-tag-regex: {nginx: '^1\\.25\\.\\d+$'}
+      images-by-semver:  {alpine: ">= 3.18.0, < 4"}
+      credentials:       {username: u, password: p}
+      tls-verify:        false
+
+Each image lands at ``DEST/<repository>:<tag>`` (``--scoped``: ``DEST/<host>/<repository>``, a
+port written ``host_5000`` since a colon cannot stand in a repository path).
+A rerun asks each side for the manifest digest (one HEAD each) and copies only what changed;
+blobs already pushed to another repository of the target during the run are mounted, so a
+layer shared by many images crosses the network once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import semver
+import yaml
+
+from .api import Settings, copy
+from .auth import Credentials
+from .client import TransportOptions
+from .copy import CopyResult
+from .digest import Digest
+from .endpoints.address import Address
+from .errors import TransferError, UsageError
+from .progress import Emit, Message, ignore
+from .reference import Reference, parse
+
+MAX_CONFIG_BYTES = 4 << 20
+
+
+@dataclass(frozen=True)
+class SyncSource:
+    registry: str
+    images: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # () = every tag
+    tag_regex: Mapping[str, str] = field(default_factory=dict)
+    semver: Mapping[str, str] = field(default_factory=dict)
+    tls_verify: bool = True
+    credentials: Credentials | None = None
+
+
+def parse_config(text: str) -> list[SyncSource]:
+    """skopeo sync's YAML source format; unknown keys are errors, not silently ignored."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise UsageError("mirror configuration is larger than 4 MiB")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UsageError(f"mirror configuration is not valid YAML: {_first_line(exc)}") from None
+    if not isinstance(data, dict) or not data:
+        raise UsageError("mirror configuration must map registry hosts to their images")
+    return [_source(str(host), body) for host, body in data.items()]
+
+
+def _source(host: str, body: Any) -> SyncSource:
+    if not isinstance(body, dict):
+        raise UsageError(f"mirror configuration: {host} must be a mapping")
+    known = {"images", "images-by-tag-regex", "images-by-semver", "credentials", "tls-verify"}
+    unknown = set(body) - known - {"cert-dir"}
+    if unknown:
+        raise UsageError(f"mirror configuration: {host}: unknown keys {sorted(unknown)}")
+    images: dict[str, tuple[str, ...]] = {}
+    for repo, tags in (body.get("images") or {}).items():
+        if tags is not None and not isinstance(tags, list):
+            raise UsageError(f"mirror configuration: {host}/{repo}: tags must be a list")
+        images[str(repo)] = tuple(str(t) for t in tags or ())
+    regexes = {str(k): str(v) for k, v in (body.get("images-by-tag-regex") or {}).items()}
+    for repo, pattern in regexes.items():
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise UsageError(f"mirror configuration: {host}/{repo}: bad regex: {exc}") from None
+    ranges = {str(k): str(v) for k, v in (body.get("images-by-semver") or {}).items()}
+    for repo, constraint in ranges.items():
+        _constraint(constraint, f"{host}/{repo}")
+    creds = body.get("credentials")
+    credentials = None
+    if creds:
+        if not isinstance(creds, dict) or "username" not in creds:
+            raise UsageError(f"mirror configuration: {host}: credentials need a username")
+        credentials = Credentials(str(creds["username"]), str(creds.get("password", "")))
+    return SyncSource(
+        registry=host,
+        images=images,
+        tag_regex=regexes,
+        semver=ranges,
+        tls_verify=bool(body.get("tls-verify", True)),
+        credentials=credentials,
+    )
+
+
+_COMPARISON = re.compile(r"^\s*(>=|<=|==|!=|>|<|=)?\s*v?([0-9][0-9A-Za-z.+-]*)\s*$")
+
+
+def _constraint(text: str, where: str) -> list[tuple[str, semver.Version]]:
+    """ ">= 1.2, < 2" → [(">=", 1.2.0), ("<", 2.0.0)] (comma or space separated, all must hold)."""
+    parts = [p for p in re.split(r"\s*,\s*|\s+(?=[<>=!])", text.strip()) if p]
+    terms = []
+    for part in parts:
+        match = _COMPARISON.match(part)
+        version = _version(match.group(2)) if match else None
+        if match is None or version is None:
+            raise UsageError(f"mirror configuration: {where}: bad semver constraint {text!r}")
+        terms.append((match.group(1) or "==", version))
+    return terms
+
+
+def _version(tag: str) -> semver.Version | None:
+    try:
+        return semver.Version.parse(tag.removeprefix("v"), optional_minor_and_patch=True)
+    except (ValueError, TypeError):
+        return None
+
+
+def matches_semver(tag: str, constraint: str) -> bool:
+    version = _version(tag)
+    if version is None or version.prerelease:  # like Masterminds: no pre-releases by default
+        return False
+    compare = {
+        ">=": version.__ge__,
+        "<=": version.__le__,
+        ">": version.__gt__,
+        "<": version.__lt__,
+        "==": version.__eq__,
+        "=": version.__eq__,
+        "!=": version.__ne__,
+    }
+    return all(compare[op](bound) for op, bound in _constraint(constraint, constraint))
+
+
+@dataclass(frozen=True)
+class MirrorItem:
+    source: Reference
+    target: Reference
+
+
+@dataclass
+class MirrorReport:
+    copied: list[CopyResult] = field(default_factory=list)
+    unchanged: list[MirrorItem] = field(default_factory=list)
+    failed: list[tuple[MirrorItem, str]] = field(default_factory=list)
+
+
+def _target(source: Reference, destination: str, scoped: bool) -> Reference:
+    # A port cannot stand in a repository path: "host:5000" scopes as "host_5000".
+    scope = source.registry.lower().replace(":", "_").strip("[]")
+    repository = f"{scope}/{source.repository}" if scoped else source.repository
+    text = f"{destination.rstrip('/')}/{repository}"
+    return parse(f"{text}@{source.digest}" if source.tag is None else f"{text}:{source.tag}")
+
+
+async def plan(
+    sources: list[SyncSource], settings: Settings, emit: Emit = ignore
+) -> list[tuple[Reference, SyncSource]]:
+    """Every source reference to mirror (tags listed from the registry where needed)."""
+    from .api import tags
+
+    wanted: list[tuple[Reference, SyncSource]] = []
+    for source in sources:
+        source_settings = _settings_for(source, settings)
+        for repo, listed in source.images.items():
+            base = parse(f"{source.registry}/{repo}")
+            chosen = listed or tuple(await tags(base.name, source_settings))
+            for tag in chosen:
+                if ":" in tag:  # skopeo sync lists digests among the tags
+                    ref = Reference(base.registry, base.repository, None, Digest.parse(tag))
+                else:
+                    ref = base.with_tag(tag)
+                wanted.append((ref, source))
+        for repo, pattern in source.tag_regex.items():
+            base = parse(f"{source.registry}/{repo}")
+            regex = re.compile(pattern)
+            for tag in await tags(base.name, source_settings):
+                if regex.search(tag):
+                    wanted.append((base.with_tag(tag), source))
+        for repo, constraint in source.semver.items():
+            base = parse(f"{source.registry}/{repo}")
+            for tag in await tags(base.name, source_settings):
+                if matches_semver(tag, constraint):
+                    wanted.append((base.with_tag(tag), source))
+    emit(Message(f"mirror: {len(wanted)} images to check"))
+    return wanted
+
+
+def _settings_for(source: SyncSource, settings: Settings) -> Settings:
+    transport: TransportOptions = settings.transport
+    if not source.tls_verify:
+        transport = replace(transport, insecure=True)
+    return replace(
+        settings, transport=transport, credentials=source.credentials or settings.credentials
+    )
+
+
+async def mirror(
+    config_text: str,
+    destination: str,
+    settings: Settings | None = None,
+    *,
+    dest_settings: Settings | None = None,
+    scoped: bool = False,
+    emit: Emit = ignore,
+) -> MirrorReport:
+    """Mirror what the configuration names into ``destination`` (``host[:port][/prefix]``)."""
+    settings = settings or Settings()
+    dest_settings = dest_settings or replace(settings, credentials=None)
+    _check_destination(destination)
+    sources = parse_config(config_text)
+    report = MirrorReport()
+    mounts: dict[Digest, str] = {}  # blob → a target repository that has it: mount, not upload
+    for ref, source in await plan(sources, settings, emit):
+        item = MirrorItem(ref, _target(ref, destination, scoped))
+        source_settings = _settings_for(source, settings)
+        try:
+            if await _unchanged(item, source_settings, dest_settings):
+                report.unchanged.append(item)
+                emit(Message(f"unchanged {item.target}"))
+                continue
+            result = await copy(
+                Address("registry", reference=item.source),
+                Address("registry", reference=item.target),
+                source_settings,
+                dest_settings=dest_settings,
+                mounts=mounts,
+                emit=emit,
+            )
+            report.copied.append(result)
+        except UsageError:
+            raise
+        except TransferError as exc:  # one bad image does not stop the others
+            report.failed.append((item, str(exc)))
+            emit(Message(f"failed {item.source}: {exc}"))
+    return report
+
+
+async def _unchanged(item: MirrorItem, source: Settings, target: Settings) -> bool:
+    """One HEAD on each side: the target tag already names the source's digest."""
+    async with target.client(item.target) as client:
+        there = await client.head_manifest(item.target.repository, item.target.identifier)
+    if there is None:
+        return False
+    if item.source.digest is not None:
+        return there.digest == item.source.digest
+    async with source.client(item.source) as client:
+        here = await client.head_manifest(item.source.repository, item.source.identifier)
+    return here is not None and here.digest == there.digest
+
+
+def _check_destination(destination: str) -> None:
+    """``host[:port][/prefix]``: the first part must read as a registry host, as docker reads it."""
+    try:
+        probe = parse(f"{destination.rstrip('/')}/x")
+    except UsageError:
+        probe = None
+    if probe is None or probe.registry != destination.split("/")[0]:
+        raise UsageError(f"invalid mirror destination {destination!r}: use host[:port][/prefix]")
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
