@@ -189,7 +189,10 @@ def _settings(args: argparse.Namespace, credentials: Credentials | None = None) 
         ranges = replace(ranges, threshold=_bytes_option("--range-threshold", args.range_threshold))
     throttle = None
     if getattr(args, "limit_rate", None):
-        throttle = Throttle(_bytes_option("--limit-rate", args.limit_rate))
+        cap = _bytes_option("--limit-rate", args.limit_rate)
+        throttle = Throttle(cap)
+        # A rate held down by our own cap is not a slow link: more streams would not help.
+        ranges = replace(ranges, slow_rate=min(ranges.slow_rate, 0.5 * cap))
     store = Path(args.store) if getattr(args, "store", None) else api.default_store()
     return api.Settings(
         store=store,
