@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from fixtures.images import BuiltImages
 from fixtures.registry import Registry
@@ -126,3 +130,35 @@ def test_index_json_stays_valid_json_listing_every_image(
     index = json.loads((store / "index.json").read_text())
     assert index["schemaVersion"] == 2
     assert sorted(index_refs(store)) == sorted(refs)
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A 12 MiB tmpfs: a real 'no space left on device' (skipped where mounting is not allowed)."""
+    mountpoint = tmp_path / "tiny"
+    mountpoint.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mountpoint)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def test_disk_full_mid_blob_fails_cleanly_and_leaves_a_consistent_store(
+    registry: Registry, images: BuiltImages, tiny_filesystem: Path
+) -> None:
+    store = tiny_filesystem / "store"
+    small, large = images.images["small"], images.images["large"]
+    _pull(registry, store, "small", images=images)
+    run = xfer("pull", "--retries", "0", f"{registry.host}/{large.ref}", store=store)
+    assert run.code == 1
+    error = run.err.strip().splitlines()[-1]
+    assert error.startswith("xfer: error:") and "space" in error.lower()
+    assert "Traceback" not in run.err
+    assert index_refs(store) == {f"{registry.host}/{small.ref}": small.digest}
+    assert xfer("verify", store=store).code == 0  # nothing torn, nothing unverified
+    assert large.layers[0].digest not in stored_blobs(store)

@@ -12,6 +12,7 @@ no journal to corrupt. One file lock per blob makes concurrent xfer processes sh
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -176,8 +177,8 @@ class Layout:
 
     async def _download(self, desc: Descriptor, opener: Opener, progress: Progress) -> int:
         ingest = Ingest(self._partial_path(desc.digest), desc)
-        ingest.open()
         try:
+            ingest.open()
             if ingest.received:
                 progress(ingest.received)  # what earlier attempts or runs left us
             try:
@@ -188,6 +189,15 @@ class Layout:
                 ingest.discard()  # these bytes are worthless; never resume from them
                 raise
             return received
+        except OSError as exc:
+            # Disk full, quota, permissions: what was written stays a resumable partial.
+            raise StoreError(
+                f"cannot write blob {desc.digest} to {self.root}: {exc.strerror or exc}",
+                digest=str(desc.digest),
+                hint="free some space and run again; the download resumes"
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+                else None,
+            ) from None
         finally:
             ingest.close()
 
