@@ -24,6 +24,24 @@ class Run:
         return [json.loads(line) for line in self.out.splitlines() if line.strip()]
 
 
+def xfer_env() -> dict[str, str]:
+    """The CLI's environment in tests: an isolated HOME, and no credentials, mirrors or
+    certificates from the machine's own configuration."""
+    cache = ROOT / ".pytest_cache"
+    env = {
+        **os.environ,
+        "HOME": str(cache / "home"),
+        "DOCKER_CONFIG": str(cache / "no-docker-config"),
+        "REGISTRY_AUTH_FILE": str(cache / "no-auth.json"),
+        "XFER_CONFIG": str(cache / "no-xfer-config.toml"),
+        "CONTAINERS_REGISTRIES_CONF": str(cache / "no-registries.conf"),
+        "XFER_CERTS_D": "",
+        "PYTHONPATH": str(ROOT),
+    }
+    env.pop("XFER_STORE", None)
+    return env
+
+
 def xfer(
     *args: str | Path,
     store: Path | None = None,
@@ -35,18 +53,7 @@ def xfer(
     command = [sys.executable, "-m", "transfer", *map(str, args)]
     if store is not None:
         command += ["--store", str(store)]
-    full_env = {
-        **os.environ,
-        "HOME": str(ROOT / ".pytest_cache" / "home"),
-        "DOCKER_CONFIG": str(ROOT / ".pytest_cache" / "no-docker-config"),
-        "REGISTRY_AUTH_FILE": str(ROOT / ".pytest_cache" / "no-auth.json"),
-        # Nothing from the machine's registry configuration (mirrors, TLS) reaches a test.
-        "XFER_CONFIG": str(ROOT / ".pytest_cache" / "no-xfer-config.toml"),
-        "CONTAINERS_REGISTRIES_CONF": str(ROOT / ".pytest_cache" / "no-registries.conf"),
-        "XFER_CERTS_D": "",
-        "PYTHONPATH": str(ROOT),
-    }
-    full_env.pop("XFER_STORE", None)
+    full_env = xfer_env()
     full_env.update(env or {})
     done = subprocess.run(
         command, capture_output=True, text=True, env=full_env, input=input, timeout=timeout

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import email.utils
 import json
-import os
 import re
 import signal
 import subprocess
@@ -16,26 +15,9 @@ from pathlib import Path
 from typing import Unpack
 
 from fixtures.faultproxy import FaultOptions, FaultProxy, Record, Reply, RequestInfo, Status
-from tests.helpers import ROOT, stored_blobs, xfer
+from tests.helpers import stored_blobs, xfer, xfer_env
 
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)")
-
-
-def xfer_env() -> dict[str, str]:
-    """The environment ``tests.helpers.xfer`` gives the CLI (isolated HOME and configs)."""
-    cache = ROOT / ".pytest_cache"
-    env = {
-        **os.environ,
-        "HOME": str(cache / "home"),
-        "DOCKER_CONFIG": str(cache / "no-docker-config"),
-        "REGISTRY_AUTH_FILE": str(cache / "no-auth.json"),
-        "XFER_CONFIG": str(cache / "no-xfer-config.toml"),
-        "CONTAINERS_REGISTRIES_CONF": str(cache / "no-registries.conf"),
-        "XFER_CERTS_D": "",
-        "PYTHONPATH": str(ROOT),
-    }
-    env.pop("XFER_STORE", None)
-    return env
 
 
 def spawn_xfer(*args: str | Path, store: Path) -> subprocess.Popen[str]:

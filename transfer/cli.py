@@ -175,6 +175,10 @@ def _settings(args: argparse.Namespace, credentials: Credentials | None = None) 
         insecure=getattr(args, "insecure", False),
         ca_file=getattr(args, "ca_file", None),
     )
+    if getattr(args, "timeout", None) is not None:
+        if args.timeout <= 0:
+            raise UsageError("--timeout must be positive")
+        transport = replace(transport, read_timeout=args.timeout)
     if transport.insecure:
         _warning("--insecure: TLS certificates are not verified")
     jobs = getattr(args, "jobs", 8)
@@ -513,6 +517,12 @@ def build_parser() -> argparse.ArgumentParser:
     xfer = _Parser(add_help=False)
     xfer.add_argument("-j", "--jobs", type=int, default=8, help="blob transfers at once")
     xfer.add_argument("--retries", type=int, default=5, help="retries per request (default 5)")
+    xfer.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="a stalled connection is dropped and resumed after this long (default 60)",
+    )
     xfer.add_argument(
         "--limit-rate", metavar="RATE", help="cap the whole transfer, e.g. 50M (bytes/s)"
     )
