@@ -26,7 +26,7 @@ from filelock import FileLock, Timeout
 
 from ..client import RangeError
 from ..digest import Digest, Verifier
-from ..errors import IntegrityError, StoreError, TransferError
+from ..errors import IntegrityError, NetworkError, StoreError, TransferError
 from ..fetch import RangePolicy, fill
 from ..ingest import Ingest
 from ..manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest
@@ -36,6 +36,7 @@ REF_NAME = "org.opencontainers.image.ref.name"
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
 INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
 READ_CHUNK = 1 << 20
+SMALL_BLOB = 1 << 20  # blobs up to this size skip partial files and locks
 
 
 class Layout:
@@ -166,6 +167,8 @@ class Layout:
         if self.has_blob(desc):
             return 0
         self.ensure()
+        if desc.size <= SMALL_BLOB:
+            return await self._download_small(desc, opener, progress)
         lock = self._lock(f"{desc.digest.algorithm}-{desc.digest.encoded}")
         await _acquire(lock)
         try:
@@ -174,6 +177,31 @@ class Layout:
             return await self._download(desc, opener, progress)
         finally:
             lock.release()
+
+    async def _download_small(self, desc: Descriptor, opener: Opener, progress: Progress) -> int:
+        """A small blob is verified in memory and written in one go: no partial, no lock.
+
+        Resuming would save little, and two processes racing for it both rename the same
+        verified bytes into place, so none of the large-blob machinery pays for itself here.
+        """
+        verifier = Verifier(desc.digest, desc.size)
+        body = bytearray()
+        async with opener(0, None) as chunks:
+            async for chunk in chunks:
+                verifier.update(chunk)  # raises as soon as the body runs past its size
+                body += chunk
+        if len(body) < desc.size:
+            raise NetworkError(
+                f"blob {desc.digest} ended after {len(body)} of {desc.size} bytes",
+                digest=str(desc.digest),
+            )
+        verifier.verify()
+        data = bytes(body)
+        await anyio.to_thread.run_sync(
+            lambda: _atomic_write(self.blob_path(desc.digest), data, tmp_dir=self.work / "partials")
+        )
+        progress(len(data))
+        return len(data)
 
     async def _download(self, desc: Descriptor, opener: Opener, progress: Progress) -> int:
         ingest = Ingest(self._partial_path(desc.digest), desc)
