@@ -35,11 +35,16 @@ lint: venv
 test: system venv lint
 	$(VENV)/bin/pytest -q
 
+# Benchmarks (never part of `make test`): results in bench-results/results.{md,json}.
+# BENCH_ARGS passes options, e.g. BENCH_ARGS="--only pull-big,resume --runs 5 --profile".
+BENCH_ARGS ?=
 bench: system venv
-	$(PY) -m fixtures.bench
+	$(PY) -m pip install -q 'python-dxf>=12' 'py-spy>=0.3'
+	$(PY) -m fixtures.bench $(BENCH_ARGS)
 
 bench-quick: system venv
-	XFER_BENCH_SCALE=0.05 $(PY) -m fixtures.bench
+	$(PY) -m pip install -q 'python-dxf>=12' 'py-spy>=0.3'
+	XFER_BENCH_SCALE=0.05 $(PY) -m fixtures.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .demo

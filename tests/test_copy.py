@@ -156,8 +156,8 @@ def test_a_corrupt_source_blob_never_reaches_the_target(
     ("endpoint", "needle"),
     [
         ("oci:", "directory"),
-        ("oci-archive:/tmp/x.tar", "oci-archive"),
-        ("docker-archive:/tmp/x.tar", "docker-archive"),
+        ("oci-archive:", "oci-archive"),
+        ("docker-archive:/tmp/x.tar:Bad/Name", "lower-case"),
         ("docker://Bad/Name:1", "lower-case"),
     ],
 )

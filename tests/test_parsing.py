@@ -165,6 +165,18 @@ def test_token_response_without_token_is_an_auth_error(body: bytes) -> None:
         ("oci:/tmp/lay", "oci", "oci:/tmp/lay"),
         ("oci:/tmp/lay:v1", "oci", "oci:/tmp/lay:v1"),
         ("oci:relative/dir:name", "oci", "oci:relative/dir:name"),
+        ("oci-archive:/tmp/a.tar", "oci-archive", "oci-archive:/tmp/a.tar"),
+        (
+            "oci-archive:a.tar:localhost:5000/x:1",
+            "oci-archive",
+            "oci-archive:a.tar:localhost:5000/x:1",
+        ),
+        (
+            "docker-archive:/tmp/d.tar:nginx:1",
+            "docker-archive",
+            "docker-archive:/tmp/d.tar:nginx:1",
+        ),
+        ("docker-archive:/tmp/d.tar:@1", "docker-archive", "docker-archive:/tmp/d.tar:@1"),
     ],
 )
 def test_endpoint_addresses(text: str, kind: str, rendered: str) -> None:
@@ -174,7 +186,15 @@ def test_endpoint_addresses(text: str, kind: str, rendered: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["oci:", "oci:/x:", "oci-archive:/x.tar", "docker-archive:/x.tar", "store:Bad/X"]
+    "text",
+    [
+        "oci:",
+        "oci:/x:",
+        "oci-archive:",
+        "docker-archive:/x.tar:",
+        "docker-archive:x:Bad/X",
+        "store:Bad/X",
+    ],
 )
 def test_bad_endpoint_addresses_are_usage_errors(text: str) -> None:
     with pytest.raises(UsageError):

@@ -472,7 +472,7 @@ def test_a_sidecar_torn_by_a_crash_keeps_every_complete_claim(tmp_path: Path) ->
 def test_two_pulls_of_one_image_into_one_store_download_each_blob_once(
     registry: Registry, large: ImageInfo, store: Path
 ) -> None:
-    with FaultProxy(registry.url, rate=16e6) as proxy:  # the big layer takes 1.5 s
+    with FaultProxy(registry.url, rate=8e6) as proxy:  # the big layer takes 3 s
         ref = _ref(proxy, large)
         processes = [spawn_xfer("pull", ref, store=store) for _ in range(2)]
         outcomes = [(p.wait(60), *p.communicate()) for p in processes]

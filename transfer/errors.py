@@ -17,6 +17,7 @@
     │   └── PlatformNotFound         no image in an index for the requested platform
     ├── AuthError                    token service failure, malformed challenge
     ├── StoreError                   the local store: missing image, corrupt blob, disk
+    ├── ArchiveError                 a tarball that is unsafe, truncated or not an image archive
     └── Interrupted                  exit 130 (Ctrl-C), partials kept
 
 Every error renders as one line (``str(err)``) naming what failed; secrets never appear in it.
@@ -139,6 +140,10 @@ class AuthError(TransferError):
 
 class StoreError(TransferError):
     pass
+
+
+class ArchiveError(TransferError):
+    """A docker or OCI archive that cannot be trusted or read: never worth a retry."""
 
 
 class Interrupted(TransferError):

@@ -98,6 +98,8 @@ async def fill(ingest: Ingest, opener: Opener, progress: Progress, policy: Range
     """Fetch every missing range of ``ingest``; returns the bytes received from the network."""
     shared = _Shared()
     gaps = ingest.missing()
+    if not gaps:  # every byte is here already (a run killed between download and rename)
+        return 0
     pieces = plan(gaps, ingest.desc.size, policy)
     if any(p.start != ingest.prefix() for p in pieces):
         ingest.will_write_out_of_order()

@@ -3,6 +3,8 @@
 REF | docker://REF        an image in a registry
 store:REF                 an image in the local store (REF normalised like a registry one)
 oci:DIR[:NAME]            an OCI image layout directory; NAME is its ref.name annotation
+oci-archive:FILE[:NAME]   a tar of an OCI image layout; NAME as for oci:
+docker-archive:FILE[:REF] a docker save tarball; REF one of its RepoTags, or @N (skopeo's)
 """
 
 from __future__ import annotations
@@ -18,17 +20,17 @@ ARCHIVE_TRANSPORTS = ("oci-archive:", "docker-archive:")
 
 @dataclass(frozen=True)
 class Address:
-    kind: str  # "registry" | "store" | "oci"
+    kind: str  # "registry" | "store" | "oci" | "oci-archive" | "docker-archive"
     reference: Reference | None = None  # registry and store
-    path: Path | None = None  # oci
-    name: str | None = None  # oci: the ref.name to read or write (None: the only image)
+    path: Path | None = None  # oci and the archives
+    name: str | None = None  # the image in the layout or archive (None: the only image)
 
     def __str__(self) -> str:
         if self.kind == "registry":
             return f"docker://{self.reference}"
         if self.kind == "store":
             return f"store:{self.reference}"
-        return f"oci:{self.path}" + (f":{self.name}" if self.name else "")
+        return f"{self.kind}:{self.path}" + (f":{self.name}" if self.name else "")
 
 
 def parse_address(text: str) -> Address:
@@ -36,16 +38,16 @@ def parse_address(text: str) -> Address:
         return Address("registry", reference=parse(text[len("docker://") :]))
     if text.startswith("store:"):
         return Address("store", reference=parse(text[len("store:") :]))
-    if text.startswith("oci:"):
-        rest = text[len("oci:") :]
-        # The directory may not contain ':'; what follows the first one is the image name.
-        directory, sep, name = rest.partition(":")
-        if not directory:
-            raise UsageError(f"invalid endpoint {text!r}: oci: needs a directory")
+    if text.startswith(("oci:", *ARCHIVE_TRANSPORTS)):
+        kind, _, rest = text.partition(":")
+        # The path may not contain ':'; what follows the first one is the image name.
+        path, sep, name = rest.partition(":")
+        if not path:
+            what = "a directory" if kind == "oci" else "a file"
+            raise UsageError(f"invalid endpoint {text!r}: {kind}: needs {what}")
         if sep and not name:
             raise UsageError(f"invalid endpoint {text!r}: empty image name after ':'")
-        return Address("oci", path=Path(directory), name=name or None)
-    if text.startswith(ARCHIVE_TRANSPORTS):
-        transport = text.split(":", 1)[0]
-        raise UsageError(f"the {transport}: transport is not supported yet (use oci:DIR)")
+        if kind == "docker-archive" and name and not name.startswith("@"):
+            parse(name)  # a docker reference, checked now: a bad one is a usage error
+        return Address(kind, path=Path(path), name=name or None)
     return Address("registry", reference=parse(text))

@@ -1,0 +1,315 @@
+"""Writing image archives: ``xfer save`` and the ``oci-archive:``, ``docker-archive:`` targets.
+
+Formats (``format``):
+  None      what ``docker save`` writes since Docker 25: an OCI image layout (``oci-layout``,
+            ``index.json``, ``blobs/sha256/HEX``) plus docker's ``manifest.json`` pointing into
+            ``blobs/``, so ``docker load`` takes it and it also reads as ``oci-archive:``.
+  "oci"     the OCI image layout alone (what skopeo's ``oci-archive:`` writes).
+  "docker"  ``manifest.json`` with the configs and layers alone, no OCI index (older docker save).
+
+Docker's ``manifest.json`` describes single-platform images only: for an index, the OCI part
+keeps the whole index and ``manifest.json`` gets the image for this machine's platform (else
+the index's first image).
+
+One tar, written front to back (``concurrent = False``): each blob goes in once, however many
+images share it, streamed through in batches and hashed as it is written; a blob whose bytes do
+not match its digest is cut off again (the file is truncated back to where its member began).
+Everything goes to ``FILE.partial``, renamed to ``FILE`` by ``finish()`` only after the index
+documents are written and the file is synced; ``aclose()`` without ``finish()`` removes it.
+Tar headers are fixed (mtime 0, uid/gid 0, no user names, 0644 files, 0755 directories) and
+the member order follows the copy, so the same images give the same bytes every time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tarfile
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+
+from ..digest import Digest, Verifier
+from ..errors import ArchiveError, PlatformNotFound, TransferError
+from ..manifest import Descriptor, ImageManifest, Manifest, Platform
+from ..reference import parse
+from . import Opener, Progress
+from .archive_read import CONTAINERD_NAME, normalised
+from .layout import INDEX_MEDIA_TYPE, LAYOUT_VERSION, REF_NAME
+
+FORMATS = ("docker", "oci")
+WRITE_BATCH = 1 << 20  # bytes gathered before one write (+hash) in a worker thread
+_BLOCK = 512
+T = TypeVar("T")
+
+
+def _compact(doc: Any) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+class TarWriter:
+    """A tar file written sequentially with fixed headers (blocking: used from worker threads)."""
+
+    def __init__(self, path: Path) -> None:
+        self.handle = open(path, "wb")  # noqa: SIM115 - closed by finish() or abort()
+        self.position = 0
+
+    def _write(self, data: bytes) -> None:
+        self.handle.write(data)
+        self.position += len(data)
+
+    def header(self, name: str, size: int, directory: bool = False) -> None:
+        info = tarfile.TarInfo(name)
+        info.mtime = 0
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        info.mode = 0o755 if directory else 0o644
+        info.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
+        info.size = 0 if directory else size
+        # PAX only adds an extended header when a name does not fit ustar (sha512 blobs).
+        self._write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict"))
+
+    def data(self, chunk: bytes) -> None:
+        self._write(chunk)
+
+    def pad(self) -> None:
+        if self.position % _BLOCK:
+            self._write(bytes(_BLOCK - self.position % _BLOCK))
+
+    def add(self, name: str, data: bytes) -> None:
+        self.header(name, len(data))
+        self.data(data)
+        self.pad()
+
+    def rollback(self, position: int) -> None:
+        """Forget everything from ``position`` on (a member that failed half way)."""
+        self.handle.flush()
+        self.handle.seek(position)
+        self.handle.truncate()
+        self.position = position
+
+    def finish(self) -> None:
+        self._write(bytes(2 * _BLOCK))  # the end-of-archive marker
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self.handle.close()
+
+
+def _blob_name(digest: Digest) -> str:
+    return f"blobs/{digest.algorithm}/{digest.encoded}"
+
+
+class ArchiveDestination:
+    """An archive being written; several images may go into one (``xfer save``), each by one
+    ``copy_image``, then ``finish()`` completes the file."""
+
+    concurrent = False
+
+    def __init__(self, path: Path, format: str | None = None) -> None:
+        if format is not None and format not in FORMATS:
+            raise ArchiveError(f"unknown archive format {format!r}: use docker or oci")
+        self.path = path
+        self.name = str(path)
+        self.format = format
+        self.partial = path.with_name(path.name + ".partial")
+        self._tar: TarWriter | None = None
+        self._dirs: set[str] = set()
+        self._written: set[Digest] = set()
+        self._manifests: dict[Digest, Manifest] = {}
+        self._tagged: list[tuple[str, Manifest]] = []  # (name, top manifest), in save order
+        self._finished = False
+        self._broken = False
+
+    @property
+    def oci(self) -> bool:
+        return self.format != "docker"
+
+    @property
+    def docker(self) -> bool:
+        return self.format != "oci"
+
+    async def _io(self, func: Callable[..., T], *args: Any) -> T:
+        try:
+            return await anyio.to_thread.run_sync(func, *args)
+        except OSError as exc:
+            raise ArchiveError(f"cannot write archive {self.path}: {exc.strerror}") from None
+
+    async def _writer(self) -> TarWriter:
+        if self._tar is None:
+            if self.path.is_dir():
+                raise ArchiveError(f"cannot write archive {self.path}: it is a directory")
+            self._tar = await self._io(TarWriter, self.partial)
+            if self.oci:
+                await self._io(self._tar.add, "oci-layout", _compact(LAYOUT_VERSION))
+        return self._tar
+
+    async def _directories(self, tar: TarWriter, name: str) -> None:
+        parts = name.split("/")[:-1]
+        for depth in range(1, len(parts) + 1):
+            directory = "/".join(parts[:depth]) + "/"
+            if directory not in self._dirs:
+                await self._io(tar.header, directory, 0, True)
+                self._dirs.add(directory)
+
+    async def has_blob(self, desc: Descriptor) -> bool:
+        return desc.digest in self._written
+
+    async def put_blob(self, desc: Descriptor, opener: Opener, progress: Progress) -> int:
+        if desc.digest in self._written:
+            return 0
+        tar = await self._writer()
+        name = _blob_name(desc.digest)
+        await self._directories(tar, name)
+        start = tar.position
+        verifier = Verifier(desc.digest, desc.size)
+        received = 0
+        try:
+            await self._io(tar.header, name, desc.size)
+            batch = bytearray()
+            async with opener(0, None) as chunks:
+                async for chunk in chunks:
+                    received += len(chunk)
+                    progress(len(chunk))
+                    batch += chunk
+                    if len(batch) >= WRITE_BATCH:
+                        await self._io(_write_verified, tar, verifier, bytes(batch))
+                        batch.clear()
+            await self._io(_write_verified, tar, verifier, bytes(batch))
+            verifier.verify()
+            await self._io(tar.pad)
+        except BaseException:
+            try:
+                tar.rollback(start)  # no half member stays behind a retry or a failure
+            except OSError:
+                self._broken = True  # finish() will refuse: the file has a torn member
+            raise
+        self._written.add(desc.digest)
+        return received
+
+    async def put_manifest(self, manifest: Manifest, tag: str | None) -> None:
+        self._manifests[manifest.digest] = manifest
+        if self.oci and manifest.digest not in self._written:
+            tar = await self._writer()
+            name = _blob_name(manifest.digest)
+            await self._directories(tar, name)
+            await self._io(tar.add, name, manifest.raw)
+            self._written.add(manifest.digest)
+        if tag is not None:
+            self._tagged = [(n, m) for n, m in self._tagged if n != tag] + [(tag, manifest)]
+
+    async def commit(self) -> None:
+        return None  # the archive is complete only when finish() has written its index
+
+    async def finish(self) -> None:
+        """Write the index documents and move the archive into place."""
+        if not self._tagged:
+            raise ArchiveError(f"no image to write into {self.path}")
+        if self._broken:
+            raise ArchiveError(
+                f"cannot write archive {self.path}: a failed blob could not be cut off"
+            )
+        documents = []
+        if self.oci:
+            documents.append(("index.json", self._oci_index()))
+        if self.docker:
+            documents.append(("manifest.json", self._docker_manifest()))
+        tar = await self._writer()
+        for name, data in documents:
+            await self._io(tar.add, name, data)
+        await self._io(tar.finish)
+        await self._io(os.replace, self.partial, self.path)
+        await self._io(_fsync_dir, self.path.parent)
+        self._finished = True
+
+    async def aclose(self) -> None:
+        if self._finished or self._tar is None:
+            return
+        self._tar.abort()
+        with contextlib.suppress(OSError):
+            self.partial.unlink()
+
+    # ---- the index documents ------------------------------------------------------------------
+
+    def _oci_index(self) -> bytes:
+        entries = []
+        for name, manifest in self._tagged:
+            annotations = {REF_NAME: name}
+            if normalised(name) == name:  # a full reference: what containerd and docker read
+                annotations = {CONTAINERD_NAME: name, REF_NAME: name}
+            entries.append(manifest.descriptor(annotations=annotations).to_json())
+        return _compact({"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": entries})
+
+    def _docker_manifest(self) -> bytes:
+        images: dict[Digest, dict[str, Any]] = {}
+        for name, top in self._tagged:
+            image, digest = self._platform_image(top)
+            entry = images.get(digest)
+            if entry is None:
+                entry = images[digest] = {
+                    "Config": _blob_name(image.config.digest),
+                    "RepoTags": [],
+                    "Layers": [self._layer_path(desc) for desc in image.layers],
+                }
+            tag = _repo_tag(name)
+            if tag is not None and tag not in entry["RepoTags"]:
+                entry["RepoTags"].append(tag)
+        return _compact(list(images.values()))
+
+    def _layer_path(self, desc: Descriptor) -> str:
+        if desc.digest not in self._written:
+            raise ArchiveError(
+                f"layer {desc.digest} is not distributable and was not saved: docker's "
+                f"manifest.json cannot describe this image (use --format oci)",
+                digest=str(desc.digest),
+            )
+        return _blob_name(desc.digest)
+
+    def _platform_image(self, top: Manifest) -> tuple[ImageManifest, Digest]:
+        """The image manifest.json describes for ``top``: for an index, this platform's."""
+        manifest = top
+        for _ in range(2):
+            if not manifest.is_index:
+                return manifest.image(), manifest.digest
+            children = [d for d in manifest.index().manifests if d.digest in self._manifests]
+            try:
+                chosen = replace(manifest.index(), manifests=tuple(children)).select(
+                    Platform.current()
+                )
+            except PlatformNotFound:
+                if not children:
+                    break
+                chosen = children[0]
+            manifest = self._manifests[chosen.digest]
+        raise ArchiveError(f"{top.digest}: no image of this index was written to {self.path}")
+
+
+def _repo_tag(name: str) -> str | None:
+    """Docker's familiar ``repo:tag`` form for RepoTags; None when there is no tag."""
+    try:
+        ref = parse(name)
+    except TransferError:
+        return None
+    if ref.tag is None:
+        return None
+    return replace(ref, digest=None).familiar
+
+
+def _write_verified(tar: TarWriter, verifier: Verifier, data: bytes) -> None:
+    verifier.update(data)  # refuses bytes past the declared size before they are written
+    tar.data(data)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,237 @@
+"""The index of an uncompressed tar file: members found by name, read in place by offset.
+
+Archives are hostile input (reliability cases 43-44) and nothing in one is ever extracted:
+the headers are read once into a name → (offset, size) table, and a member's bytes are read
+with ``pread`` at its offset, in worker threads, a chunk at a time. The index refuses what
+no honest image archive holds, before any byte is used: absolute or ``..`` member names,
+links whose targets leave the archive, one name twice, members that run past the end of the
+file, and a file that stops without tar's end-of-archive block (truncated). Header reads are
+capped, so a huge PAX header cannot make us allocate. Symlinks and hardlinks to other members
+are followed (docker save and skopeo write them for shared layers), a bounded number of hops.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import stat
+import tarfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from ..errors import ArchiveError
+
+MAX_MEMBERS = 1 << 20
+MAX_HEADER_READ = 1 << 20  # one header read by tarfile (PAX records, GNU long names)
+MAX_LINK_HOPS = 8
+READ_CHUNK = 1 << 20
+HASH_CHUNK = 4 << 20
+_BLOCK = 512
+_COMPRESSED = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd", b"BZh": "bzip2", b"\xfd7zXZ": "xz"}
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    offset: int  # where the data starts in the file
+    size: int
+
+
+@dataclass(frozen=True)
+class _Link:
+    target: str  # an archive path, already normalised and checked to stay inside
+
+
+class _CappedReader:
+    """tarfile's view of the file: any single read over the cap is a hostile header."""
+
+    def __init__(self, raw: Any, where: Path) -> None:
+        self.raw = raw
+        self.where = where
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0 or size > MAX_HEADER_READ:
+            raise ArchiveError(
+                f"archive {self.where}: a tar header is over {MAX_HEADER_READ} bytes"
+            )
+        data: bytes = self.raw.read(size)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        result: int = self.raw.seek(offset, whence)
+        return result
+
+    def tell(self) -> int:
+        result: int = self.raw.tell()
+        return result
+
+
+def clean_name(name: str, where: Path) -> str:
+    """An archive path made canonical (``./a//b`` → ``a/b``); escaping names are refused."""
+    if name.startswith("/") or "\\" in name or "\x00" in name:
+        raise ArchiveError(f"archive {where}: member {name[:80]!r} has an absolute or odd path")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise ArchiveError(f"archive {where}: member {name[:80]!r} escapes the archive (..)")
+    return "/".join(parts)
+
+
+class TarIndex:
+    """A tar file opened for reading by member name; ``close()`` releases the descriptor."""
+
+    def __init__(self, path: Path, fd: int, members: dict[str, Member | _Link | None]) -> None:
+        self.path = path
+        self.fd = fd
+        self._members = members  # None: a directory or a special file, never data
+
+    @classmethod
+    def read(cls, path: Path) -> TarIndex:
+        """Read every header once (blocking: call it in a worker thread)."""
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise ArchiveError(f"cannot open archive {path}: {exc.strerror}") from None
+        try:
+            return cls(path, fd, _scan(path, fd))
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._members
+
+    def names(self) -> list[str]:
+        return list(self._members)
+
+    def member(self, name: str) -> Member:
+        """The regular file ``name`` stands for, links followed inside the archive."""
+        current = name
+        for _ in range(MAX_LINK_HOPS + 1):
+            if current not in self._members:
+                shown = name if current == name else f"{name} (via {current})"
+                raise ArchiveError(f"archive {self.path} has no member {shown}")
+            entry = self._members[current]
+            if isinstance(entry, Member):
+                return entry
+            if entry is None:
+                raise ArchiveError(f"archive {self.path}: member {current} is not a regular file")
+            current = entry.target
+        raise ArchiveError(f"archive {self.path}: member {name} is a chain of too many links")
+
+    def read_small(self, name: str, cap: int) -> bytes:
+        """A whole small member (a JSON document), refused before reading when over ``cap``."""
+        member = self.member(name)
+        if member.size > cap:
+            raise ArchiveError(
+                f"archive {self.path}: {name} is {member.size} bytes, over the {cap} byte limit"
+            )
+        return self._pread(member, member.size, 0)
+
+    def hash(self, member: Member, algorithm: str = "sha256") -> tuple[str, bytes]:
+        """(hex digest, first bytes) of a member, read in chunks (blocking)."""
+        hasher = hashlib.new(algorithm)
+        head = b""
+        position = 0
+        while position < member.size:
+            chunk = self._pread(member, min(HASH_CHUNK, member.size - position), position)
+            if not head:
+                head = chunk[:8]
+            hasher.update(chunk)
+            position += len(chunk)
+        return hasher.hexdigest(), head
+
+    async def chunks(
+        self, member: Member, offset: int, end: int, hasher: Any = None
+    ) -> AsyncIterator[bytes]:
+        """The member's bytes [offset, end), each chunk read (and hashed into ``hasher``, if
+        given) in a worker thread."""
+        position = offset
+        while position < end:
+            size = min(READ_CHUNK, end - position)
+            chunk = await anyio.to_thread.run_sync(
+                self._read_hashed, member, size, position, hasher
+            )
+            position += len(chunk)
+            yield chunk
+
+    def _read_hashed(self, member: Member, size: int, position: int, hasher: Any) -> bytes:
+        chunk = self._pread(member, size, position)
+        if hasher is not None:
+            hasher.update(chunk)
+        return chunk
+
+    def _pread(self, member: Member, size: int, position: int) -> bytes:
+        data = os.pread(self.fd, size, member.offset + position)
+        if len(data) != size:  # the file shrank since it was indexed
+            raise ArchiveError(f"archive {self.path} is truncated in {member.name}")
+        return data
+
+
+def _scan(path: Path, fd: int) -> dict[str, Member | _Link | None]:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise ArchiveError(f"archive {path} is not a regular file")
+    head = os.pread(fd, 8, 0)
+    for magic, kind in _COMPRESSED.items():
+        if head.startswith(magic):
+            raise ArchiveError(
+                f"archive {path} is {kind}-compressed",
+                hint="decompress it first (members are read in place, not extracted)",
+            )
+    members: dict[str, Member | _Link | None] = {}
+    with os.fdopen(os.dup(fd), "rb") as raw:
+        try:
+            tar = tarfile.TarFile(fileobj=_CappedReader(raw, path), mode="r")  # type: ignore[arg-type]
+            end = _walk(tar, path, st.st_size, members)
+        except (tarfile.TarError, EOFError, UnicodeError) as exc:
+            raise ArchiveError(f"archive {path} is not a readable tar file: {exc}") from None
+    # tarfile stops quietly at a cut or garbled header; an honest tar ends with a zero block.
+    if os.pread(fd, _BLOCK, end) != bytes(_BLOCK):
+        raise ArchiveError(f"archive {path} is truncated or corrupt at byte {end}")
+    return members
+
+
+def _walk(
+    tar: tarfile.TarFile, path: Path, file_size: int, members: dict[str, Member | _Link | None]
+) -> int:
+    """Fill ``members`` from the headers; returns where the end-of-archive block must be."""
+    count = 0
+    while (info := tar.next()) is not None:
+        count += 1
+        if count > MAX_MEMBERS:
+            raise ArchiveError(f"archive {path} has more than {MAX_MEMBERS} members")
+        name = clean_name(info.name, path)
+        if not name:
+            continue  # "./" itself
+        entry: Member | _Link | None = None
+        if info.isreg() and not info.sparse:
+            if info.offset_data + info.size > file_size:
+                raise ArchiveError(f"archive {path} is truncated in {name}")
+            entry = Member(name, info.offset_data, info.size)
+        elif info.issym():
+            entry = _Link(_link_target(posixpath.dirname(name), info.linkname, name, path))
+        elif info.islnk():
+            entry = _Link(_link_target("", info.linkname, name, path))
+        if name in members and not (entry is None and members[name] is None):
+            raise ArchiveError(f"archive {path}: member {name} appears twice")
+        members[name] = entry
+    return tar.offset
+
+
+def _link_target(base: str, target: str, name: str, path: Path) -> str:
+    if target.startswith("/"):
+        raise ArchiveError(f"archive {path}: link {name} points outside the archive ({target})")
+    joined = posixpath.normpath(posixpath.join(base, target)) if base else target
+    if joined == ".." or joined.startswith("../"):
+        raise ArchiveError(f"archive {path}: link {name} points outside the archive ({target})")
+    return clean_name(joined, path)
