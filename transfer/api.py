@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -21,10 +21,12 @@ from .config import load as load_registry_config
 from .copy import CopyOptions, CopyResult, copy_image
 from .digest import Digest
 from .endpoints import Destination, Source
-from .endpoints.address import Address, parse_address
+from .endpoints.address import ARCHIVE_TRANSPORTS, Address, parse_address
+from .endpoints.archive_read import ArchiveImageSource, DockerArchive, OciArchive, open_archive
+from .endpoints.archive_write import ArchiveDestination
 from .endpoints.layout import REF_NAME, Layout, LayoutDestination, LayoutSource
 from .endpoints.registry import MirrorSource, RegistryDestination, RegistrySource
-from .errors import StoreError, UsageError
+from .errors import ArchiveError, StoreError, UsageError
 from .fetch import RangePolicy
 from .maintenance import GcReport, VerifyReport, collect
 from .maintenance import verify as verify_layout
@@ -33,6 +35,7 @@ from .progress import Emit, Message, ignore
 from .reference import DOCKER_HUB, DOCKER_HUB_API, Reference, parse, parse_repository
 from .retry import RetryPolicy
 from .throttle import Throttle
+from .unpack import UnpackOptions, UnpackResult, unpack_image
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -163,7 +166,10 @@ async def copy(
         stack.push_async_callback(writer.aclose)
         if isinstance(writer, LayoutDestination):
             stack.enter_context(writer.layout.in_use())
-        return await copy_image(reader, writer, identifier, tag, options, emit)
+        result = await copy_image(reader, writer, identifier, tag, options, emit)
+        if isinstance(writer, ArchiveDestination):
+            await writer.finish()  # the file appears at its path only once it is complete
+        return result
 
 
 async def push(
@@ -182,6 +188,82 @@ async def push(
     )
 
 
+async def save(
+    references: Sequence[str],
+    output: str | Path,
+    settings: Settings | None = None,
+    *,
+    format: str | None = None,
+    platform: Platform | None = None,
+    all_platforms: bool = False,
+    emit: Emit = ignore,
+) -> list[CopyResult]:
+    """Images → one archive, each blob once. A bare reference is an image of the store;
+    ``docker://REF`` streams from the registry (any endpoint address works). The default
+    format loads with ``docker load`` and reads as ``oci-archive:``; ``format`` "docker" or
+    "oci" writes the plain ones. One platform per image (this machine's) unless
+    ``all_platforms``: docker's manifest.json then lists this platform's image."""
+    settings = settings or Settings()
+    if format == "docker" and all_platforms:
+        raise UsageError("--format docker holds one platform per image: drop --all-platforms")
+    chosen = None if all_platforms else (platform or Platform.current())
+    options = CopyOptions(platform=chosen, jobs=settings.jobs, retry=settings.retry)
+    addresses = [_save_address(text) for text in references]
+    results = []
+    async with contextlib.AsyncExitStack() as stack:
+        writer = ArchiveDestination(Path(output), format)
+        stack.push_async_callback(writer.aclose)
+        layout = settings.layout()
+        if any(a.kind == "store" for a in addresses) and layout.exists():
+            stack.enter_context(layout.in_use())  # no gc under us while we read its blobs
+        for address in addresses:
+            reader, identifier = _open_source(address, settings, emit)
+            async with contextlib.aclosing(reader):
+                tag = str(address.reference) if address.reference else identifier
+                if not tag:
+                    raise UsageError(f"name the image to save: {address}:NAME")
+                results.append(await copy_image(reader, writer, identifier, tag, options, emit))
+        await writer.finish()
+    return results
+
+
+def _save_address(text: str) -> Address:
+    if text.startswith(("docker://", "store:", "oci:", *ARCHIVE_TRANSPORTS)):
+        return parse_address(text)
+    return Address("store", reference=parse(text))  # save reads the store by default
+
+
+async def load(
+    file: str | Path,
+    settings: Settings | None = None,
+    *,
+    platform: Platform | None = None,
+    emit: Emit = ignore,
+) -> list[CopyResult]:
+    """Archive → store: a docker or OCI archive, told apart by content. One result per
+    reference loaded (an image with several names is stored once, named each way). The whole
+    of each image by default; ``platform`` narrows an index."""
+    settings = settings or Settings()
+    options = CopyOptions(platform=platform, jobs=settings.jobs, retry=settings.retry)
+    layout = settings.layout()
+    results = []
+    async with contextlib.aclosing(await open_archive(Path(file))) as archive:
+        found = await archive.images()
+        named = [(name, image.identifier) for image in found for name in image.names]
+        if not named:
+            raise ArchiveError(f"{file}: none of its {len(found)} images carries a name")
+        if len(named) < len(found):
+            emit(Message(f"{file}: skipped {len(found) - len(named)} images without a name"))
+        with layout.in_use():
+            for name, identifier in named:
+                source = ArchiveImageSource(archive, name)
+                destination = LayoutDestination(layout, name)
+                results.append(
+                    await copy_image(source, destination, identifier, name, options, emit)
+                )
+    return results
+
+
 def _open_source(address: Address, settings: Settings, emit: Emit) -> tuple[Source, str]:
     if address.kind == "registry":
         assert address.reference is not None
@@ -191,6 +273,10 @@ def _open_source(address: Address, settings: Settings, emit: Emit) -> tuple[Sour
         name = str(address.reference)
         return LayoutSource(settings.layout(), name), name
     assert address.path is not None
+    if address.kind == "oci-archive":  # "": the archive's only image
+        return OciArchive(address.path, str(address)), address.name or ""
+    if address.kind == "docker-archive":
+        return DockerArchive(address.path, str(address)), address.name or ""
     layout = Layout(address.path, settings.ranges)
     if not layout.exists():
         raise StoreError(f"{address.path} is not an OCI image layout (no oci-layout file)")
@@ -225,8 +311,27 @@ def _open_destination(
         name = str(address.reference)
         return LayoutDestination(settings.layout(), name), name
     assert address.path is not None
+    if address.kind in ("oci-archive", "docker-archive"):
+        fmt = "oci" if address.kind == "oci-archive" else None  # docker-archive: docker 25's
+        return ArchiveDestination(address.path, fmt), _archive_name(address, source)
     name = address.name or (source.reference.tag if source.reference else None) or "latest"
     return LayoutDestination(Layout(address.path, settings.ranges), name), name
+
+
+def _archive_name(address: Address, source: Address) -> str:
+    """The name an image gets in an archive: as given (a docker-archive REF normalised),
+    else the source's full reference, as ``xfer save`` names it."""
+    if address.name and address.kind == "docker-archive":
+        if address.name.startswith("@"):
+            raise UsageError(f"{address}: @N selects an image to read; name one to write")
+        return str(parse(address.name))
+    if address.name:
+        return address.name
+    if source.reference is not None:
+        return str(source.reference)
+    if source.name:
+        return source.name
+    raise UsageError(f"name the image to write: {address}:REF")
 
 
 async def inspect(
@@ -382,3 +487,42 @@ def pull_sync(reference: str, settings: Settings | None = None, **kwargs: Any) -
 def tags_sync(repository: str, settings: Settings | None = None) -> list[str]:
     """``tags`` for synchronous code."""
     return run(tags, repository, settings)
+
+
+def save_sync(
+    references: Sequence[str], output: str | Path, settings: Settings | None = None, **kwargs: Any
+) -> list[CopyResult]:
+    """``save`` for synchronous code."""
+    return run(save, references, output, settings, **kwargs)
+
+
+def load_sync(
+    file: str | Path, settings: Settings | None = None, **kwargs: Any
+) -> list[CopyResult]:
+    """``load`` for synchronous code."""
+    return run(load, file, settings, **kwargs)
+
+
+async def unpack(
+    reference: str,
+    directory: str | Path,
+    settings: Settings | None = None,
+    *,
+    platform: Platform | None = None,
+    options: UnpackOptions | None = None,
+    emit: Emit = ignore,
+) -> UnpackResult:
+    """Store image (``store:REF``, a bare ``REF``, or ``oci:DIR[:NAME]``) → a root filesystem
+    in ``directory``: layers applied in order, whiteouts honoured, every path kept inside.
+    ``directory`` appears only complete (see unpack.py)."""
+    settings = settings or Settings()
+    return await unpack_image(
+        reference, directory, settings.layout(), platform=platform, options=options, emit=emit
+    )
+
+
+def unpack_sync(
+    reference: str, directory: str | Path, settings: Settings | None = None, **kwargs: Any
+) -> UnpackResult:
+    """``unpack`` for synchronous code."""
+    return run(unpack, reference, directory, settings, **kwargs)

@@ -33,6 +33,7 @@ from .progress import (
 )
 from .retry import RetryPolicy
 from .throttle import Throttle, parse_rate
+from .unpack import DEFAULT_MAX_SIZE, UnpackOptions
 
 PROG = "xfer"
 
@@ -328,6 +329,72 @@ async def cmd_mirror(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_save(args: argparse.Namespace) -> int:
+    render = _renderer(args)
+    try:
+        await api.save(
+            args.references,
+            args.output,
+            _settings(args),
+            format=args.format,
+            platform=_platform(args),
+            all_platforms=args.all_platforms,
+            emit=render,
+        )
+    finally:
+        render.close()
+    render.summary()
+    return 0
+
+
+async def cmd_load(args: argparse.Namespace) -> int:
+    file = args.input or args.file
+    if not file or (args.input and args.file):
+        raise UsageError("xfer load takes one archive: FILE or -i FILE")
+    render = _renderer(args)
+    try:
+        results = await api.load(file, _settings(args), platform=_platform(args), emit=render)
+    finally:
+        render.close()
+    if render.mode in ("lines", "bars", "quiet"):
+        for result in results:
+            print(result.reference, flush=True)
+    render.summary()
+    return 0
+
+
+async def cmd_unpack(args: argparse.Namespace) -> int:
+    max_size = _bytes_option("--max-size", args.max_size) if args.max_size else DEFAULT_MAX_SIZE
+    options = UnpackOptions(force=args.force, devices=args.devices, max_size=max_size)
+    render = _renderer(args)
+    try:
+        result = await api.unpack(
+            args.reference,
+            args.directory,
+            _settings(args),
+            platform=_platform(args),
+            options=options,
+            emit=render,
+        )
+    finally:
+        render.close()
+    if render.mode == "json":
+        done = {
+            "event": "done",
+            "digest": str(result.digest),
+            "directory": str(result.directory),
+            "layers": result.layers,
+            "bytes": result.bytes,
+            "entries": result.entries,
+            "skipped": result.skipped,
+            "seconds": result.seconds,
+        }
+        print(json.dumps(done), flush=True)
+    else:
+        print(result.digest, flush=True)
+    return 0
+
+
 def _creds(text: str, option: str) -> Credentials:
     user, sep, password = text.partition(":")
     if not sep:
@@ -556,7 +623,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "copy",
         parents=[common, net, xfer],
-        help="any endpoint → any endpoint (REF, docker://REF, store:REF, oci:DIR[:NAME])",
+        help="any endpoint → any endpoint (REF, docker://REF, store:REF, oci:DIR[:NAME], "
+        "oci-archive:FILE[:NAME], docker-archive:FILE[:REF])",
     )
     p.add_argument("source", metavar="SRC")
     p.add_argument("destination", metavar="DST")
@@ -572,6 +640,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scoped", action="store_true", help="prefix each target with the source host")
     p.add_argument("--dest-creds", metavar="USER:PASS", help="credentials for the target")
     p.set_defaults(func=cmd_mirror)
+
+    p = sub.add_parser(
+        "save", parents=[common, net, xfer], help="images → one tarball (docker load, oci-archive:)"
+    )
+    p.add_argument(
+        "references", nargs="+", metavar="REF", help="store images; docker://REF from a registry"
+    )
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="the archive to write")
+    p.add_argument(
+        "--format",
+        choices=("docker", "oci"),
+        help="only docker's manifest.json or only an OCI layout (default: both, as Docker 25+)",
+    )
+    p.set_defaults(func=cmd_save)
+
+    p = sub.add_parser("load", parents=[common, xfer], help="docker or OCI tarball → store")
+    p.add_argument("file", nargs="?", metavar="FILE")
+    p.add_argument("-i", "--input", metavar="FILE", help="the archive (docker load's spelling)")
+    p.set_defaults(func=cmd_load)
+
+    p = sub.add_parser("unpack", parents=[common], help="image → root filesystem in DIR")
+    p.add_argument("reference", metavar="REF", help="store:REF (the default) or oci:DIR[:NAME]")
+    p.add_argument("directory", metavar="DIR", help="appears only once complete")
+    p.add_argument("--platform", help="OS/ARCH[/VARIANT] of an index (default: this machine's)")
+    p.add_argument("--force", action="store_true", help="replace DIR even if it is not empty")
+    p.add_argument("--devices", action="store_true", help="make device nodes (root only)")
+    p.add_argument("--max-size", metavar="SIZE", help="most bytes all layers unpack to (32Gi)")
+    p.set_defaults(func=cmd_unpack)
 
     p = sub.add_parser("images", parents=[common], help="the store's images")
     p.set_defaults(func=cmd_images)
