@@ -10,7 +10,7 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import anyio
 
@@ -22,20 +22,20 @@ from .copy import CopyOptions, CopyResult, copy_image
 from .digest import Digest
 from .endpoints import Destination, Source
 from .endpoints.address import ARCHIVE_TRANSPORTS, Address, parse_address
-from .endpoints.archive_read import ArchiveImageSource, DockerArchive, OciArchive, open_archive
-from .endpoints.archive_write import ArchiveDestination
 from .endpoints.layout import REF_NAME, Layout, LayoutDestination, LayoutSource
 from .endpoints.registry import MirrorSource, RegistryDestination, RegistrySource
 from .errors import ArchiveError, StoreError, UsageError
 from .fetch import RangePolicy
-from .maintenance import GcReport, VerifyReport, collect
-from .maintenance import verify as verify_layout
 from .manifest import MAX_CONFIG_BYTES, Descriptor, ImageConfig, Index, Manifest, Platform
 from .progress import Emit, Message, ignore
 from .reference import DOCKER_HUB, DOCKER_HUB_API, Reference, parse, parse_repository
 from .retry import RetryPolicy
 from .throttle import Throttle
-from .unpack import UnpackOptions, UnpackResult, unpack_image
+
+if TYPE_CHECKING:  # imported where used: a pull should not pay for tar, zstd or gc code
+    from .endpoints.archive_read import ArchiveImageSource
+    from .maintenance import GcReport, VerifyReport
+    from .unpack import UnpackOptions, UnpackResult
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -167,8 +167,8 @@ async def copy(
         if isinstance(writer, LayoutDestination):
             stack.enter_context(writer.layout.in_use())
         result = await copy_image(reader, writer, identifier, tag, options, emit)
-        if isinstance(writer, ArchiveDestination):
-            await writer.finish()  # the file appears at its path only once it is complete
+        if dst.kind in ("oci-archive", "docker-archive"):
+            await writer.finish()  # type: ignore[attr-defined]  # the file appears only complete
         return result
 
 
@@ -210,6 +210,8 @@ async def save(
     options = CopyOptions(platform=chosen, jobs=settings.jobs, retry=settings.retry)
     addresses = [_save_address(text) for text in references]
     results = []
+    from .endpoints.archive_write import ArchiveDestination
+
     async with contextlib.AsyncExitStack() as stack:
         writer = ArchiveDestination(Path(output), format)
         stack.push_async_callback(writer.aclose)
@@ -247,6 +249,8 @@ async def load(
     options = CopyOptions(platform=platform, jobs=settings.jobs, retry=settings.retry)
     layout = settings.layout()
     results = []
+    from .endpoints.archive_read import open_archive
+
     async with contextlib.aclosing(await open_archive(Path(file))) as archive:
         found = await archive.images()
         named = [(name, image.identifier) for image in found for name in image.names]
@@ -274,8 +278,12 @@ def _open_source(address: Address, settings: Settings, emit: Emit) -> tuple[Sour
         return LayoutSource(settings.layout(), name), name
     assert address.path is not None
     if address.kind == "oci-archive":  # "": the archive's only image
+        from .endpoints.archive_read import OciArchive
+
         return OciArchive(address.path, str(address)), address.name or ""
     if address.kind == "docker-archive":
+        from .endpoints.archive_read import DockerArchive
+
         return DockerArchive(address.path, str(address)), address.name or ""
     layout = Layout(address.path, settings.ranges)
     if not layout.exists():
@@ -312,6 +320,8 @@ def _open_destination(
         return LayoutDestination(settings.layout(), name), name
     assert address.path is not None
     if address.kind in ("oci-archive", "docker-archive"):
+        from .endpoints.archive_write import ArchiveDestination
+
         fmt = "oci" if address.kind == "oci-archive" else None  # docker-archive: docker 25's
         return ArchiveDestination(address.path, fmt), _archive_name(address, source)
     name = address.name or (source.reference.tag if source.reference else None) or "latest"
@@ -444,6 +454,9 @@ def remove(references: list[str], settings: Settings | None = None) -> list[str]
 
 
 def gc(settings: Settings | None = None, *, all_partials: bool = False) -> GcReport:
+    """Delete unreferenced blobs and stale partial downloads."""
+    from .maintenance import GcReport, collect
+
     settings = settings or Settings()
     layout = settings.layout()
     if not layout.exists():
@@ -452,6 +465,9 @@ def gc(settings: Settings | None = None, *, all_partials: bool = False) -> GcRep
 
 
 def verify(settings: Settings | None = None) -> VerifyReport:
+    """Re-hash every blob of the store; report corrupt, linked and missing ones."""
+    from .maintenance import verify as verify_layout
+
     settings = settings or Settings()
     layout = settings.layout()
     if not layout.exists():
@@ -515,6 +531,8 @@ async def unpack(
     """Store image (``store:REF``, a bare ``REF``, or ``oci:DIR[:NAME]``) → a root filesystem
     in ``directory``: layers applied in order, whiteouts honoured, every path kept inside.
     ``directory`` appears only complete (see unpack.py)."""
+    from .unpack import unpack_image
+
     settings = settings or Settings()
     return await unpack_image(
         reference, directory, settings.layout(), platform=platform, options=options, emit=emit

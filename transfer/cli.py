@@ -33,7 +33,6 @@ from .progress import (
 )
 from .retry import RetryPolicy
 from .throttle import Throttle, parse_rate
-from .unpack import DEFAULT_MAX_SIZE, UnpackOptions
 
 PROG = "xfer"
 
@@ -364,6 +363,8 @@ async def cmd_load(args: argparse.Namespace) -> int:
 
 
 async def cmd_unpack(args: argparse.Namespace) -> int:
+    from .unpack import DEFAULT_MAX_SIZE, UnpackOptions  # tar and zstd code only for unpack
+
     max_size = _bytes_option("--max-size", args.max_size) if args.max_size else DEFAULT_MAX_SIZE
     options = UnpackOptions(force=args.force, devices=args.devices, max_size=max_size)
     render = _renderer(args)

@@ -4,6 +4,7 @@ certificate problem (never a reason to fall back to plain HTTP) from a server wi
 
 from __future__ import annotations
 
+import functools
 import ssl
 from collections.abc import Sequence
 
@@ -29,6 +30,14 @@ def ssl_context(
     client_cert: tuple[str, str] | None = None,
     *,
     verify: bool = True,
+) -> ssl.SSLContext:
+    """System trust (honouring $SSL_CERT_FILE / $SSL_CERT_DIR) plus ``ca_files``; see below."""
+    return _ssl_context(tuple(ca_files), client_cert, verify)
+
+
+@functools.lru_cache(maxsize=32)  # loading the system store costs ~25 ms: once per process
+def _ssl_context(
+    ca_files: tuple[str, ...], client_cert: tuple[str, str] | None, verify: bool
 ) -> ssl.SSLContext:
     """System trust (honouring $SSL_CERT_FILE / $SSL_CERT_DIR) plus ``ca_files``.
 
