@@ -42,6 +42,7 @@ from fixtures.hostile import (
     write_index,
 )
 from fixtures.images import BuiltImages
+from fixtures.registry import Registry
 from tests.helpers import ROOT, xfer
 from transfer.api import Settings, unpack, unpack_sync
 from transfer.endpoints.layout import Layout
@@ -506,6 +507,12 @@ def test_36_malformed_layers_fail_cleanly(host: Host, spec: LayerSpec, error: st
     assert error in refused(host, spec)
 
 
+def test_36_more_entries_than_the_cap_fail(host: Host) -> None:
+    assert "more than 10 entries" in refused(
+        host, [file(f"f{i}") for i in range(11)], max_entries=10
+    )
+
+
 @pytest.mark.parametrize("compression", ["gzip", "zstd"])
 def test_36_bombs_stop_at_max_size(host: Host, compression: str) -> None:
     message = refused(host, bomb(64 << 20, compression), max_size=8 << 20)
@@ -524,9 +531,11 @@ def test_36_zstd_frame_asking_for_a_huge_window_is_refused(host: Host) -> None:
 
 def test_36_memory_stays_flat_for_a_big_file_and_for_a_bomb(host: Host) -> None:
     write_image(host.layout, REF, [bomb(256 << 20, "zstd")])
+    # VmHWM, not ru_maxrss: the latter starts at the forking parent's peak (pytest's own).
     script = (
-        "import resource, sys\nfrom transfer.cli import main\ncode = main(sys.argv[1:])\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+        "import re, sys\nfrom transfer.cli import main\ncode = main(sys.argv[1:])\n"
+        "status = open('/proc/self/status').read()\n"
+        "print(re.search(r'VmHWM:\\s+(\\d+)', status).group(1), file=sys.stderr)\n"
         "sys.exit(code)"
     )
     for args, code in (([], 0), (["--max-size", "64Mi", "--force"], 1)):
@@ -615,6 +624,34 @@ def test_38_killed_mid_unpack_is_not_complete_and_a_rerun_redoes_it(host: Host) 
     assert rerun.code == 0, rerun.err
     assert sorted(p.name for p in host.root.iterdir()) == sorted(f"f{i}" for i in range(10))
     assert not list(host.base.glob(".root.xfer-*"))  # the stale partial is gone
+
+
+_CTRL_C_ON_THIRD_FILE = """
+import os, signal, sys, time
+import transfer.unpack as unpack
+original = unpack._Applier._file
+seen = []
+def interrupted(self, *args):
+    seen.append(1)
+    if len(seen) == 3:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.5)  # the main thread takes the signal meanwhile
+    return original(self, *args)
+unpack._Applier._file = interrupted
+from transfer.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_38_ctrl_c_stops_the_unpack_and_removes_its_partial(host: Host) -> None:
+    write_image(host.layout, REF, [layer([file(f"f{i}", str(i)) for i in range(10)])])
+    args = ["unpack", "--store", str(host.layout), REF, str(host.root)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run(
+        [sys.executable, "-c", _CTRL_C_ON_THIRD_FILE, *args], env=env, capture_output=True
+    )
+    assert run.returncode == 130, run.stderr
+    assert not host.root.exists()  # the worker stopped before renaming it into place
 
 
 def test_38_cancelled_unpack_removes_its_partial(host: Host) -> None:
@@ -800,4 +837,16 @@ def test_tricky_but_legal_layers_unpack_as_umoci_does(tmp_path: Path) -> None:
     run = xfer("unpack", f"oci:{layout}:tricky", tmp_path / "xfer")
     assert run.code == 0, run.err
     umoci_unpack(layout, "tricky", tmp_path / "umoci")
+    assert tree(tmp_path / "xfer") == tree(tmp_path / "umoci")
+
+
+def test_a_pulled_image_unpacks_from_the_store_as_umoci_unpacks_it(
+    registry: Registry, images: BuiltImages, store: Path, tmp_path: Path
+) -> None:
+    ref = f"{registry.host}/{images.images['whiteouts'].ref}"
+    assert xfer("pull", ref, store=store).code == 0
+    run = xfer("unpack", ref, tmp_path / "xfer", store=store)  # a bare REF reads the store
+    assert run.code == 0, run.err
+    assert run.out.strip() == images.images["whiteouts"].digest
+    umoci_unpack(store, ref, tmp_path / "umoci")
     assert tree(tmp_path / "xfer") == tree(tmp_path / "umoci")

@@ -33,7 +33,6 @@ from .retry import RetryPolicy
 from .throttle import Throttle
 
 if TYPE_CHECKING:  # imported where used: a pull should not pay for tar, zstd or gc code
-    from .endpoints.archive_read import ArchiveImageSource
     from .maintenance import GcReport, VerifyReport
     from .unpack import UnpackOptions, UnpackResult
 
@@ -249,7 +248,7 @@ async def load(
     options = CopyOptions(platform=platform, jobs=settings.jobs, retry=settings.retry)
     layout = settings.layout()
     results = []
-    from .endpoints.archive_read import open_archive
+    from .endpoints.archive_read import ArchiveImageSource, open_archive
 
     async with contextlib.aclosing(await open_archive(Path(file))) as archive:
         found = await archive.images()

@@ -719,7 +719,13 @@ def main(argv: list[str] | None = None) -> int:
         _error(str(exc))
         return exc.exit_code
     except KeyboardInterrupt:
-        _error("interrupted; partial downloads are kept and resume on the next run")
+        moving = {"pull", "push", "copy", "mirror", "save", "load"}
+        words = (argv if argv is not None else sys.argv[1:]) or [""]
+        _error(
+            "interrupted; partial downloads are kept and resume on the next run"
+            if moving & set(words)
+            else "interrupted"
+        )
         return 130
     except BrokenPipeError:
         return 1

@@ -27,19 +27,19 @@ import shutil
 import stat
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
-import anyio.from_thread
 import anyio.to_thread
 
 from .digest import Digest
 from .endpoints.address import parse_address
 from .endpoints.layout import REF_NAME, Layout
-from .errors import DigestMismatch, ManifestError, StoreError, UsageError
+from .errors import DigestMismatch, Interrupted, ManifestError, StoreError, UsageError
 from .manifest import MAX_CONFIG_BYTES, ImageConfig, ImageManifest, Manifest, Platform
 from .progress import Emit, Message, ignore
 from .reference import parse
@@ -106,16 +106,15 @@ def find_image(
     layout: Layout, name: str, platform: Platform, *, in_store: bool
 ) -> tuple[Manifest, ImageManifest, tuple[Digest, ...]]:
     """The image manifest for ``platform`` and its config's diff_ids, all read from the layout."""
-    where = "the store" if in_store else str(layout.root)
     found = layout.find(name) if layout.exists() else None
-    if found is None:
+    if found is None and in_store:
         raise StoreError(
-            f"image {name} is not in {where} {layout.root}"
-            if in_store
-            else f"no {name} in {where}",
+            f"image {name} is not in the store {layout.root}",
             reference=name,
-            hint=f"xfer pull {name} first" if in_store else None,
+            hint=f"xfer pull {name} first",
         )
+    if found is None:
+        raise StoreError(f"no image {name} in {layout.root}", reference=name)
     manifest = layout.get_manifest(found)
     for _ in range(MAX_INDEX_DEPTH):
         if not manifest.is_index:
@@ -123,7 +122,7 @@ def find_image(
         child = manifest.index().select(platform)
         if not layout.has_blob(child):
             raise StoreError(
-                f"{name} for {platform} is not in {where}",
+                f"{name} for {platform} is not in {layout.root}",
                 reference=name,
                 hint=f"xfer pull --platform {platform} {name}" if in_store else None,
             )
@@ -246,22 +245,28 @@ class _Target:
             return
         if not stat.S_ISDIR(st.st_mode):
             raise UsageError(f"{self.final} exists and is not a directory")
-        if not self.force and any(os.scandir(self.final)):
+        with os.scandir(self.final) as entries:
+            empty = not any(entries)
+        if not self.force and not empty:
             raise UsageError(f"{self.final} is not empty", hint="--force replaces it")
 
     def _remove_stale(self) -> None:
         """Partials of runs that died (their flock went with them); a live one is left alone."""
         stale = (self.prefix + "partial-", self.prefix + "old-")
-        for entry in os.scandir(self.final.parent):
-            if not entry.name.startswith(stale) or not entry.is_dir(follow_symlinks=False):
-                continue
+        with os.scandir(self.final.parent) as entries:
+            found = [
+                e.path
+                for e in entries
+                if e.name.startswith(stale) and e.is_dir(follow_symlinks=False)
+            ]
+        for path in found:
             try:
-                fd = os.open(entry.path, READ_DIR)
+                fd = os.open(path, READ_DIR)
             except OSError:
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                shutil.rmtree(entry.path, ignore_errors=True)
+                shutil.rmtree(path, ignore_errors=True)
             except BlockingIOError:
                 pass  # another xfer unpack is writing it
             finally:
@@ -363,8 +368,10 @@ class _Applier:
         self.entries = 0
         self.skipped = 0
         # The last parent directory looked up: (lexical path, fd, canonical path). Members come
-        # grouped by directory, so this saves most of the lookups.
+        # grouped by directory, so this saves most of the lookups. Any removal makes it stale:
+        # a symlink's target may pass through what was removed (l -> d/n/..).
         self._cache: tuple[Parts, int, Parts] | None = None
+        self._fresh = False
         # This layer's own entries (canonical paths) and their ancestors, which whiteouts and
         # opaque markers of the same layer must not remove.
         self.written: set[str] = set()
@@ -436,10 +443,10 @@ class _Applier:
     def _place(self, parts: Parts) -> tuple[int, Parts, str]:
         """The parent directory (made if missing) of a member: its fd, canonical path, name."""
         lexical = parts[:-1]
-        if self._cache is None or self._cache[0] != lexical:
+        if self._cache is None or not self._fresh or self._cache[0] != lexical:
             self._drop_cache()
             fd, canonical = self.root.open_dir(lexical, create=True)
-            self._cache = (lexical, fd, canonical)
+            self._cache, self._fresh = (lexical, fd, canonical), True
         return self._cache[1], self._cache[2], parts[-1]
 
     def _drop_cache(self) -> None:
@@ -448,10 +455,11 @@ class _Applier:
             self._cache = None
 
     def _clear(self, parent: int, canonical: Parts, name: str) -> None:
-        """Whatever is at ``name`` goes (replaced, never followed). The cached directory is
-        ``parent`` itself, which removing one of its entries cannot move."""
+        """Whatever is at ``name`` goes (replaced, never followed). ``parent`` stays open for
+        the member being written; the next lookup starts afresh."""
         if remove_at(parent, name):
             self.dirs.drop((*canonical, name))
+            self._fresh = False
 
     def _mark(self, canonical: Parts, name: str) -> None:
         self.written.add(_key((*canonical, name)))
@@ -697,22 +705,40 @@ async def unpack_image(
     options: UnpackOptions | None = None,
     emit: Emit = ignore,
 ) -> UnpackResult:
-    """``unpack_layout`` off the event loop; cancelling it (Ctrl-C) removes the partial."""
+    """``unpack_layout`` in a worker thread. Cancelled (Ctrl-C), it tells the thread to stop
+    and waits for it to remove its partial rootfs before passing the cancellation on."""
     layout, name, in_store = image_source(reference, store)
+    stop, finished = threading.Event(), threading.Event()
+
+    def check() -> None:
+        if stop.is_set():
+            raise Interrupted(f"unpack of {name} interrupted; {directory} was not made")
 
     def work() -> UnpackResult:
-        # The store's shared lock keeps gc from deleting blobs under us.
-        held = layout.in_use() if in_store and layout.exists() else contextlib.nullcontext()
-        with held:
-            return unpack_layout(
-                layout,
-                name,
-                Path(directory),
-                platform=platform,
-                options=options,
-                in_store=in_store,
-                emit=emit,
-                check=anyio.from_thread.check_cancelled,
-            )
+        try:
+            # The store's shared lock keeps gc from deleting blobs under us.
+            held = layout.in_use() if in_store and layout.exists() else contextlib.nullcontext()
+            with held:
+                return unpack_layout(
+                    layout,
+                    name,
+                    Path(directory),
+                    platform=platform,
+                    options=options,
+                    in_store=in_store,
+                    emit=emit,
+                    check=check,
+                )
+        finally:
+            finished.set()
 
-    return await anyio.to_thread.run_sync(work)
+    try:
+        # abandon_on_cancel: a shielded wait would let the thread finish (and rename the
+        # rootfs into place) before a Ctrl-C took effect.
+        return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+    except BaseException:
+        stop.set()
+        with anyio.CancelScope(shield=True):
+            while not finished.is_set():
+                await anyio.sleep(0.02)
+        raise

@@ -141,11 +141,14 @@ class Layout:
         self, desc: Descriptor, offset: int = 0, end: int | None = None
     ) -> AsyncIterator[AsyncIterator[bytes]]:
         path = self.blob_path(desc.digest)
-        if path.is_symlink() or not path.is_file():
+        try:  # O_NOFOLLOW: a blob swapped for a symlink after a check is still refused
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
             raise StoreError(
-                f"blob {desc.digest} is missing from {self.root}", digest=str(desc.digest)
-            )
-        handle = await anyio.open_file(path, "rb")
+                f"blob {desc.digest} is missing from {self.root} (or is not a regular file)",
+                digest=str(desc.digest),
+            ) from None
+        handle = await anyio.open_file(fd, "rb")
         try:
             await handle.seek(offset)
             yield _read_chunks(handle, (desc.size if end is None else end) - offset)
