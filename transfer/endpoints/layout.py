@@ -36,7 +36,7 @@ REF_NAME = "org.opencontainers.image.ref.name"
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
 INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
 READ_CHUNK = 1 << 20
-SMALL_BLOB = 1 << 20  # blobs up to this size skip partial files and locks
+SMALL_BLOB = 1 << 20  # blobs up to this size skip partial files
 
 
 class Layout:
@@ -170,23 +170,21 @@ class Layout:
         if self.has_blob(desc):
             return 0
         self.ensure()
-        if desc.size <= SMALL_BLOB:
-            return await self._download_small(desc, opener, progress)
+        # One writer per blob across processes: a second pull waits and then finds it done.
         lock = self._lock(f"{desc.digest.algorithm}-{desc.digest.encoded}")
         await _acquire(lock)
         try:
             if self.has_blob(desc):  # another process finished it while we waited
                 return 0
+            if desc.size <= SMALL_BLOB:
+                return await self._download_small(desc, opener, progress)
             return await self._download(desc, opener, progress)
         finally:
             lock.release()
 
     async def _download_small(self, desc: Descriptor, opener: Opener, progress: Progress) -> int:
-        """A small blob is verified in memory and written in one go: no partial, no lock.
-
-        Resuming would save little, and two processes racing for it both rename the same
-        verified bytes into place, so none of the large-blob machinery pays for itself here.
-        """
+        """A small blob is verified in memory and written in one go: no partial file, since
+        resuming would save little and the large-blob machinery costs more than it saves."""
         verifier = Verifier(desc.digest, desc.size)
         body = bytearray()
         async with opener(0, None) as chunks:
