@@ -26,7 +26,7 @@ from .endpoints.layout import REF_NAME, Layout, LayoutDestination, LayoutSource
 from .endpoints.registry import MirrorSource, RegistryDestination, RegistrySource
 from .errors import ArchiveError, StoreError, UsageError
 from .fetch import RangePolicy
-from .manifest import MAX_CONFIG_BYTES, Descriptor, ImageConfig, Index, Manifest, Platform
+from .manifest import MAX_CONFIG_BYTES, Descriptor, ImageConfig, Manifest, Platform
 from .progress import Emit, Message, ignore
 from .reference import DOCKER_HUB, DOCKER_HUB_API, Reference, parse, parse_repository
 from .retry import RetryPolicy
@@ -419,24 +419,10 @@ def images(settings: Settings | None = None) -> list[ImageEntry]:
 
 
 def _image_size(layout: Layout, desc: Descriptor) -> int:
-    seen: dict[Digest, int] = {}
-    stack = [desc]
-    while stack:
-        current = stack.pop()
-        if current.digest in seen:
-            continue
-        seen[current.digest] = current.size
-        try:
-            manifest = layout.get_manifest(current)
-        except StoreError:
-            continue
-        parsed = manifest.parse()
-        if isinstance(parsed, Index):
-            stack.extend(parsed.manifests)
-        else:
-            for blob in parsed.blobs():
-                seen.setdefault(blob.digest, blob.size)
-    return sum(seen.values())
+    """Manifests, configs and layers of one image (or index), each blob counted once."""
+    from .maintenance import reachable
+
+    return sum(blob.size for blob in reachable(layout, [desc]).blobs.values())
 
 
 def remove(references: list[str], settings: Settings | None = None) -> list[str]:

@@ -266,9 +266,7 @@ async def cmd_copy(args: argparse.Namespace) -> int:
         )
     finally:
         render.close()
-    if render.mode in ("lines", "bars", "quiet"):
-        print(result.digest, flush=True)
-    return 0
+    return _print_digest(render, result)
 
 
 async def cmd_push(args: argparse.Namespace) -> int:
@@ -277,6 +275,11 @@ async def cmd_push(args: argparse.Namespace) -> int:
         result = await api.push(args.reference, args.destination, _settings(args), emit=render)
     finally:
         render.close()
+    return _print_digest(render, result)
+
+
+def _print_digest(render: Renderer, result: CopyResult) -> int:
+    """The result on stdout unless --json already said it in its last line."""
     if render.mode in ("lines", "bars", "quiet"):
         print(result.digest, flush=True)
     return 0

@@ -26,6 +26,7 @@ from pathlib import Path
 import anyio
 
 from .digest import Verifier
+from .durable import fsync_dir
 from .errors import StoreError
 from .manifest import Descriptor
 
@@ -193,7 +194,7 @@ class Ingest:
         await anyio.to_thread.run_sync(os.fsync, self.fd)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.path, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         self._close_log()
         with contextlib.suppress(FileNotFoundError):
             self.sidecar.unlink()
@@ -212,11 +213,3 @@ def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
         else:
             merged.append((start, end))
     return merged
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -27,9 +27,10 @@ class Reachable:
     problems: list[str] = field(default_factory=list)  # referenced but missing or unreadable
 
 
-def reachable(layout: Layout) -> Reachable:
+def reachable(layout: Layout, roots: list[Descriptor] | None = None) -> Reachable:
+    """Every blob reachable from ``roots`` (default: every image of index.json)."""
     found = Reachable()
-    stack = list(layout.read_index())
+    stack = list(layout.read_index() if roots is None else roots)
     while stack:
         desc = stack.pop()
         if desc.digest in found.blobs:

@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 import anyio
 
 from ..digest import Digest, Verifier
+from ..durable import fsync_dir
 from ..errors import ArchiveError, PlatformNotFound, TransferError
 from ..manifest import Descriptor, ImageManifest, Manifest, Platform
 from ..reference import parse
@@ -226,7 +227,7 @@ class ArchiveDestination:
             await self._io(tar.add, name, data)
         await self._io(tar.finish)
         await self._io(os.replace, self.partial, self.path)
-        await self._io(_fsync_dir, self.path.parent)
+        await self._io(fsync_dir, self.path.parent)
         self._finished = True
 
     async def aclose(self) -> None:
@@ -305,11 +306,3 @@ def _repo_tag(name: str) -> str | None:
 def _write_verified(tar: TarWriter, verifier: Verifier, data: bytes) -> None:
     verifier.update(data)  # refuses bytes past the declared size before they are written
     tar.data(data)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -26,6 +26,7 @@ from filelock import FileLock, Timeout
 
 from ..client import RangeError
 from ..digest import Digest, Verifier
+from ..durable import atomic_write
 from ..errors import IntegrityError, NetworkError, StoreError, TransferError
 from ..fetch import RangePolicy, fill
 from ..ingest import Ingest
@@ -57,9 +58,9 @@ class Layout:
             for sub in ("blobs/sha256", ".xfer/partials", ".xfer/locks"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
             if not (self.root / "oci-layout").exists():
-                _atomic_write(self.root / "oci-layout", json.dumps(LAYOUT_VERSION).encode())
+                atomic_write(self.root / "oci-layout", json.dumps(LAYOUT_VERSION).encode())
             if not (self.root / "index.json").exists():
-                _atomic_write(self.root / "index.json", _index_bytes([]))
+                atomic_write(self.root / "index.json", _index_bytes([]))
         except OSError as exc:
             raise StoreError(f"cannot create the store at {self.root}: {exc.strerror}") from None
 
@@ -163,7 +164,7 @@ class Layout:
         verifier.update(data)
         verifier.verify()
         self.ensure()
-        _atomic_write(self.blob_path(desc.digest), data, tmp_dir=self.work / "partials")
+        atomic_write(self.blob_path(desc.digest), data, tmp_dir=self.work / "partials")
 
     async def put_blob(self, desc: Descriptor, opener: Opener, progress: Progress) -> int:
         """Fetch a blob through ``opener`` unless present; returns bytes received."""
@@ -199,7 +200,7 @@ class Layout:
         verifier.verify()
         data = bytes(body)
         await anyio.to_thread.run_sync(
-            lambda: _atomic_write(self.blob_path(desc.digest), data, tmp_dir=self.work / "partials")
+            lambda: atomic_write(self.blob_path(desc.digest), data, tmp_dir=self.work / "partials")
         )
         progress(len(data))
         return len(data)
@@ -262,7 +263,7 @@ class Layout:
         with self._lock("index"):
             entries = self.read_index()
             yield entries
-            _atomic_write(self.root / "index.json", _index_bytes(entries))
+            atomic_write(self.root / "index.json", _index_bytes(entries))
 
     def set_reference(
         self, name: str, manifest: Manifest, extra: dict[str, str] | None = None
@@ -296,33 +297,6 @@ def _index_bytes(entries: list[Descriptor]) -> bytes:
         "manifests": [e.to_json() for e in entries],
     }
     return json.dumps(doc, indent=2).encode() + b"\n"
-
-
-def _atomic_write(path: Path, data: bytes, *, tmp_dir: Path | None = None) -> None:
-    """Write to a temporary file beside (or in tmp_dir), fsync, rename, fsync the directory."""
-    directory = tmp_dir or path.parent
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{path.name}.{os.getpid()}.{id(data)}.tmp"
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise StoreError(f"cannot write {path}: {exc.strerror}") from None
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 async def _acquire(lock: FileLock) -> None:
