@@ -936,3 +936,21 @@ def test_a_redirect_to_a_link_local_address_is_refused(registry: Registry, store
     assert run.code == 1
     assert "link-local" in run.err and "169.254.169.254" in run.err
     assert "X-Amz" not in run.err
+
+
+def test_push_scope_is_requested_only_when_pushing(
+    token_registry: Registry, token_server: TokenServer, store: Path
+) -> None:
+    source = f"{token_registry.host}/private/small:1"
+    mark = token_server.mark()
+    assert xfer("pull", *LOGIN, source, store=store).code == 0
+    pulled = [scope for r in token_server.requests(mark) for scope in r.scopes]
+    assert pulled and all(scope.endswith(":pull") for scope in pulled)
+
+    mark = token_server.mark()
+    target = f"{token_registry.host}/private/pushed-small:1"
+    run = xfer("push", *LOGIN, source, target, store=store)
+    assert run.code == 0, run.err
+    pushed = {scope for r in token_server.requests(mark) for scope in r.scopes}
+    assert "repository:private/pushed-small:pull,push" in pushed
+    assert not any("push" in scope for scope in pushed if "pushed-small" not in scope)
