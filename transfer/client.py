@@ -518,7 +518,12 @@ class RegistryClient:
         await resp.aclose()
         held = resp.headers.get("range", "")
         match = re.fullmatch(r"(?:bytes=)?0-(\d+)", held.strip())
-        offset = int(match.group(1)) + 1 if match else 0
+        # `0-N` holds N+1 bytes, but distribution also answers `0-0` for an empty upload (and
+        # does not check Content-Range, so a wrong offset surfaces only as DIGEST_INVALID at the
+        # PUT): read `0-0` as 0. A registry really holding one byte then refuses the PATCH
+        # (416) or the PUT (DIGEST_INVALID), and either restarts the blob.
+        last = int(match.group(1)) if match else 0
+        offset = last + 1 if last else 0
         return self._upload_url(resp.headers.get("location") or location, what), offset
 
     async def patch_upload(
@@ -554,17 +559,22 @@ class RegistryClient:
 
     async def finish_upload(self, repository: str, location: str, digest: Digest) -> None:
         what = f"upload of blob {digest} to {self.host}/{repository}"
-        url = httpx.URL(location)
-        url = url.copy_merge_params({"digest": str(digest)})
+        # The Location as given with ``digest=`` appended (case 47): parsing and re-encoding its
+        # query (httpx turns "/" into %2F, %7E into "~") would alter a signed or opaque state.
+        base = location.partition("#")[0]
+        joint = "" if base.endswith(("?", "&")) else "&" if "?" in base else "?"
         resp = await self.send(
             "PUT",
-            str(url),
+            f"{base}{joint}digest={digest}",
             scopes=self._push_scopes(repository),
             headers={"Content-Length": "0"},
             what=what,
         )
         if resp.status_code not in (201, 204):
-            raise await self._fail(resp, what)
+            error = await self._fail(resp, what)
+            if error.code == "DIGEST_INVALID":  # we hashed what we sent: it arrived corrupt
+                raise DigestMismatch(str(error), host=self.host, digest=str(digest))
+            raise error
         await resp.aclose()
 
     async def cancel_upload(self, repository: str, location: str) -> None:
@@ -589,9 +599,11 @@ class RegistryClient:
         if resp.status_code == 413:
             await resp.aclose()
             raise RegistryError(
-                f"{what}: the registry refuses a manifest of {len(manifest.raw)} bytes (413)",
+                f"{what}: too large for the registry ({len(manifest.raw)} bytes refused, "
+                "HTTP 413 Payload Too Large)",
                 host=self.host,
                 status=413,
+                digest=str(manifest.digest),
             )
         if resp.status_code not in (200, 201, 202):
             raise await self._fail(resp, what)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 
 import anyio
 
@@ -88,20 +89,24 @@ class RegistryDestination:
             break  # 202: the registry opened an upload for us instead (case 46)
         if location is None:
             location = await self.client.start_upload(repository)
+        upload = _Upload(location)
         try:
-            sent = await self._upload(location, desc, opener, progress)
+            sent = await self._upload(upload, desc, opener, progress)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self.client.cancel_upload(repository, location)
+                # The latest Location: distribution refuses (404) a DELETE whose `_state`
+                # still names an offset the upload has moved past, and keeps the upload.
+                await self.client.cancel_upload(repository, upload.location)
             raise
         self.mounts[desc.digest] = repository
         return sent
 
     async def _upload(
-        self, location: str, desc: Descriptor, opener: Opener, progress: Progress
+        self, upload: _Upload, desc: Descriptor, opener: Opener, progress: Progress
     ) -> int:
         """Stream the blob into the upload; a dropped PATCH resumes where the registry says it
-        holds data (its ``Range``), without starting the blob again."""
+        holds data (its ``Range``), without starting the blob again. ``upload.location`` follows
+        every Location the registry answers with."""
         repository = self.reference.repository
         verifier = Verifier(desc.digest, desc.size)
         offset = sent = 0
@@ -109,17 +114,25 @@ class RegistryDestination:
             try:
                 async with opener(offset, None) as chunks:
                     body = _verified(chunks, verifier, progress)
-                    location = await self.client.patch_upload(
-                        repository, location, body, offset, desc.size - offset
+                    upload.location = await self.client.patch_upload(
+                        repository, upload.location, body, offset, desc.size - offset
                     )
                 sent += desc.size - offset
                 break
-            except (NetworkError, RangeError):
+            except (NetworkError, RangeError) as error:
                 if attempt == MAX_UPLOAD_RESUMES:
                     raise
-                location, offset = await self.client.upload_offset(repository, location)
+                try:
+                    upload.location, offset = await self.client.upload_offset(
+                        repository, upload.location
+                    )
+                except TransferError:
+                    # The registry lost or refuses the upload (distribution answers 404 once a
+                    # cut PATCH left the offset in its `_state` behind): the retry around us
+                    # starts the blob again on a new upload.
+                    raise error from None
                 if offset > desc.size:
-                    raise
+                    raise error
                 # Bytes before `offset` were verified when they were sent; hash them again
                 # from the source so the digest still covers the whole blob.
                 verifier = Verifier(desc.digest, desc.size)
@@ -128,7 +141,7 @@ class RegistryDestination:
                         async for chunk in chunks:
                             verifier.update(chunk[: offset - verifier.count])
         verifier.verify()
-        await self.client.finish_upload(repository, location, desc.digest)
+        await self.client.finish_upload(repository, upload.location, desc.digest)
         return sent
 
     async def put_manifest(self, manifest: Manifest, tag: str | None) -> None:
@@ -140,6 +153,13 @@ class RegistryDestination:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+@dataclass
+class _Upload:
+    """An upload session: its Location changes with every answer (distribution's `_state`)."""
+
+    location: str
 
 
 async def _verified(
