@@ -161,6 +161,8 @@ async def copy(
     async with contextlib.AsyncExitStack() as stack:
         reader, identifier = _open_source(src, settings, emit)
         stack.push_async_callback(reader.aclose)
+        if src.kind == "store" and isinstance(reader, LayoutSource) and reader.layout.exists():
+            stack.enter_context(reader.layout.in_use())  # no gc under us while we read its blobs
         writer, tag = _open_destination(dst, dest_settings, src, emit, mounts)
         stack.push_async_callback(writer.aclose)
         if isinstance(writer, LayoutDestination):

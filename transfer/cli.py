@@ -176,7 +176,7 @@ def _settings(args: argparse.Namespace, credentials: Credentials | None = None) 
         ca_file=getattr(args, "ca_file", None),
     )
     if getattr(args, "timeout", None) is not None:
-        if args.timeout <= 0:
+        if not args.timeout > 0:  # also refuses "nan"
             raise UsageError("--timeout must be positive")
         transport = replace(transport, read_timeout=args.timeout)
     if transport.insecure:
@@ -731,6 +731,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 130
     except BrokenPipeError:
+        return 1
+    except OSError as exc:  # a file of the store or an argument that cannot be read or written
+        if debug:
+            raise
+        _error(str(exc))
+        return 1
+    except Exception as exc:  # a foreign error nobody translated: still one line, exit 1
+        if debug:
+            raise
+        _error(f"{type(exc).__name__}: {exc} (a bug in xfer: --debug shows where)")
         return 1
 
 

@@ -204,10 +204,12 @@ async def _missing(
 async def _transfer_blob(
     source: Source, destination: Destination, desc: Descriptor, policy: RetryPolicy, emit: Emit
 ) -> int:
-    total = 0
+    total = moved = 0
     digest = str(desc.digest)
 
     def progress(advance: int) -> None:
+        nonlocal moved
+        moved += advance
         emit(BlobProgress(digest=digest, advance=advance))
 
     def opener(
@@ -224,7 +226,8 @@ async def _transfer_blob(
         return got
 
     try:
-        await retrying(f"blob {digest}", attempt, policy, emit)
+        # An attempt that moved bytes restarts the retry clock: a long download is resumed.
+        await retrying(f"blob {digest}", attempt, policy, emit, progress=lambda: moved)
     except TransferError as exc:
         exc.digest = exc.digest or digest
         raise

@@ -25,9 +25,9 @@ def atomic_write(path: Path, data: bytes, *, tmp_dir: Path | None = None) -> Non
     """Write to a temporary file beside ``path`` (or in ``tmp_dir``, same filesystem), fsync,
     rename, fsync the directory."""
     directory = tmp_dir or path.parent
-    directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / f".{path.name}.{os.getpid()}.{id(data)}.tmp"
     try:
+        directory.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -38,4 +38,31 @@ def atomic_write(path: Path, data: bytes, *, tmp_dir: Path | None = None) -> Non
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise StoreError(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        fsync_dir(path.parent)
+    except OSError as exc:
+        raise StoreError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def create_once(path: Path, data: bytes) -> None:
+    """Create ``path`` complete (as ``atomic_write``) unless it exists: a file another process
+    created meanwhile, and maybe filled since, is never replaced."""
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{id(data)}.new"
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)  # atomic, and fails where rename would replace
+        except FileExistsError:
+            pass
+        except OSError:  # a filesystem without hard links: as atomic_write, if still missing
+            if not path.exists():
+                os.replace(tmp, path)
+    except OSError as exc:
+        raise StoreError(f"cannot write {path}: {exc.strerror}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
     fsync_dir(path.parent)

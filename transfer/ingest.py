@@ -160,14 +160,22 @@ class Ingest:
             await self.catch_up()
 
     def _write(self, offset: int, chunks: list[bytes], length: int) -> None:
-        # pwritev: one system call for the batch, and no copy to join the chunks first.
-        written = os.pwritev(self.fd, chunks, offset)
-        if written < length:  # short write (rare: signals, quotas): finish it plainly
-            rest = memoryview(b"".join(chunks))[written:]
-            while rest:
-                done = os.pwrite(self.fd, rest, offset + written)
-                rest, written = rest[done:], written + done
+        # Writing and hashing under one lock: the bytes below the hashed prefix are the ones
+        # the digest covers, so a later write there (pieces that overlap: a source honouring
+        # one Range and ignoring another) is dropped, never allowed to change them.
         with self._hash_lock:
+            skip = self.verifier.count - offset
+            if skip >= length:
+                return
+            if skip > 0:
+                chunks, offset, length = _drop_front(chunks, skip), offset + skip, length - skip
+            # pwritev: one system call for the batch, and no copy to join the chunks first.
+            written = os.pwritev(self.fd, chunks, offset)
+            if written < length:  # short write (rare: signals, quotas): finish it plainly
+                rest = memoryview(b"".join(chunks))[written:]
+                while rest:
+                    done = os.pwrite(self.fd, rest, offset + written)
+                    rest, written = rest[done:], written + done
             if offset == self.verifier.count:  # in order: hash from memory, no re-read
                 for chunk in chunks:
                     self.verifier.update(chunk)
@@ -179,8 +187,10 @@ class Ingest:
             await anyio.to_thread.run_sync(self._hash_to, target)
 
     def _hash_to(self, target: int) -> None:
-        with self._hash_lock:
-            while self.verifier.count < target:
+        while True:
+            with self._hash_lock:  # per chunk: writers of other ranges go on meanwhile
+                if self.verifier.count >= target:
+                    return
                 want = min(READ_CHUNK, target - self.verifier.count)
                 chunk = os.pread(self.fd, want, self.verifier.count)
                 if not chunk:
@@ -198,6 +208,18 @@ class Ingest:
         self._close_log()
         with contextlib.suppress(FileNotFoundError):
             self.sidecar.unlink()
+
+
+def _drop_front(chunks: list[bytes], skip: int) -> list[bytes]:
+    """``chunks`` without their first ``skip`` bytes (a rare path: overlapping pieces)."""
+    kept: list[bytes] = []
+    for chunk in chunks:
+        if skip >= len(chunk):
+            skip -= len(chunk)
+            continue
+        kept.append(chunk[skip:] if skip else chunk)
+        skip = 0
+    return kept
 
 
 def _parse_range(line: str) -> tuple[int, int]:

@@ -6,6 +6,7 @@ What is retryable is decided by the error itself (``TransferError.retryable``): 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -15,8 +16,6 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception,
-    stop_after_attempt,
-    stop_after_delay,
     wait_random_exponential,
 )
 
@@ -53,13 +52,42 @@ class _Wait:
         return float(self.backoff(state))
 
 
+class _Stop:
+    """Give up after ``attempts`` tries, or when the next wait would end more than
+    ``max_seconds`` after the start: the start of the run, or the end of the last attempt that
+    made progress (a download cut after minutes of progress resumes, as one cut after seconds
+    does; ``attempts`` still bounds how often)."""
+
+    def __init__(self, policy: RetryPolicy, progress: Callable[[], int] | None) -> None:
+        self.policy = policy
+        self.progress = progress
+        self.mark = progress() if progress is not None else 0
+        self.since: float | None = None
+
+    def __call__(self, state: RetryCallState) -> bool:
+        if state.attempt_number >= self.policy.attempts:
+            return True
+        now = time.monotonic()
+        since = state.start_time if self.since is None else self.since
+        if self.progress is not None and (mark := self.progress()) > self.mark:
+            self.mark, since = mark, now
+        self.since = since
+        return now - since + (state.upcoming_sleep or 0.0) > self.policy.max_seconds
+
+
 async def retrying(
     what: str,
     operation: Callable[[], Awaitable[T]],
     policy: RetryPolicy,
     emit: Emit = ignore,
+    *,
+    progress: Callable[[], int] | None = None,
 ) -> T:
-    """Run ``operation`` until it succeeds, fails for good, or the policy gives up."""
+    """Run ``operation`` until it succeeds, fails for good, or the policy gives up.
+
+    ``progress``, when given, counts the work done so far (bytes received): an attempt that
+    advanced it restarts the ``max_seconds`` clock.
+    """
 
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -68,7 +96,7 @@ async def retrying(
 
     retryer = AsyncRetrying(
         sleep=anyio.sleep,
-        stop=stop_after_attempt(policy.attempts) | stop_after_delay(policy.max_seconds),
+        stop=_Stop(policy, progress),
         wait=_Wait(policy),
         retry=retry_if_exception(_is_retryable),
         before_sleep=before_sleep,

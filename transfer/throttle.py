@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import anyio
@@ -44,6 +45,6 @@ def parse_rate(text: str) -> float:
     if unit not in factors:
         raise ValueError(f"unknown unit in rate {text!r}")
     rate = float(number) * factors[unit]
-    if rate <= 0:
-        raise ValueError(f"rate {text!r} must be positive")
+    if not math.isfinite(rate) or rate <= 0:  # "inf", "nan", "1e400" would pass float()
+        raise ValueError(f"{text!r} is not a positive, finite number of bytes")
     return rate

@@ -26,7 +26,7 @@ from filelock import FileLock, Timeout
 
 from ..client import RangeError
 from ..digest import Digest, Verifier
-from ..durable import atomic_write
+from ..durable import atomic_write, create_once
 from ..errors import IntegrityError, NetworkError, StoreError, TransferError
 from ..fetch import RangePolicy, fill
 from ..ingest import Ingest
@@ -58,9 +58,9 @@ class Layout:
             for sub in ("blobs/sha256", ".xfer/partials", ".xfer/locks"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
             if not (self.root / "oci-layout").exists():
-                atomic_write(self.root / "oci-layout", json.dumps(LAYOUT_VERSION).encode())
-            if not (self.root / "index.json").exists():
-                atomic_write(self.root / "index.json", _index_bytes([]))
+                create_once(self.root / "oci-layout", json.dumps(LAYOUT_VERSION).encode())
+            if not (self.root / "index.json").exists():  # another xfer may be creating it too
+                create_once(self.root / "index.json", _index_bytes([]))
         except OSError as exc:
             raise StoreError(f"cannot create the store at {self.root}: {exc.strerror}") from None
 
@@ -149,7 +149,11 @@ class Layout:
                 f"blob {desc.digest} is missing from {self.root} (or is not a regular file)",
                 digest=str(desc.digest),
             ) from None
-        handle = await anyio.open_file(fd, "rb")
+        try:
+            handle = await anyio.open_file(fd, "rb")
+        except BaseException:  # cancelled before the file object owned the descriptor
+            os.close(fd)
+            raise
         try:
             await handle.seek(offset)
             yield _read_chunks(handle, (desc.size if end is None else end) - offset)
@@ -220,6 +224,8 @@ class Layout:
                 raise
             return received
         except OSError as exc:
+            if isinstance(exc, BrokenPipeError):  # the progress reader hung up, not the disk
+                raise
             # Disk full, quota, permissions: what was written stays a resumable partial.
             raise StoreError(
                 f"cannot write blob {desc.digest} to {self.root}: {exc.strerror or exc}",
