@@ -177,7 +177,7 @@ def test_one_failing_image_does_not_stop_the_others(
     )
     run = xfer("mirror", "--json", config, target_registry.host)
     assert run.code == 1
-    summary = [e for e in run.json_lines() if e["event"] == "mirror"][-1]
+    summary = [e for e in run.json_lines() if e["event"] == "done" and "copied" in e][-1]
     assert summary["copied"] == 1
     assert summary["failed"][0]["source"].endswith("test/small:no-such-tag")
     assert "no-such-tag" in run.err.strip().splitlines()[-1]

@@ -377,13 +377,27 @@ def test_503_twice_on_the_upload_post_then_success_retries_with_events(
     assert inspect_raw(dest) == small.raw
 
 
+def test_a_503_on_a_manifest_put_and_on_a_blob_head_is_retried(
+    registry: Registry, target: FaultProxy, small: ImageInfo
+) -> None:
+    target.add(Status(503, match="/manifests/", method="PUT", times=1))
+    target.add(Status(503, match="/blobs/sha256:", method="HEAD", times=1))
+    dest = f"{target.host}/retried-manifest/small:1"
+    run = _copy(registry, small, dest, "--json")
+    assert run.code == 0, run.err
+    retried = [e["what"] for e in run.json_lines() if e["event"] == "retry"]
+    assert any(what.startswith("manifest ") for what in retried)
+    assert any(what.startswith("blob ") for what in retried)
+    assert inspect_raw(dest) == small.raw
+
+
 # ---- case 50: an interrupted mirror, rerun -------------------------------------------------------
 
 
 def _mirror(config: Path, proxy: FaultProxy) -> tuple[int, dict[str, Any]]:
     """``xfer mirror --json CONFIG PROXY``: the exit code and the final summary event."""
     run = xfer("mirror", "--json", config, proxy.host)
-    summaries = [e for e in run.json_lines() if e.get("event") == "mirror"]
+    summaries = [e for e in run.json_lines() if e.get("event") == "done" and "copied" in e]
     assert summaries, run.err
     return run.code, summaries[-1]
 

@@ -311,12 +311,17 @@ async def cmd_mirror(args: argparse.Namespace) -> int:
     finally:
         render.close()
     moved = sum(r.bytes_transferred for r in report.copied)
+    # The contract's last line: a "done" total, with what a mirror adds to it.
     summary: dict[str, Any] = {
-        "event": "mirror",
+        "event": "done",
+        "digest": None,
+        "bytes_transferred": moved,
+        "blobs_transferred": sum(r.blobs_transferred for r in report.copied),
+        "blobs_skipped": sum(r.blobs_skipped for r in report.copied),
+        "seconds": round(time.monotonic() - render.started, 3),
         "copied": len(report.copied),
         "unchanged": len(report.unchanged),
         "failed": [{"source": str(item.source), "error": error} for item, error in report.failed],
-        "bytes_transferred": moved,
     }
     if args.json:
         print(json.dumps(summary))

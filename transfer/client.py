@@ -402,11 +402,17 @@ class RegistryClient:
         header = resp.headers.get("docker-content-digest")
         if not header:
             return None
-        return Descriptor(
-            media_type=resp.headers.get("content-type", "").split(";")[0].strip(),
-            digest=Digest.parse(header),
-            size=int(resp.headers.get("content-length", "0")),
-        )
+        try:
+            return Descriptor(
+                media_type=resp.headers.get("content-type", "").split(";")[0].strip(),
+                digest=Digest.parse(header),
+                size=int(resp.headers.get("content-length", "0")),
+            )
+        except (InvalidDigest, ValueError):  # the registry's fault, not a usage error
+            raise RegistryError(
+                f"manifest {self.host}/{repository}:{identifier}: malformed digest or length",
+                host=self.host,
+            ) from None
 
     # ---- blobs --------------------------------------------------------------------------------
 
@@ -478,7 +484,14 @@ class RegistryClient:
         if not location:
             raise RegistryError(f"{what}: the registry gave no upload Location", host=self.host)
         # Relative or absolute, with or without query parameters: used as given (case 47).
-        return str(urljoin(self.base_url + "/", location))
+        try:
+            url = str(urljoin(self.base_url + "/", location))
+            httpx.URL(url)  # refuse what httpx cannot send, here, with the registry named
+        except (ValueError, httpx.InvalidURL):
+            raise RegistryError(
+                f"{what}: the registry gave an unusable upload Location", host=self.host
+            ) from None
+        return url
 
     async def mount_blob(self, repository: str, digest: Digest, source: str) -> str | None:
         """Cross-repository mount: None when mounted (201), else an upload URL to use (202)."""

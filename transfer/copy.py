@@ -141,7 +141,7 @@ async def copy_image(
     blobs = plan.blobs()
     emit(ImageStart(reference=source.name, blobs=len(blobs), bytes=sum(b.size for b in blobs)))
 
-    missing = await _missing(destination, blobs, options.jobs)
+    missing = await _missing(destination, blobs, options.jobs, options.retry, emit)
     wanted = {m.digest for m in missing}
     skipped = [b for b in blobs if b.digest not in wanted]
     for desc in skipped:
@@ -158,9 +158,13 @@ async def copy_image(
 
     await _run_all(transfer, missing)
 
-    for child in plan.children:
-        await destination.put_manifest(child, None)
-    await destination.put_manifest(plan.top, tag)
+    for manifest, name in [*((child, None) for child in plan.children), (plan.top, tag)]:
+        await retrying(
+            f"manifest {manifest.digest}",
+            lambda m=manifest, n=name: destination.put_manifest(m, n),  # type: ignore[misc]
+            options.retry,
+            emit,
+        )
     await destination.commit()
     result = CopyResult(
         reference=source.name,
@@ -186,7 +190,11 @@ async def copy_image(
 
 
 async def _missing(
-    destination: Destination, blobs: list[Descriptor], jobs: int
+    destination: Destination,
+    blobs: list[Descriptor],
+    jobs: int,
+    policy: RetryPolicy,
+    emit: Emit,
 ) -> list[Descriptor]:
     """Ask the destination about every blob at once (a registry answers each with a round trip)."""
     present: set[Digest] = set()
@@ -194,7 +202,10 @@ async def _missing(
 
     async def check(desc: Descriptor) -> None:
         async with limiter:
-            if await destination.has_blob(desc):
+            found = await retrying(
+                f"blob {desc.digest}", lambda: destination.has_blob(desc), policy, emit
+            )
+            if found:
                 present.add(desc.digest)
 
     await _run_all(check, blobs)

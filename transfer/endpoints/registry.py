@@ -93,7 +93,9 @@ class RegistryDestination:
         try:
             sent = await self._upload(upload, desc, opener, progress)
         except BaseException:
-            with anyio.CancelScope(shield=True):
+            # Shielded so Ctrl-C still cleans up, but bounded: a dead registry must not hold
+            # the exit for the connect and read timeouts.
+            with anyio.move_on_after(5, shield=True):
                 # The latest Location: distribution refuses (404) a DELETE whose `_state`
                 # still names an offset the upload has moved past, and keeps the upload.
                 await self.client.cancel_upload(repository, upload.location)
@@ -137,9 +139,7 @@ class RegistryDestination:
                 # from the source so the digest still covers the whole blob.
                 verifier = Verifier(desc.digest, desc.size)
                 if offset:
-                    async with opener(0, offset) as chunks:
-                        async for chunk in chunks:
-                            verifier.update(chunk[: offset - verifier.count])
+                    await _hash_prefix(opener, offset, verifier)
         verifier.verify()
         await self.client.finish_upload(repository, upload.location, desc.digest)
         return sent
@@ -160,6 +160,24 @@ class _Upload:
     """An upload session: its Location changes with every answer (distribution's `_state`)."""
 
     location: str
+
+
+async def _hash_prefix(opener: Opener, offset: int, verifier: Verifier) -> None:
+    """Hash the first ``offset`` bytes again; a source that ignores a bounded Range is read
+    from the start and stopped at ``offset``."""
+    try:
+        context = opener(0, offset)
+        async with context as chunks:
+            async for chunk in chunks:
+                verifier.update(chunk[: offset - verifier.count])
+        return
+    except RangeIgnored:
+        pass
+    async with opener(0, None) as chunks:
+        async for chunk in chunks:
+            verifier.update(chunk[: offset - verifier.count])
+            if verifier.count >= offset:
+                break
 
 
 async def _verified(
