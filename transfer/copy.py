@@ -158,13 +158,10 @@ async def copy_image(
 
     await _run_all(transfer, missing)
 
-    for manifest, name in [*((child, None) for child in plan.children), (plan.top, tag)]:
-        await retrying(
-            f"manifest {manifest.digest}",
-            lambda m=manifest, n=name: destination.put_manifest(m, n),  # type: ignore[misc]
-            options.retry,
-            emit,
-        )
+    # Children first, the tagged top manifest last: a tag never names what is not there yet.
+    for child in plan.children:
+        await _put_manifest(destination, child, None, options.retry, emit)
+    await _put_manifest(destination, plan.top, tag, options.retry, emit)
     await destination.commit()
     result = CopyResult(
         reference=source.name,
@@ -187,6 +184,17 @@ async def copy_image(
         )
     )
     return result
+
+
+async def _put_manifest(
+    destination: Destination, manifest: Manifest, tag: str | None, policy: RetryPolicy, emit: Emit
+) -> None:
+    await retrying(
+        f"manifest {manifest.digest}",
+        lambda: destination.put_manifest(manifest, tag),
+        policy,
+        emit,
+    )
 
 
 async def _missing(
