@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio.selector_events
 import email.utils
+import functools
 import ipaddress
 import json
 import re
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,7 @@ from .auth import (
     find_credentials,
     parse_challenges,
 )
+from .body import BlobBody
 from .digest import Digest
 from .errors import (
     AuthError,
@@ -47,6 +49,7 @@ from .errors import (
     TooManyRequests,
     TransferError,
     Unauthorized,
+    reason,
 )
 from .manifest import ACCEPT, MAX_MANIFEST_BYTES, Descriptor, Manifest
 from .throttle import Throttle
@@ -63,6 +66,9 @@ if _transport is not None and hasattr(_transport, "max_size"):
 MAX_ERROR_BODY = 64 << 10  # registry error bodies beyond this are not read (reliability case 4)
 MAX_REDIRECTS = redirects.MAX_REDIRECTS
 READ_CHUNK = 1 << 20
+BLOCKING_MIN = 4 << 20  # bodies at least this large are read in a worker thread (body.py)
+# The blocking client's reads of what h11 parses (headers, small bodies): larger reads too.
+httpcore.HTTP11Connection.READ_NUM_BYTES = 256 << 10
 
 
 @dataclass(frozen=True)
@@ -177,6 +183,9 @@ class RegistryClient:
         self.credentials = credentials if credentials is not None else find_credentials(host)
         self._http = http or _make_http(self.options)
         self._owns_http = http is None
+        # Big blob bodies go through a blocking client, read in worker threads (body.py).
+        self._blocking_http: httpx.Client | None = None
+        self._can_block = http is None
         self._scheme = "http" if self.options.plain_http else "https"
         # HTTPS first, plain HTTP only if TLS is not spoken: docker's rule for loopback and for
         # registries the user marked insecure.
@@ -192,8 +201,15 @@ class RegistryClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        if self._blocking_http is not None:
+            self._blocking_http.close()
         if self._owns_http:
             await self._http.aclose()
+
+    def _blocking(self) -> httpx.Client:
+        if self._blocking_http is None:
+            self._blocking_http = httpx.Client(**_client_options(self.options))
+        return self._blocking_http
 
     @property
     def base_url(self) -> str:
@@ -229,8 +245,12 @@ class RegistryClient:
         content: Any = None,
         follow_redirects: bool = False,
         what: str = "request",
+        blocking: bool = False,
     ) -> httpx.Response:
         """Send a request with auth; the response is streamed and must be closed by the caller.
+
+        ``blocking``: sent by the blocking client in a worker thread, for a body that is read
+        there (body.py); a bodiless request only.
 
         A 401 from this registry is answered with a token for the challenged scopes (or Basic),
         a refused token (expired or revoked mid-pull) is replaced once, and a wider scope asked
@@ -248,9 +268,22 @@ class RegistryClient:
             )
             used = await self._authorize(request, scopes)
             try:
-                resp = await redirects.send(
-                    self._http, request, follow=follow_redirects, what=what, host=self.host
-                )
+                if blocking:
+                    resp = await anyio.to_thread.run_sync(
+                        functools.partial(
+                            redirects.send_blocking,
+                            self._blocking(),
+                            request,
+                            follow=follow_redirects,
+                            what=what,
+                            host=self.host,
+                        ),
+                        abandon_on_cancel=True,  # nothing of ours is touched by it
+                    )
+                else:
+                    resp = await redirects.send(
+                        self._http, request, follow=follow_redirects, what=what, host=self.host
+                    )
             except httpx.ConnectError as exc:
                 if url is None and request.url.scheme != self._scheme:
                     continue  # a concurrent request found out the scheme meanwhile: use it
@@ -272,7 +305,7 @@ class RegistryClient:
             try:
                 challenge = self._choose(challenges)
             except TransferError:
-                await resp.aclose()
+                await _close(resp)
                 raise
             wanted = scopes
             extra = challenge.params.get("scope")
@@ -291,7 +324,7 @@ class RegistryClient:
                 self.tokens.invalidate(*used)
             else:
                 return resp  # Basic refused, or a fresh token refused
-            await resp.aclose()
+            await _close(resp)
             self._challenge, scopes = challenge, wanted
 
     def _choose(self, challenges: Iterable[Challenge]) -> Challenge:
@@ -324,11 +357,11 @@ class RegistryClient:
             target = None
         if target is None or not target.host:
             raise AuthError(f"registry {self.host} sent a token realm that is not a URL")
-        reason = redirects.refusal(httpx.URL(self.base_url), target)
-        if reason:
+        refused = redirects.refusal(httpx.URL(self.base_url), target)
+        if refused:
             raise AuthError(
                 f"registry {self.host} sent a token realm on {target.host} that is refused: "
-                f"{reason}",
+                f"{refused}",
                 host=self.host,
             )
 
@@ -345,14 +378,17 @@ class RegistryClient:
     ) -> RegistryError:
         body = bytearray()
         try:
-            async for chunk in resp.aiter_raw():
-                body += chunk
-                if len(body) > MAX_ERROR_BODY:
-                    break
+            if isinstance(resp.stream, httpx.SyncByteStream):
+                body += await anyio.to_thread.run_sync(_error_body, resp, abandon_on_cancel=True)
+            else:
+                async for chunk in resp.aiter_raw():
+                    body += chunk
+                    if len(body) > MAX_ERROR_BODY:
+                        break
         except (httpx.HTTPError, httpx.StreamError):  # unreadable or already closed: no body
             pass
         finally:
-            await resp.aclose()
+            await _close(resp)
         return registry_error(resp, bytes(body), what=what, host=self.host, reference=reference)
 
     # ---- manifests ----------------------------------------------------------------------------
@@ -431,7 +467,7 @@ class RegistryClient:
     @asynccontextmanager
     async def open_blob(
         self, repository: str, desc: Descriptor, offset: int = 0, end: int | None = None
-    ) -> AsyncIterator[AsyncIterator[bytes]]:
+    ) -> AsyncIterator[AsyncIterable[bytes]]:
         """Stream a blob from ``offset`` (to ``end``, exclusive, when given).
 
         The bytes yielded always start exactly at ``offset``. With ``end``, a server that ignores
@@ -444,6 +480,7 @@ class RegistryClient:
             headers["Range"] = f"bytes={offset}-{end - 1}"
         elif offset:
             headers["Range"] = f"bytes={offset}-"
+        limit = (end if end is not None else desc.size) - offset
         resp = await self.send(
             "GET",
             f"/v2/{repository}/blobs/{desc.digest}",
@@ -451,6 +488,8 @@ class RegistryClient:
             headers=headers,
             follow_redirects=True,
             what=what,
+            # A capped rate is paced on the event loop; small bodies keep their connection.
+            blocking=self._can_block and self.throttle is None and limit >= BLOCKING_MIN,
         )
         try:
             skip = 0
@@ -470,10 +509,23 @@ class RegistryClient:
                 raise RangeError(f"{what}: range not satisfiable", digest=str(desc.digest))
             else:
                 raise await self._fail(resp, what)
-            limit = (end if end is not None else desc.size) - offset
-            yield _body(resp, skip, limit, what, self.host, self.throttle)
+            if isinstance(resp.stream, httpx.SyncByteStream):
+                body = BlobBody(
+                    resp,
+                    skip=skip,
+                    limit=limit,
+                    what=what,
+                    host=self.host,
+                    read_timeout=self.options.read_timeout,
+                )
+                try:
+                    yield body
+                finally:
+                    body.abort()  # wakes a reader thread still waiting on the socket
+            else:
+                yield _body(resp, skip, limit, what, self.host, self.throttle)
         finally:
-            await resp.aclose()
+            await _close(resp)
 
     # ---- uploads (push) -------------------------------------------------------------------
 
@@ -677,9 +729,25 @@ async def _body(
             if sent > limit:
                 return  # longer than promised: stop reading; the caller rejects it
     except (httpx.TransportError, ssl.SSLError) as exc:  # httpcore leaves mid-body TLS alerts raw
-        raise NetworkError(f"{what}: {_reason(exc)}", host=host) from None
+        raise NetworkError(f"{what}: {reason(exc)}", host=host) from None
     if skip:
         raise NetworkError(f"{what}: body ended before the resume offset", host=host)
+
+
+async def _close(resp: httpx.Response) -> None:
+    if isinstance(resp.stream, httpx.SyncByteStream):
+        resp.close()  # a closed socket or a connection back to the pool: no waiting
+    else:
+        await resp.aclose()
+
+
+def _error_body(resp: httpx.Response) -> bytes:
+    body = bytearray()
+    for chunk in resp.iter_raw():
+        body += chunk
+        if len(body) > MAX_ERROR_BODY:
+            break
+    return bytes(body)
 
 
 async def _read_capped(resp: httpx.Response, cap: int, what: str, host: str) -> bytes:
@@ -693,7 +761,7 @@ async def _read_capped(resp: httpx.Response, cap: int, what: str, host: str) -> 
             if len(body) > cap:
                 raise SizeMismatch(f"{what} is more than the {cap} bytes allowed", host=host)
     except (httpx.TransportError, ssl.SSLError) as exc:
-        raise NetworkError(f"{what}: {_reason(exc)}", host=host) from None
+        raise NetworkError(f"{what}: {reason(exc)}", host=host) from None
     return bytes(body)
 
 
@@ -741,11 +809,6 @@ def _speaks_no_tls(exc: httpx.ConnectError) -> bool:
     return False
 
 
-def _reason(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0][:200]
-
-
 def _connect_error(exc: BaseException, host: str, what: str | None = None) -> NetworkError:
     problem = certificate_problem(exc)
     if problem:
@@ -753,21 +816,26 @@ def _connect_error(exc: BaseException, host: str, what: str | None = None) -> Ne
         error.retryable = False  # no retry fixes a certificate
         return error
     if what is None:
-        return NetworkError(f"cannot connect to {host}: {_reason(exc)}", host=host)
-    return NetworkError(f"{what}: {_reason(exc)}", host=host)
+        return NetworkError(f"cannot connect to {host}: {reason(exc)}", host=host)
+    return NetworkError(f"{what}: {reason(exc)}", host=host)
 
 
-def _make_http(options: TransportOptions) -> httpx.AsyncClient:
+def _client_options(options: TransportOptions) -> dict[str, Any]:
+    """What the asynchronous and the blocking client share: trust, timeouts, pool, proxies."""
     ca_files = ((options.ca_file,) if options.ca_file else ()) + options.ca_files
     verify = ssl_context(ca_files, options.client_cert, verify=not options.insecure)
-    return httpx.AsyncClient(
-        verify=verify,
-        timeout=httpx.Timeout(options.read_timeout, connect=options.connect_timeout, pool=None),
-        limits=httpx.Limits(
+    return {
+        "verify": verify,
+        "timeout": httpx.Timeout(options.read_timeout, connect=options.connect_timeout, pool=None),
+        "limits": httpx.Limits(
             max_connections=options.max_connections,
             max_keepalive_connections=options.max_connections,
         ),
-        max_redirects=MAX_REDIRECTS,
-        trust_env=True,
-        headers={"User-Agent": "xfer/0.1"},
-    )
+        "max_redirects": MAX_REDIRECTS,
+        "trust_env": True,
+        "headers": {"User-Agent": "xfer/0.1"},
+    }
+
+
+def _make_http(options: TransportOptions) -> httpx.AsyncClient:
+    return httpx.AsyncClient(**_client_options(options))

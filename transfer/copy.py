@@ -8,7 +8,7 @@ one task group, bounded by a limiter, transfers those (retry around each; the de
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterable, Callable, Coroutine, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -233,7 +233,7 @@ async def _transfer_blob(
 
     def opener(
         offset: int, end: int | None = None
-    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+    ) -> AbstractAsyncContextManager[AsyncIterable[bytes]]:
         if end is None:  # one event per stream of the blob, not per parallel range
             emit(BlobStart(digest=digest, size=desc.size, offset=offset))
         return source.open_blob(desc, offset, end)

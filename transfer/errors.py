@@ -150,6 +150,12 @@ class Interrupted(TransferError):
     exit_code = 130
 
 
+def reason(exc: BaseException) -> str:
+    """An exception's first line, bounded: for one-line messages."""
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
 def first_error(error: BaseException) -> BaseException:
     """The most telling error in a (nested) exception group: a TransferError if there is one.
 

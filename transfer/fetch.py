@@ -15,17 +15,23 @@ the blob anyway; a resumed gap between two held ranges is always asked for with 
 from __future__ import annotations
 
 import math
+import threading
+import time
+from collections.abc import AsyncIterable
 from dataclasses import dataclass
 
 import anyio
 import anyio.abc
+import anyio.from_thread
 
+from .body import BlobBody
 from .client import RangeIgnored
 from .endpoints import Opener, Progress
 from .errors import NetworkError, SizeMismatch, first_error
-from .ingest import Ingest
+from .ingest import Chunk, Ingest
 
 WRITE_BATCH = 1 << 20  # bytes gathered before one write (+hash) in a worker thread
+REPORT_EVERY = 0.1  # seconds between progress reports of a blocking body
 
 
 @dataclass(frozen=True)
@@ -53,12 +59,25 @@ class _Meter:
     """Bytes received by every stream of this process: the run's aggregate rate."""
 
     total = 0
+    _lock = threading.Lock()  # streams count from worker threads too
+
+    @classmethod
+    def add(cls, amount: int) -> None:
+        with cls._lock:
+            cls.total += amount
 
 
 class _Shared:
+    """What the pieces of one blob share."""
+
     def __init__(self) -> None:
         self.ranges_ignored = False
         self.received = 0
+        self._lock = threading.Lock()
+
+    def count(self, amount: int) -> None:
+        with self._lock:
+            self.received += amount
 
 
 def _splittable(size: int, missing: int, policy: RangePolicy) -> bool:
@@ -186,58 +205,114 @@ async def _run_piece(
         await _stream(ingest, opener, progress, piece, first, shared)
 
 
+class _Cursor:
+    """Where one piece's stream stands, and where it has to stop."""
+
+    def __init__(self, ingest: Ingest, piece: _Piece, first: bool, shared: _Shared) -> None:
+        self.ingest, self.piece, self.first, self.shared = ingest, piece, first, shared
+        self.pos = piece.start
+
+    def stop(self) -> int:
+        # An open-ended piece runs on through what the dropped pieces should have fetched.
+        if self.first and not self.piece.bounded and self.shared.ranges_ignored:
+            return self.ingest.gap_end(self.pos)
+        return self.piece.end
+
+    def take(self, chunk: Chunk) -> tuple[Chunk, bool]:
+        """Count ``chunk`` as received; returns what of it belongs to the piece, and whether
+        the piece is complete with it."""
+        stop = self.stop()
+        self.shared.count(len(chunk))
+        if self.pos + len(chunk) > stop:
+            if not self.piece.bounded and stop == self.ingest.desc.size:
+                raise SizeMismatch(
+                    f"blob {self.ingest.desc.digest} is longer than its declared "
+                    f"{self.ingest.desc.size} bytes",
+                    digest=str(self.ingest.desc.digest),
+                )
+            chunk = chunk[: stop - self.pos]  # an open-ended piece reached the next one
+        self.pos += len(chunk)
+        self.piece.pos = self.pos
+        _Meter.add(len(chunk))
+        return chunk, self.pos >= stop
+
+
 async def _stream(
     ingest: Ingest, opener: Opener, progress: Progress, piece: _Piece, first: bool, shared: _Shared
 ) -> None:
-    """Read one piece; a writer task hashes and writes the previous batch meanwhile."""
+    """Read one piece into the ingest."""
     if piece.bounded and shared.ranges_ignored:
         return
-    size = ingest.desc.size
-    pos = piece.start
-    pending: list[bytes] = []
-    pending_at = pos  # offset of the first pending byte
-    send, receive = anyio.create_memory_object_stream[tuple[int, list[bytes]]](1)
+    cursor = _Cursor(ingest, piece, first, shared)
+    try:
+        async with opener(piece.start, piece.end if piece.bounded else None) as body:
+            if isinstance(body, BlobBody):
+                await _pump(body, cursor, progress)
+            else:
+                await _relay(body, cursor, progress)
+    except RangeIgnored:
+        shared.ranges_ignored = True
+        return
+    if cursor.pos < cursor.stop():
+        # A short body (server closed early): keep what came and resume from there.
+        raise NetworkError(
+            f"blob {ingest.desc.digest} ended after {cursor.pos} of {ingest.desc.size} bytes",
+            digest=str(ingest.desc.digest),
+        )
 
-    def stop_at() -> int:
-        # An open-ended piece runs on through what the dropped pieces should have fetched.
-        if first and not piece.bounded and shared.ranges_ignored:
-            return ingest.gap_end(pos)
-        return piece.end
+
+async def _pump(body: BlobBody, cursor: _Cursor, progress: Progress) -> None:
+    """One worker thread reads, hashes and writes the whole piece (body.py); progress is
+    reported to the event loop a few times a second."""
+    unreported = 0
+    last = time.monotonic()
+
+    def sink(chunk: Chunk) -> bool:
+        nonlocal unreported, last
+        at = cursor.pos
+        chunk, done = cursor.take(chunk)
+        cursor.ingest.write_blocking(at, [chunk])
+        unreported += len(chunk)
+        if time.monotonic() - last >= REPORT_EVERY:
+            done_now, unreported, last = unreported, 0, time.monotonic()
+            anyio.from_thread.run_sync(progress, done_now)
+        return not done
+
+    try:
+        await body.pump(sink)
+    finally:
+        if unreported:
+            progress(unreported)
+
+
+async def _relay(chunks: AsyncIterable[bytes], cursor: _Cursor, progress: Progress) -> None:
+    """Read chunks on the event loop; a writer task hashes and writes the previous batch
+    meanwhile (sources without a blocking body: the store, archives, a capped rate)."""
+    pending: list[Chunk] = []
+    pending_at = cursor.pos  # offset of the first pending byte
+    send, receive = anyio.create_memory_object_stream[tuple[int, list[Chunk]]](1)
 
     async def writer() -> None:
         async with receive:
-            async for at, chunks in receive:
-                await ingest.write(at, chunks)
-                progress(sum(len(c) for c in chunks))
+            async for at, batch in receive:
+                await cursor.ingest.write(at, batch)
+                progress(sum(len(c) for c in batch))
 
     async def hand_over() -> None:
         nonlocal pending, pending_at
         if pending:
             batch, pending = pending, []
-            at, pending_at = pending_at, pos
+            at, pending_at = pending_at, cursor.pos
             await send.send((at, batch))
 
     async def read() -> None:
-        nonlocal pos
-        async with opener(piece.start, piece.end if piece.bounded else None) as chunks:
-            async for chunk in chunks:
-                stop = stop_at()
-                shared.received += len(chunk)
-                if pos + len(chunk) > stop:
-                    if not piece.bounded and stop == size:
-                        raise SizeMismatch(
-                            f"blob {ingest.desc.digest} is longer than its declared {size} bytes",
-                            digest=str(ingest.desc.digest),
-                        )
-                    chunk = chunk[: stop - pos]  # an open-ended piece reached the next one
-                pending.append(chunk)
-                pos += len(chunk)
-                piece.pos = pos
-                _Meter.total += len(chunk)
-                if pos - pending_at >= WRITE_BATCH:
-                    await hand_over()
-                if pos >= stop:
-                    break
+        async for chunk in chunks:
+            kept, done = cursor.take(chunk)
+            pending.append(kept)
+            if cursor.pos - pending_at >= WRITE_BATCH:
+                await hand_over()
+            if done:
+                break
 
     error: Exception | None = None
     try:
@@ -251,14 +326,5 @@ async def _stream(
                 await hand_over()
     except BaseExceptionGroup as group_error:
         raise first_error(group_error) from None
-    if isinstance(error, RangeIgnored):
-        shared.ranges_ignored = True
-        return
     if error is not None:
         raise error
-    if pos < stop_at():
-        # A short body (server closed early): keep what came and resume from there.
-        raise NetworkError(
-            f"blob {ingest.desc.digest} ended after {pos} of {size} bytes",
-            digest=str(ingest.desc.digest),
-        )

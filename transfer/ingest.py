@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
@@ -32,6 +33,8 @@ from .manifest import Descriptor
 
 READ_CHUNK = 4 << 20
 
+Chunk = bytes | memoryview
+
 
 class Ingest:
     def __init__(self, partial: Path, desc: Descriptor) -> None:
@@ -42,6 +45,7 @@ class Ingest:
         self.filled: list[tuple[int, int]] = []  # sorted, merged [start, end) ranges
         self.fd = -1
         self._hash_lock = threading.Lock()  # the verifier is advanced by worker threads
+        self._ranges_lock = threading.Lock()  # `filled` and the sidecar, for the same threads
         self._sidecar_needed = False
         self._log = -1  # the sidecar, open for appending, while it is needed
 
@@ -106,12 +110,13 @@ class Ingest:
         writes are appended to it."""
         if not self._sidecar_needed:
             return
-        doc = {"digest": str(self.desc.digest), "filled": [list(r) for r in self.filled]}
-        tmp = self.sidecar.with_name(self.sidecar.name + ".tmp")
-        tmp.write_text(json.dumps(doc) + "\n")
-        self._close_log()
-        os.replace(tmp, self.sidecar)
-        self._log = os.open(self.sidecar, os.O_WRONLY | os.O_APPEND)
+        with self._ranges_lock:  # a writer thread may be appending meanwhile
+            doc = {"digest": str(self.desc.digest), "filled": [list(r) for r in self.filled]}
+            tmp = self.sidecar.with_name(self.sidecar.name + ".tmp")
+            tmp.write_text(json.dumps(doc) + "\n")
+            self._close_log()
+            os.replace(tmp, self.sidecar)
+            self._log = os.open(self.sidecar, os.O_WRONLY | os.O_APPEND)
 
     # ---- ranges -------------------------------------------------------------------------------
 
@@ -149,17 +154,24 @@ class Ingest:
 
     # ---- data ---------------------------------------------------------------------------------
 
-    async def write(self, offset: int, chunks: list[bytes]) -> None:
-        """Write ``chunks`` (consecutive) at ``offset``; hashed on the way when in order."""
-        length = sum(len(c) for c in chunks)
-        await anyio.to_thread.run_sync(self._write, offset, chunks, length)
-        self.filled = _merge([*self.filled, (offset, offset + length)])
-        if self._log >= 0:  # the bytes are in the file: now they may be claimed
-            os.write(self._log, f"{offset} {offset + length}\n".encode())
-        if self.prefix() > self.verifier.count:
-            await self.catch_up()
+    async def write(self, offset: int, chunks: Sequence[Chunk]) -> None:
+        """Write ``chunks`` (consecutive) at ``offset``, in a worker thread."""
+        await anyio.to_thread.run_sync(self.write_blocking, offset, chunks)
 
-    def _write(self, offset: int, chunks: list[bytes], length: int) -> None:
+    def write_blocking(self, offset: int, chunks: Sequence[Chunk]) -> None:
+        """Write ``chunks`` at ``offset``: hashed on the way when in order, then claimed, and
+        the prefix hashed on through any range that had arrived early. Thread-safe."""
+        length = sum(len(c) for c in chunks)
+        self._write(offset, chunks, length)
+        with self._ranges_lock:
+            self.filled = _merge([*self.filled, (offset, offset + length)])
+            if self._log >= 0:  # the bytes are in the file: now they may be claimed
+                os.write(self._log, f"{offset} {offset + length}\n".encode())
+        target = self.prefix()
+        if target > self.verifier.count:
+            self._hash_to(target)
+
+    def _write(self, offset: int, chunks: Sequence[Chunk], length: int) -> None:
         # Writing and hashing under one lock: the bytes below the hashed prefix are the ones
         # the digest covers, so a later write there (pieces that overlap: a source honouring
         # one Range and ignoring another) is dropped, never allowed to change them.
@@ -210,9 +222,9 @@ class Ingest:
             self.sidecar.unlink()
 
 
-def _drop_front(chunks: list[bytes], skip: int) -> list[bytes]:
+def _drop_front(chunks: Sequence[Chunk], skip: int) -> list[Chunk]:
     """``chunks`` without their first ``skip`` bytes (a rare path: overlapping pieces)."""
-    kept: list[bytes] = []
+    kept: list[Chunk] = []
     for chunk in chunks:
         if skip >= len(chunk):
             skip -= len(chunk)

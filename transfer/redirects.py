@@ -62,6 +62,27 @@ def redirected(request: httpx.Request, status: int, target: httpx.URL) -> httpx.
     return httpx.Request(method, target, headers=headers, extensions=request.extensions)
 
 
+def next_hop(
+    resp: httpx.Response, request: httpx.Request, *, what: str, host: str
+) -> httpx.Request:
+    """The request that follows the redirect ``resp``; raises if it must not be followed."""
+    try:
+        target = resp.url.join(resp.headers["location"])
+    except httpx.InvalidURL:
+        raise RegistryError(f"{what}: redirected to an invalid URL", host=host) from None
+    reason = refusal(resp.url, target)
+    if reason:
+        # The host only: a presigned URL's query string is a credential (case 9).
+        raise RegistryError(
+            f"{what}: refused a redirect to {target.host or '?'}: {reason}", host=host
+        )
+    return redirected(request, resp.status_code, target)
+
+
+def _too_many(what: str, host: str) -> RegistryError:
+    return RegistryError(f"{what}: more than {MAX_REDIRECTS} redirects", host=host)
+
+
 async def send(
     http: httpx.AsyncClient, request: httpx.Request, *, follow: bool, what: str, host: str
 ) -> httpx.Response:
@@ -75,15 +96,18 @@ async def send(
         if not (follow and resp.has_redirect_location):
             return resp
         await resp.aclose()
-        try:
-            target = resp.url.join(resp.headers["location"])
-        except httpx.InvalidURL:
-            raise RegistryError(f"{what}: redirected to an invalid URL", host=host) from None
-        reason = refusal(resp.url, target)
-        if reason:
-            # The host only: a presigned URL's query string is a credential (case 9).
-            raise RegistryError(
-                f"{what}: refused a redirect to {target.host or '?'}: {reason}", host=host
-            )
-        request = redirected(request, resp.status_code, target)
-    raise RegistryError(f"{what}: more than {MAX_REDIRECTS} redirects", host=host)
+        request = next_hop(resp, request, what=what, host=host)
+    raise _too_many(what, host)
+
+
+def send_blocking(
+    http: httpx.Client, request: httpx.Request, *, follow: bool, what: str, host: str
+) -> httpx.Response:
+    """``send`` for a worker thread: the blocking client whose bodies are read there."""
+    for _ in range(MAX_REDIRECTS + 1):
+        resp = http.send(request, stream=True, follow_redirects=False)
+        if not (follow and resp.has_redirect_location):
+            return resp
+        resp.close()
+        request = next_hop(resp, request, what=what, host=host)
+    raise _too_many(what, host)

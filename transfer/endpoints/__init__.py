@@ -6,7 +6,7 @@ layout.py     an OCI image layout directory: the local store, and ``oci:``
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol, runtime_checkable
 
@@ -14,7 +14,7 @@ from ..digest import Digest
 from ..manifest import Descriptor, Manifest
 
 # opener(offset, end): the blob's bytes from offset, to end (exclusive) when given
-Opener = Callable[[int, int | None], AbstractAsyncContextManager[AsyncIterator[bytes]]]
+Opener = Callable[[int, int | None], AbstractAsyncContextManager[AsyncIterable[bytes]]]
 Progress = Callable[[int], None]
 
 
@@ -28,7 +28,7 @@ class Source(Protocol):
 
     def open_blob(
         self, desc: Descriptor, offset: int = 0, end: int | None = None
-    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+    ) -> AbstractAsyncContextManager[AsyncIterable[bytes]]:
         """The blob's bytes from ``offset`` (to ``end`` exclusive); ``RangeIgnored`` if ``end``
         cannot be honoured."""
         ...

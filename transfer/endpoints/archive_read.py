@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +101,7 @@ class _Archive:
     @asynccontextmanager
     async def open_blob(
         self, desc: Descriptor, offset: int = 0, end: int | None = None
-    ) -> AsyncIterator[AsyncIterator[bytes]]:
+    ) -> AsyncIterator[AsyncIterable[bytes]]:
         tar = await self.tar()
         member = self._sized_member(tar, desc)
         whole = offset == 0 and end is None
@@ -478,7 +478,7 @@ class ArchiveImageSource:
 
     def open_blob(
         self, desc: Descriptor, offset: int = 0, end: int | None = None
-    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+    ) -> AbstractAsyncContextManager[AsyncIterable[bytes]]:
         return self.archive.open_blob(desc, offset, end)
 
     async def aclose(self) -> None:

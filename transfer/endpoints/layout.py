@@ -16,7 +16,7 @@ import errno
 import fcntl
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -140,7 +140,7 @@ class Layout:
     @asynccontextmanager
     async def open_blob(
         self, desc: Descriptor, offset: int = 0, end: int | None = None
-    ) -> AsyncIterator[AsyncIterator[bytes]]:
+    ) -> AsyncIterator[AsyncIterable[bytes]]:
         path = self.blob_path(desc.digest)
         try:  # O_NOFOLLOW: a blob swapped for a symlink after a check is still refused
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
@@ -343,7 +343,7 @@ class LayoutSource:
 
     def open_blob(
         self, desc: Descriptor, offset: int = 0, end: int | None = None
-    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+    ) -> AbstractAsyncContextManager[AsyncIterable[bytes]]:
         return self.layout.open_blob(desc, offset, end)
 
     async def aclose(self) -> None:

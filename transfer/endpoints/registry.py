@@ -4,7 +4,7 @@ mirrors first and falls back to the origin.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
@@ -33,7 +33,7 @@ class RegistrySource:
 
     def open_blob(
         self, desc: Descriptor, offset: int = 0, end: int | None = None
-    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+    ) -> AbstractAsyncContextManager[AsyncIterable[bytes]]:
         return self.client.open_blob(self.reference.repository, desc, offset, end)
 
     async def aclose(self) -> None:
@@ -181,7 +181,7 @@ async def _hash_prefix(opener: Opener, offset: int, verifier: Verifier) -> None:
 
 
 async def _verified(
-    chunks: AsyncIterator[bytes], verifier: Verifier, progress: Progress
+    chunks: AsyncIterable[bytes], verifier: Verifier, progress: Progress
 ) -> AsyncIterator[bytes]:
     """The bytes as they are sent, hashed on the way, so a corrupt source is never pushed."""
     async for chunk in chunks:
@@ -241,7 +241,7 @@ class MirrorSource:
     @asynccontextmanager
     async def open_blob(
         self, desc: Descriptor, offset: int = 0, end: int | None = None
-    ) -> AsyncIterator[AsyncIterator[bytes]]:
+    ) -> AsyncIterator[AsyncIterable[bytes]]:
         async with AsyncExitStack() as stack:
             chunks = None
             serving = self._serving or self.origin

@@ -1,0 +1,203 @@
+"""A big blob body read in a worker thread, straight from the connection's socket.
+
+Profiles of a 1 GB pull put two thirds of the time in the event-loop thread: asyncio socket
+reads, h11 copying every byte twice, and hand-offs to the threads that hash and write. So a big
+body is fetched with httpx's blocking client instead, and once h11 has handed over what it had
+buffered with the headers, the rest of a body of known length is read with ``recv_into`` into
+one reused buffer by a single worker thread, which hashes and writes each piece while it is
+still in the CPU cache. Socket, hash and disk calls all release the GIL, so several blobs run on
+several cores. The connection is closed afterwards (h11 never saw the end of the body), which a
+body of megabytes does not notice.
+
+A body whose length is not known, or that travels TLS inside TLS (an HTTPS proxy), is read
+through httpx as usual, still in the worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import anyio
+import anyio.lowlevel
+import httpx
+
+from .errors import NetworkError, reason
+
+READ_BUFFER = 128 << 10  # small enough to stay in the CPU cache from recv to hash to write
+ITER_CHUNK = 1 << 20  # what one thread hop reads for a caller that iterates
+
+Chunk = bytes | memoryview
+Sink = Callable[[Chunk], bool]  # called in the worker thread; False: stop reading
+
+_LIMITER: anyio.lowlevel.RunVar[anyio.CapacityLimiter] = anyio.lowlevel.RunVar("body threads")
+
+
+def _limiter() -> anyio.CapacityLimiter:
+    """Body threads run for a whole blob: their own pool, so they never starve the short
+    file operations that share anyio's default one."""
+    try:
+        return _LIMITER.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(64)
+        _LIMITER.set(limiter)
+        return limiter
+
+
+class BlobBody:
+    """The body of a blocking-client response, after ``skip`` bytes, up to ``limit`` bytes.
+
+    One byte past ``limit`` is passed on when the server sends it, so callers see a body that
+    is longer than promised; ``skip`` discards the head of a whole body sent to a Range request.
+    """
+
+    def __init__(
+        self,
+        resp: httpx.Response,
+        *,
+        skip: int,
+        limit: int,
+        what: str,
+        host: str,
+        read_timeout: float,
+    ) -> None:
+        self._resp = resp
+        self._skip = skip
+        self._limit = limit
+        self._sent = 0
+        self._what, self._host = what, host
+        self._chunks: Iterator[bytes] = resp.iter_raw()
+        stream = resp.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        self._sock: socket.socket | None = sock if isinstance(sock, socket.socket) else None
+        self._left: int | None = None  # bytes still on the socket, once it is read directly
+        self._direct = self._sock is not None and _direct_ok(resp, stream, skip + limit)
+        if self._sock is not None and self._direct:
+            self._sock.settimeout(read_timeout)  # a stalled socket fails, and the blob resumes
+        self._error: OSError | None = None  # raised once the bytes before it are handed over
+        self._finished = False
+        self._stopped = threading.Event()
+
+    # ---- reading (worker thread) --------------------------------------------------------------
+
+    def _next(self, buf: memoryview) -> Chunk:
+        """The next piece of the body, after the skip and within the limit; empty at the end."""
+        while True:
+            if self._sent > self._limit:
+                return b""
+            try:
+                chunk = self._raw(buf)
+            except (httpx.TransportError, ssl.SSLError, OSError) as exc:
+                raise NetworkError(f"{self._what}: {reason(exc)}", host=self._host) from None
+            if not chunk:
+                self._finished = True
+                if self._skip:
+                    raise NetworkError(
+                        f"{self._what}: body ended before the resume offset", host=self._host
+                    )
+                return b""
+            if self._skip:
+                if len(chunk) <= self._skip:
+                    self._skip -= len(chunk)
+                    continue
+                chunk, self._skip = chunk[self._skip :], 0
+            self._sent += len(chunk)
+            return chunk
+
+    def _raw(self, buf: memoryview) -> Chunk:
+        if self._left is None:
+            # h11's first piece: what arrived with the headers, or one read; h11 holds no
+            # more of the body after it, so the socket carries on exactly where it ends.
+            chunk = next(self._chunks, b"")
+            if self._direct:
+                total = self._skip + self._limit
+                self._left = total - len(chunk)
+            return chunk
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        if not self._left or self._sock is None:
+            return b""
+        want = min(len(buf), self._left)
+        got = 0
+        while got < want:  # fill the buffer: fewer, larger writes and hash updates
+            try:
+                n = self._sock.recv_into(buf[got:want])
+            except OSError as exc:
+                if not got:
+                    raise
+                self._error = exc  # hand over what did arrive first: a resume starts after it
+                n = 0
+            if n == 0:
+                self._left = 0  # cut short: the caller sees fewer bytes than it asked for
+                break
+            got += n
+        else:
+            self._left -= got
+        return buf[:got]
+
+    def _read_copy(self) -> bytes:
+        buf = memoryview(bytearray(ITER_CHUNK))
+        chunk = self._next(buf)
+        return bytes(chunk)
+
+    def _pump(self, sink: Sink) -> None:
+        try:
+            buf = memoryview(bytearray(READ_BUFFER))
+            while (chunk := self._next(buf)) and sink(chunk):
+                pass
+        finally:
+            self._stopped.set()
+
+    # ---- the event loop's side ----------------------------------------------------------------
+
+    async def pump(self, sink: Sink) -> None:
+        """Read the whole body in one worker thread, handing every piece to ``sink`` there.
+
+        Cancelled, it wakes the thread by shutting the socket and waits for it to stop, so
+        no write from it can land after the caller has moved on.
+        """
+        try:
+            await anyio.to_thread.run_sync(
+                self._pump, sink, abandon_on_cancel=True, limiter=_limiter()
+            )
+        except anyio.get_cancelled_exc_class():
+            self.abort()
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._stopped.wait)
+            raise
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        """For callers that iterate (a push, an archive): a thread hop per MiB."""
+        while chunk := await anyio.to_thread.run_sync(
+            self._read_copy, abandon_on_cancel=True, limiter=_limiter()
+        ):
+            yield chunk
+
+    def abort(self) -> None:
+        """Wake a thread blocked on the socket (it reads an end of file)."""
+        if self._sock is not None and not self._finished:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.abort()
+        self._resp.close()
+
+
+def _direct_ok(resp: httpx.Response, stream: object, length: int) -> bool:
+    """The socket carries exactly ``length`` plain body bytes: a Content-Length that says so,
+    no transfer or content coding, and not TLS inside TLS (whose outer socket is ciphertext)."""
+    headers = resp.headers
+    if headers.get("content-length", "").strip() != str(length):
+        return False
+    if "transfer-encoding" in headers:
+        return False
+    if headers.get("content-encoding", "identity").strip().lower() != "identity":
+        return False
+    get_extra_info = getattr(stream, "get_extra_info", None)
+    tls = get_extra_info("ssl_object") if get_extra_info is not None else None
+    return not isinstance(tls, ssl.SSLObject)
