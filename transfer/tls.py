@@ -5,8 +5,11 @@ certificate problem (never a reason to fall back to plain HTTP) from a server wi
 from __future__ import annotations
 
 import functools
+import os
 import ssl
+import threading
 from collections.abc import Sequence
+from typing import Any
 
 from .errors import UsageError
 
@@ -51,7 +54,9 @@ def _ssl_context(
         context.verify_mode = ssl.CERT_NONE
         ca_files = ()
     else:
-        context = ssl.create_default_context()
+        context = _SystemTrust(ssl.PROTOCOL_TLS_CLIENT)
+        if keylog := os.environ.get("SSLKEYLOGFILE"):  # as create_default_context does
+            context.keylog_filename = keylog
     for path in ca_files:
         try:
             context.load_verify_locations(cafile=path)
@@ -66,6 +71,36 @@ def _ssl_context(
                 f"cannot use client certificate {cert} with key {key}: {_first_line(exc)}"
             ) from None
     return context
+
+
+class _SystemTrust(ssl.SSLContext):
+    """A verifying context that loads the system store (~25 ms) at its first TLS connection,
+    not at start-up: a run that speaks only plain HTTP never pays for it."""
+
+    _lock = threading.Lock()
+    _loaded = False
+
+    def _load(self) -> None:
+        with self._lock:
+            if not self._loaded:
+                self.load_default_certs(ssl.Purpose.SERVER_AUTH)
+                self._loaded = True
+
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        self._load()
+        return super().wrap_socket(*args, **kwargs)
+
+    def wrap_bio(self, *args: Any, **kwargs: Any) -> ssl.SSLObject:
+        self._load()
+        return super().wrap_bio(*args, **kwargs)
+
+    def get_ca_certs(self, binary_form: bool = False) -> Any:
+        self._load()  # what it trusts is the same whenever it is asked
+        return super().get_ca_certs(binary_form)
+
+    def cert_store_stats(self) -> dict[str, int]:
+        self._load()
+        return super().cert_store_stats()
 
 
 def certificate_problem(exc: BaseException) -> tuple[str, str] | None:

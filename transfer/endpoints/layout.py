@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from filelock import FileLock, Timeout
 
 from ..client import RangeError
 from ..digest import Digest, Verifier
@@ -47,6 +46,7 @@ class Layout:
         self.root = Path(root)
         self.work = self.root / ".xfer"
         self.ranges = ranges or RangePolicy()
+        self._ensured = False  # the directories exist: checked once per run, not per blob
 
     # ---- structure ----------------------------------------------------------------------------
 
@@ -54,6 +54,8 @@ class Layout:
         return (self.root / "oci-layout").is_file()
 
     def ensure(self) -> None:
+        if self._ensured:
+            return
         try:
             for sub in ("blobs/sha256", ".xfer/partials", ".xfer/locks"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -63,6 +65,7 @@ class Layout:
                 create_once(self.root / "index.json", _index_bytes([]))
         except OSError as exc:
             raise StoreError(f"cannot create the store at {self.root}: {exc.strerror}") from None
+        self._ensured = True
 
     def blob_path(self, digest: Digest) -> Path:
         return self.root / "blobs" / digest.algorithm / digest.encoded
@@ -98,8 +101,8 @@ class Layout:
         finally:
             os.close(fd)  # closing releases the lock
 
-    def _lock(self, name: str) -> FileLock:
-        return FileLock(str(self.work / "locks" / f"{name}.lock"))
+    def _lock(self, name: str) -> _FileLock:
+        return _FileLock(self.work / "locks" / f"{name}.lock")
 
     # ---- blobs --------------------------------------------------------------------------------
 
@@ -305,16 +308,47 @@ def _index_bytes(entries: list[Descriptor]) -> bytes:
     return json.dumps(doc, indent=2).encode() + b"\n"
 
 
-async def _acquire(lock: FileLock) -> None:
+class _FileLock:
+    """``flock(2)`` on a lock file: one holder at a time, across processes and across the tasks
+    of this one (each holder opens its own descriptor). Closing the descriptor releases it, and
+    the kernel releases it when a holder dies, so a killed pull never leaves a stale lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = -1
+
+    def acquire(self, *, blocking: bool = True) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> _FileLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+async def _acquire(lock: _FileLock) -> None:
     """Wait for a file lock without blocking the event loop (and stay cancellable)."""
     delay = 0.01
-    while True:
-        try:
-            lock.acquire(timeout=0)
-            return
-        except Timeout:
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 0.25)
+    while not lock.acquire(blocking=False):
+        await anyio.sleep(delay)
+        delay = min(delay * 2, 0.25)
 
 
 class LayoutSource:
