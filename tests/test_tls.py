@@ -16,7 +16,7 @@ import pytest
 from fixtures.images import BuiltImages, seed
 from fixtures.registry import Registry
 from fixtures.tokenserver import CertAuthority, CertFiles
-from tests.helpers import xfer
+from tests.helpers import stored_blobs, xfer
 from transfer.tls import ssl_context
 
 
@@ -93,6 +93,21 @@ def test_ca_file_makes_the_registry_trusted(
     run = xfer("pull", "--ca-file", pki.ca_file, _ref(tls_registry), store=store)
     assert run.code == 0, run.err
     assert run.out.strip() == images.images["small"].digest
+
+
+def test_a_big_blob_streams_over_tls_from_the_socket_intact(
+    tls_registry: Registry, pki: Pki, images: BuiltImages, store: Path
+) -> None:
+    # Layers of 4 MiB and more are read by a worker thread from the TLS socket itself.
+    large = images.images["large"]
+    seed(images.layout, tls_registry.host, {"large": large})
+    ref = f"{tls_registry.host}/test/large:1"
+    run = xfer("pull", "--ca-file", pki.ca_file, ref, store=store)
+    assert run.code == 0, run.err
+    assert run.out.strip() == large.digest
+    assert stored_blobs(store).keys() >= {b.digest for b in large.blobs}
+    check = xfer("verify", store=store)
+    assert check.code == 0, check.err
 
 
 def test_certs_d_directory_supplies_the_ca(

@@ -1,0 +1,226 @@
+"""Big blob bodies read by a worker thread straight from the socket (transfer/body.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from fixtures.faultproxy import FaultProxy, IgnoreRange
+from fixtures.images import BuiltImages, ImageInfo
+from fixtures.registry import Registry
+from transfer.body import BlobBody, _direct_ok
+from transfer.client import BLOCKING_MIN, RegistryClient, TransportOptions
+from transfer.digest import Digest
+from transfer.errors import SizeMismatch
+from transfer.fetch import RangePolicy, fill
+from transfer.ingest import Ingest
+from transfer.manifest import Descriptor
+from transfer.throttle import Throttle
+
+
+@pytest.fixture
+def large(images: BuiltImages) -> ImageInfo:
+    return images.images["large"]
+
+
+def _layer(info: ImageInfo) -> Descriptor:
+    blob = max(info.layers, key=lambda b: b.size)
+    assert blob.size >= BLOCKING_MIN
+    return Descriptor(
+        media_type="application/vnd.oci.image.layer.v1.tar+gzip",
+        digest=Digest.parse(blob.digest),
+        size=blob.size,
+    )
+
+
+def _client(host: str, **kwargs: Any) -> RegistryClient:
+    return RegistryClient(host, options=TransportOptions(plain_http=True), **kwargs)
+
+
+async def _pumped(client: RegistryClient, desc: Descriptor, offset: int = 0) -> tuple[str, int]:
+    digest, count = hashlib.sha256(), 0
+
+    def sink(chunk: bytes | memoryview) -> bool:
+        nonlocal count
+        digest.update(chunk)
+        count += len(chunk)
+        return True
+
+    async with client.open_blob("test/large", desc, offset) as body:
+        assert isinstance(body, BlobBody)
+        await body.pump(sink)
+    return "sha256:" + digest.hexdigest(), count
+
+
+def test_a_big_blob_is_pumped_whole_and_exact(registry: Registry, large: ImageInfo) -> None:
+    desc = _layer(large)
+
+    async def main() -> tuple[str, int]:
+        async with _client(registry.host) as client:
+            return await _pumped(client, desc)
+
+    digest, count = anyio.run(main)
+    assert (digest, count) == (str(desc.digest), desc.size)
+
+
+def test_a_resumed_big_blob_starts_exactly_at_its_offset(
+    registry: Registry, large: ImageInfo
+) -> None:
+    desc = _layer(large)
+    offset = desc.size // 3 + 7
+
+    async def main() -> bytes:
+        async with (
+            _client(registry.host) as client,
+            client.open_blob("test/large", desc, offset) as body,
+        ):
+            return b"".join([chunk async for chunk in body])
+
+    tail = anyio.run(main)
+    whole = httpx.get(f"{registry.url}/v2/test/large/blobs/{desc.digest}").content
+    assert tail == whole[offset:]
+
+
+def test_a_server_ignoring_range_has_the_head_skipped(large: ImageInfo, registry: Registry) -> None:
+    desc = _layer(large)
+    offset = desc.size // 2
+    with FaultProxy(registry.url) as proxy:
+        proxy.add(IgnoreRange(times=None))
+
+        async def main() -> tuple[str, int]:
+            async with _client(proxy.host) as client:
+                hasher, count = hashlib.sha256(), 0
+                async with client.open_blob("test/large", desc, offset) as body:
+                    async for chunk in body:
+                        hasher.update(chunk)
+                        count += len(chunk)
+                return hasher.hexdigest(), count
+
+        got, count = anyio.run(main)
+    whole = httpx.get(f"{registry.url}/v2/test/large/blobs/{desc.digest}").content
+    assert count == desc.size - offset
+    assert got == hashlib.sha256(whole[offset:]).hexdigest()
+
+
+def test_small_blobs_and_a_capped_rate_stay_on_the_event_loop(
+    registry: Registry, large: ImageInfo
+) -> None:
+    small = min(large.layers, key=lambda b: b.size)
+    small_desc = Descriptor(
+        media_type="application/octet-stream", digest=Digest.parse(small.digest), size=small.size
+    )
+
+    async def main() -> tuple[bool, bool]:
+        async with (
+            _client(registry.host) as client,
+            client.open_blob("test/large", small_desc) as body,
+        ):
+            small_blocking = isinstance(body, BlobBody)
+        async with (
+            _client(registry.host, throttle=Throttle(1e9)) as client,
+            client.open_blob("test/large", _layer(large)) as body,
+        ):
+            capped_blocking = isinstance(body, BlobBody)
+        return small_blocking, capped_blocking
+
+    assert anyio.run(main) == (False, False)
+
+
+@pytest.fixture
+def slow(registry: Registry) -> Iterator[FaultProxy]:
+    with FaultProxy(registry.url, rate=4e6) as proxy:
+        yield proxy
+
+
+def test_a_cancelled_pump_stops_its_thread_before_returning(
+    slow: FaultProxy, large: ImageInfo
+) -> None:
+    desc = _layer(large)
+    calls_after: list[int] = []
+    returned = threading.Event()
+
+    def sink(chunk: bytes | memoryview) -> bool:
+        if returned.is_set():
+            calls_after.append(len(chunk))
+        return True
+
+    async def main() -> bool:
+        async with _client(slow.host) as client:
+            with anyio.move_on_after(0.5) as scope:
+                async with client.open_blob("test/large", desc) as body:
+                    assert isinstance(body, BlobBody)
+                    await body.pump(sink)
+        returned.set()
+        return scope.cancelled_caught
+
+    assert anyio.run(main)  # cut short at 0.5 s: 16 MiB at 4 MB/s takes 4 s
+    time.sleep(0.3)  # a thread that was still running would call the sink meanwhile
+    assert calls_after == []
+
+
+def _response(headers: dict[str, str]) -> httpx.Response:
+    return httpx.Response(200, headers=headers)
+
+
+class _Stream:
+    def __init__(self, tls: object = None) -> None:
+        self.tls = tls
+
+    def get_extra_info(self, name: str) -> object:
+        return self.tls if name == "ssl_object" else None
+
+
+@pytest.mark.parametrize(
+    ("headers", "stream", "direct"),
+    [
+        ({"content-length": "100"}, _Stream(), True),
+        ({"content-length": "99"}, _Stream(), False),  # not what was asked for: h11 decides
+        ({"transfer-encoding": "chunked"}, _Stream(), False),
+        ({"content-length": "100", "content-encoding": "gzip"}, _Stream(), False),
+        ({"content-length": "100", "content-encoding": "identity"}, _Stream(), True),
+        # TLS inside TLS (an HTTPS proxy): the socket carries the outer layer's ciphertext
+        (
+            {"content-length": "100"},
+            _Stream(ssl.create_default_context().wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO())),
+            False,
+        ),
+    ],
+)
+def test_the_socket_is_read_directly_only_when_it_carries_exactly_the_plain_body(
+    headers: dict[str, str], stream: _Stream, direct: bool
+) -> None:
+    assert _direct_ok(_response(headers), stream, 100) is direct
+
+
+def test_a_body_longer_than_promised_is_refused_by_the_pipeline(
+    registry: Registry, large: ImageInfo, tmp_path: Path
+) -> None:
+    # The descriptor says fewer bytes than the registry sends: the blob is refused.
+    real = _layer(large)
+    short = Descriptor(media_type=real.media_type, digest=real.digest, size=real.size - 10)
+    ingest = Ingest(tmp_path / "partial", short)
+
+    async def main() -> None:
+        async with _client(registry.host) as client:
+            await fill(
+                ingest,
+                lambda offset, end: client.open_blob("test/large", short, offset, end),
+                lambda advance: None,
+                RangePolicy(adaptive=False, parts=1),
+            )
+
+    ingest.open()
+    try:
+        with pytest.raises(SizeMismatch, match="longer than its declared"):
+            anyio.run(main)
+    finally:
+        ingest.close()
