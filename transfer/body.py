@@ -26,11 +26,11 @@ import anyio.lowlevel
 import httpx
 
 from .errors import NetworkError, reason
+from .ingest import Chunk
 
 READ_BUFFER = 128 << 10  # small enough to stay in the CPU cache from recv to hash to write
 ITER_CHUNK = 1 << 20  # what one thread hop reads for a caller that iterates
 
-Chunk = bytes | memoryview
 Sink = Callable[[Chunk], bool]  # called in the worker thread; False: stop reading
 
 _LIMITER: anyio.lowlevel.RunVar[anyio.CapacityLimiter] = anyio.lowlevel.RunVar("body threads")
@@ -47,12 +47,38 @@ def _limiter() -> anyio.CapacityLimiter:
         return limiter
 
 
-class BlobBody:
-    """The body of a blocking-client response, after ``skip`` bytes, up to ``limit`` bytes.
+class Window:
+    """Which bytes of a response body the caller gets: none of the first ``skip`` (a whole body
+    sent to a Range request), then up to ``limit`` and one byte more when the server sends it,
+    so the caller sees a body that is longer than promised."""
 
-    One byte past ``limit`` is passed on when the server sends it, so callers see a body that
-    is longer than promised; ``skip`` discards the head of a whole body sent to a Range request.
-    """
+    def __init__(self, skip: int, limit: int) -> None:
+        self.skip = skip
+        self.limit = limit
+        self.sent = 0
+
+    @property
+    def full(self) -> bool:
+        return self.sent > self.limit
+
+    def take(self, chunk: Chunk) -> Chunk:
+        """What of ``chunk`` is the caller's (empty while skipping)."""
+        if self.skip:
+            if len(chunk) <= self.skip:
+                self.skip -= len(chunk)
+                return b""
+            chunk, self.skip = chunk[self.skip :], 0
+        self.sent += len(chunk)
+        return chunk
+
+    def end(self, what: str, host: str) -> None:
+        """The body ended: fine, unless it ended inside the bytes to skip."""
+        if self.skip:
+            raise NetworkError(f"{what}: body ended before the resume offset", host=host)
+
+
+class BlobBody:
+    """The body of a blocking-client response, as its ``Window`` of ``skip`` and ``limit``."""
 
     def __init__(
         self,
@@ -64,10 +90,7 @@ class BlobBody:
         host: str,
         read_timeout: float,
     ) -> None:
-        self._resp = resp
-        self._skip = skip
-        self._limit = limit
-        self._sent = 0
+        self._window = Window(skip, limit)
         self._what, self._host = what, host
         self._chunks: Iterator[bytes] = resp.iter_raw()
         stream = resp.extensions.get("network_stream")
@@ -84,28 +107,19 @@ class BlobBody:
     # ---- reading (worker thread) --------------------------------------------------------------
 
     def _next(self, buf: memoryview) -> Chunk:
-        """The next piece of the body, after the skip and within the limit; empty at the end."""
-        while True:
-            if self._sent > self._limit:
-                return b""
+        """The next piece of the body within its window; empty at the end."""
+        while not self._window.full:
             try:
                 chunk = self._raw(buf)
             except (httpx.TransportError, ssl.SSLError, OSError) as exc:
                 raise NetworkError(f"{self._what}: {reason(exc)}", host=self._host) from None
             if not chunk:
                 self._finished = True
-                if self._skip:
-                    raise NetworkError(
-                        f"{self._what}: body ended before the resume offset", host=self._host
-                    )
+                self._window.end(self._what, self._host)
                 return b""
-            if self._skip:
-                if len(chunk) <= self._skip:
-                    self._skip -= len(chunk)
-                    continue
-                chunk, self._skip = chunk[self._skip :], 0
-            self._sent += len(chunk)
-            return chunk
+            if mine := self._window.take(chunk):
+                return mine
+        return b""
 
     def _raw(self, buf: memoryview) -> Chunk:
         if self._left is None:
@@ -113,8 +127,7 @@ class BlobBody:
             # more of the body after it, so the socket carries on exactly where it ends.
             chunk = next(self._chunks, b"")
             if self._direct:
-                total = self._skip + self._limit
-                self._left = total - len(chunk)
+                self._left = self._window.skip + self._window.limit - len(chunk)
             return chunk
         if self._error is not None:
             error, self._error = self._error, None
@@ -182,10 +195,6 @@ class BlobBody:
         if self._sock is not None and not self._finished:
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.abort()
-        self._resp.close()
 
 
 def _direct_ok(resp: httpx.Response, stream: object, length: int) -> bool:

@@ -34,7 +34,7 @@ from .auth import (
     find_credentials,
     parse_challenges,
 )
-from .body import BlobBody
+from .body import BlobBody, Window
 from .digest import Digest
 from .errors import (
     AuthError,
@@ -183,9 +183,9 @@ class RegistryClient:
         self.credentials = credentials if credentials is not None else find_credentials(host)
         self._http = http or _make_http(self.options)
         self._owns_http = http is None
-        # Big blob bodies go through a blocking client, read in worker threads (body.py).
+        # Big blob bodies go through a blocking client, read in worker threads (body.py); not
+        # when the caller supplied the asynchronous client (there is no blocking twin of it).
         self._blocking_http: httpx.Client | None = None
-        self._can_block = http is None
         self._scheme = "http" if self.options.plain_http else "https"
         # HTTPS first, plain HTTP only if TLS is not spoken: docker's rule for loopback and for
         # registries the user marked insecure.
@@ -489,7 +489,7 @@ class RegistryClient:
             follow_redirects=True,
             what=what,
             # A capped rate is paced on the event loop; small bodies keep their connection.
-            blocking=self._can_block and self.throttle is None and limit >= BLOCKING_MIN,
+            blocking=self._owns_http and self.throttle is None and limit >= BLOCKING_MIN,
         )
         try:
             skip = 0
@@ -713,25 +713,20 @@ class RegistryClient:
 async def _body(
     resp: httpx.Response, skip: int, limit: int, what: str, host: str, throttle: Throttle | None
 ) -> AsyncIterator[bytes]:
-    """The body after ``skip`` bytes; one byte past ``limit`` is yielded so callers see it."""
-    sent = 0
+    """The body's ``Window`` of ``skip`` and ``limit``, paced by ``throttle``."""
+    window = Window(skip, limit)
     try:
         async for chunk in resp.aiter_raw():
-            if skip:
-                if len(chunk) <= skip:
-                    skip -= len(chunk)
-                    continue
-                chunk, skip = chunk[skip:], 0
+            if not (mine := window.take(chunk)):
+                continue
             if throttle is not None:
-                await throttle.take(len(chunk))
-            sent += len(chunk)
-            yield chunk
-            if sent > limit:
+                await throttle.take(len(mine))
+            yield bytes(mine)
+            if window.full:
                 return  # longer than promised: stop reading; the caller rejects it
     except (httpx.TransportError, ssl.SSLError) as exc:  # httpcore leaves mid-body TLS alerts raw
         raise NetworkError(f"{what}: {reason(exc)}", host=host) from None
-    if skip:
-        raise NetworkError(f"{what}: body ended before the resume offset", host=host)
+    window.end(what, host)
 
 
 async def _close(resp: httpx.Response) -> None:

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import UsageError
+from .errors import UsageError, reason
 
 # OpenSSL reasons that mean "the server does not like our certificate (or lack of one)".
 _CLIENT_CERT_REFUSED = frozenset(
@@ -61,14 +61,14 @@ def _ssl_context(
         try:
             context.load_verify_locations(cafile=path)
         except (OSError, ssl.SSLError) as exc:
-            raise UsageError(f"cannot use CA file {path}: {_first_line(exc)}") from None
+            raise UsageError(f"cannot use CA file {path}: {reason(exc)}") from None
     if client_cert:
         cert, key = client_cert
         try:
             context.load_cert_chain(cert, key)
         except (OSError, ssl.SSLError) as exc:
             raise UsageError(
-                f"cannot use client certificate {cert} with key {key}: {_first_line(exc)}"
+                f"cannot use client certificate {cert} with key {key}: {reason(exc)}"
             ) from None
     return context
 
@@ -109,7 +109,7 @@ def certificate_problem(exc: BaseException) -> tuple[str, str] | None:
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, ssl.SSLCertVerificationError):
-            detail = seen.verify_message or _first_line(seen)
+            detail = seen.verify_message or reason(seen)
             return f"TLS certificate verify failed: {detail}", TRUST_HINT
         if isinstance(seen, ssl.SSLError) and (seen.reason or "") in _CLIENT_CERT_REFUSED:
             return f"the server refused the client certificate ({seen.reason})", CLIENT_HINT
@@ -122,8 +122,3 @@ CLIENT_HINT = (
     "give a client certificate: certs.d/HOST/client.cert + client.key, "
     "or client-cert/client-key in the xfer config"
 )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0][:200]

@@ -76,30 +76,29 @@ class Layout:
     @contextlib.contextmanager
     def in_use(self) -> Iterator[None]:
         """Held (shared) by every writer for its whole run, so gc never runs under it."""
-        with self._store_lock(fcntl.LOCK_SH):
+        with self._store_lock(shared=True):
             yield
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
         """Held by gc: no pull is between writing its blobs and tagging its image."""
-        with self._store_lock(fcntl.LOCK_EX | fcntl.LOCK_NB):
+        with self._store_lock(shared=False):
             yield
 
     @contextlib.contextmanager
-    def _store_lock(self, mode: int) -> Iterator[None]:
+    def _store_lock(self, *, shared: bool) -> Iterator[None]:
+        """Shared: waits for gc to finish. Exclusive: fails at once if a writer holds it."""
         self.ensure()
-        fd = os.open(self.work / "store.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        lock = _FileLock(self.work / "store.lock")
+        if not lock.acquire(shared=shared, blocking=shared):
+            raise StoreError(
+                f"the store {self.root} is in use by another xfer process",
+                hint="try again when it has finished",
+            )
         try:
-            try:
-                fcntl.flock(fd, mode)
-            except BlockingIOError:
-                raise StoreError(
-                    f"the store {self.root} is in use by another xfer process",
-                    hint="try again when it has finished",
-                ) from None
             yield
         finally:
-            os.close(fd)  # closing releases the lock
+            lock.release()
 
     def _lock(self, name: str) -> _FileLock:
         return _FileLock(self.work / "locks" / f"{name}.lock")
@@ -317,10 +316,12 @@ class _FileLock:
         self.path = path
         self._fd = -1
 
-    def acquire(self, *, blocking: bool = True) -> bool:
+    def acquire(self, *, shared: bool = False, blocking: bool = True) -> bool:
+        """Returns False, holding nothing, when ``blocking`` is off and another holds it."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            fcntl.flock(fd, mode | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
             os.close(fd)
             return False
