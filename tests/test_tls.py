@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import ssl
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +122,21 @@ def test_certs_d_directory_supplies_the_ca(
 def test_system_trust_is_used_by_default(tls_registry: Registry, pki: Pki, store: Path) -> None:
     """The machine's trust store (here via OpenSSL's $SSL_CERT_FILE), not a bundled one."""
     run = xfer("pull", _ref(tls_registry), store=store, env={"SSL_CERT_FILE": str(pki.ca_file)})
+    assert run.code == 0, run.err
+
+
+def test_system_trust_kept_as_a_hashed_directory_is_used(
+    tls_registry: Registry, pki: Pki, store: Path, tmp_path: Path
+) -> None:
+    """Where the system keeps its CAs as OpenSSL's hash links ($SSL_CERT_DIR here, as Debian's
+    /etc/ssl/certs), xfer trusts them: the directory is what it reads them from (lazily)."""
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    shutil.copy(pki.ca_file, certs / "registry-ca.pem")
+    subprocess.run(["openssl", "rehash", str(certs)], check=True, capture_output=True)
+    assert any(p.name.endswith(".0") for p in certs.iterdir())
+    env = {"SSL_CERT_DIR": str(certs), "SSL_CERT_FILE": ""}
+    run = xfer("pull", _ref(tls_registry), store=store, env=env)
     assert run.code == 0, run.err
 
 
