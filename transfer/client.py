@@ -25,7 +25,7 @@ import anyio
 import httpcore
 import httpx
 
-from . import redirects
+from . import pool, redirects
 from .auth import (
     Challenge,
     Credentials,
@@ -833,4 +833,8 @@ def _client_options(options: TransportOptions) -> dict[str, Any]:
 
 
 def _make_http(options: TransportOptions) -> httpx.AsyncClient:
-    return httpx.AsyncClient(**_client_options(options))
+    settings = _client_options(options)
+    # Proxies named by the environment get httpx's own transports (mounts) from these settings.
+    return httpx.AsyncClient(
+        **settings, transport=pool.transport(settings["verify"], settings["limits"])
+    )
