@@ -8,12 +8,16 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import transfer
 from fixtures.images import BuiltImages
 from fixtures.registry import Registry
 from tests.helpers import index_refs, stored_blobs, xfer
+from transfer import durable
+from transfer.endpoints import layout as layout_module
 
 
 def _pull(registry: Registry, store: Path, *names: str, images: BuiltImages) -> list[str]:
@@ -162,3 +166,34 @@ def test_disk_full_mid_blob_fails_cleanly_and_leaves_a_consistent_store(
     assert index_refs(store) == {f"{registry.host}/{small.ref}": small.digest}
     assert xfer("verify", store=store).code == 0  # nothing torn, nothing unverified
     assert large.layers[0].digest not in stored_blobs(store)
+
+
+def test_blob_renames_are_made_durable_once_before_the_index_points_at_them(
+    registry: Registry, images: BuiltImages, store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each blob's content is fsynced before its rename; the renames themselves are synced with
+    one fsync of blobs/sha256 before index.json is written, not one per blob."""
+    events: list[tuple[str, Path]] = []
+    real_sync, real_write = durable.fsync_dir, durable.atomic_write
+
+    def fsync_dir(path: Path) -> None:
+        events.append(("sync", Path(path)))
+        real_sync(path)
+
+    def atomic_write(path: Path, data: bytes, **kwargs: Any) -> None:
+        events.append(("write", path) if kwargs.get("sync_dir", True) else ("blob", path))
+        real_write(path, data, **kwargs)
+
+    monkeypatch.setattr(layout_module, "fsync_dir", fsync_dir)
+    monkeypatch.setattr(layout_module, "atomic_write", atomic_write)
+    info = images.images["shared-a"]
+    transfer.pull_sync(f"{registry.host}/{info.ref}", transfer.Settings(store=store))
+
+    blobs_dir = store / "blobs" / "sha256"
+    index_at = events.index(("write", store / "index.json"))
+    blob_writes = [i for i, (kind, _) in enumerate(events) if kind == "blob"]
+    assert len(blob_writes) >= 2  # the config and the manifest at least
+    assert events[index_at - 1] == ("sync", blobs_dir)
+    assert max(blob_writes) < index_at - 1
+    assert events.count(("sync", blobs_dir)) == 1
+    assert set(stored_blobs(store)) >= {blob.digest for blob in info.blobs}

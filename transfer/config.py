@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -283,6 +282,8 @@ def _normal_prefix(prefix: str) -> str:
 
 
 def _toml(text: str, source: str) -> dict[str, Any]:
+    import tomllib  # only where a config file exists
+
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -1,7 +1,8 @@
 """Writes that survive a crash: write, fsync, rename into place, fsync the directory.
 
 A file appears under its final name only complete (rename is atomic), and the rename itself is
-made durable before anything that points at the file (index.json, a tag) is written.
+made durable before anything that points at the file (index.json, a tag) is written: at once, or,
+for blobs (``sync_dir=False``), by one fsync of their directory before the index is written.
 """
 
 from __future__ import annotations
@@ -21,23 +22,42 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, *, tmp_dir: Path | None = None) -> None:
+def atomic_write(
+    path: Path, data: bytes, *, tmp_dir: Path | None = None, sync_dir: bool = True
+) -> None:
     """Write to a temporary file beside ``path`` (or in ``tmp_dir``, same filesystem), fsync,
-    rename, fsync the directory."""
+    rename, fsync the directory (unless the caller syncs it later, before pointing at the file).
+
+    Directories are created only when missing: on this path every system call counts (a pull of
+    many small blobs makes one such write per blob).
+    """
     directory = tmp_dir or path.parent
     tmp = directory / f".{path.name}.{os.getpid()}.{id(data)}.tmp"
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, path)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+        try:
+            fd = os.open(tmp, flags, 0o666)
+        except FileNotFoundError:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, flags, 0o666)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.replace(tmp, path)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise StoreError(f"cannot write {path}: {exc.strerror}") from None
+    if not sync_dir:
+        return
     try:
         fsync_dir(path.parent)
     except OSError as exc:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import anyio
 
+from . import writeback
 from .digest import Verifier
 from .durable import fsync_dir
 from .errors import StoreError
@@ -163,6 +164,7 @@ class Ingest:
         the prefix hashed on through any range that had arrived early. Thread-safe."""
         length = sum(len(c) for c in chunks)
         self._write(offset, chunks, length)
+        writeback.written(self.fd, offset, offset + length)
         with self._ranges_lock:
             self.filled = _merge([*self.filled, (offset, offset + length)])
             if self._log >= 0:  # the bytes are in the file: now they may be claimed
@@ -209,14 +211,16 @@ class Ingest:
                     raise StoreError(f"partial file {self.path} shrank while being read")
                 self.verifier.update(chunk)
 
-    async def finish(self, final: Path) -> None:
-        """Verify size and digest, make it durable, move it under blobs/ (atomic rename)."""
+    async def finish(self, final: Path, *, sync_dir: bool = True) -> None:
+        """Verify size and digest, make it durable, move it under blobs/ (atomic rename); the
+        rename is made durable here unless the caller syncs ``final``'s directory later."""
         await self.catch_up()
         self.verifier.verify()
         await anyio.to_thread.run_sync(os.fsync, self.fd)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.path, final)
-        fsync_dir(final.parent)
+        if sync_dir:
+            await anyio.to_thread.run_sync(fsync_dir, final.parent)
         self._close_log()
         with contextlib.suppress(FileNotFoundError):
             self.sidecar.unlink()
