@@ -6,6 +6,7 @@ failure that is never a reason to fall back to plain HTTP.
 from __future__ import annotations
 
 import shutil
+import socket
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from fixtures.images import BuiltImages, seed
 from fixtures.registry import Registry
 from fixtures.tokenserver import CertAuthority, CertFiles
 from tests.helpers import stored_blobs, xfer
+from transfer import tls
 from transfer.tls import ssl_context
 
 
@@ -138,6 +140,36 @@ def test_system_trust_kept_as_a_hashed_directory_is_used(
     env = {"SSL_CERT_DIR": str(certs), "SSL_CERT_FILE": ""}
     run = xfer("pull", _ref(tls_registry), store=store, env=env)
     assert run.code == 0, run.err
+
+
+def test_a_hashed_system_directory_is_read_only_when_a_handshake_needs_a_ca(
+    tls_registry: Registry, pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the system store is a hashed directory, no CA is parsed up front (a plain-HTTP
+    registry's TLS probe no longer pays ~20 ms for the bundle); a handshake finds its CA."""
+    certs = tmp_path / "system-certs"
+    certs.mkdir()
+    shutil.copy(pki.ca_file, certs / "registry-ca.pem")
+    subprocess.run(["openssl", "rehash", str(certs)], check=True, capture_output=True)
+    system = ssl.DefaultVerifyPaths(
+        None, str(certs), "XFER_TEST_UNSET_FILE", str(tmp_path / "none.pem"),
+        "XFER_TEST_UNSET_DIR", str(certs),
+    )  # fmt: skip
+    monkeypatch.setattr(ssl, "get_default_verify_paths", lambda: system)
+    tls._ssl_context.cache_clear()  # contexts are made once per process: this one afresh
+    try:
+        context = ssl_context()
+        assert context.cert_store_stats()["x509_ca"] == 0
+
+        host, port = tls_registry.host.rsplit(":", 1)
+        with (
+            socket.create_connection((host, int(port)), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname=host),
+        ):
+            pass
+        assert context.cert_store_stats()["x509_ca"] == 1
+    finally:
+        tls._ssl_context.cache_clear()
 
 
 def test_ca_file_adds_to_the_system_trust_instead_of_replacing_it(

@@ -85,11 +85,11 @@ class _SystemTrust(ssl.SSLContext):
         with self._lock:
             if not self._loaded:
                 paths = ssl.get_default_verify_paths()
-                if not os.environ.get(paths.openssl_cafile_env) and _hashed(paths.capath):
+                if _system_store(paths) and _hashed(paths.openssl_capath):
                     # OpenSSL reads a CA from a hashed directory only when a chain needs it;
                     # the bundle file (the same CAs where the directory is hashed) is parsed
                     # whole, ~20 ms, before the first handshake even learns the server speaks TLS.
-                    self.load_verify_locations(capath=paths.capath)
+                    self.load_verify_locations(capath=paths.openssl_capath)
                 else:
                     self.load_default_certs(ssl.Purpose.SERVER_AUTH)
                 self._loaded = True
@@ -109,6 +109,19 @@ class _SystemTrust(ssl.SSLContext):
     def cert_store_stats(self) -> dict[str, int]:
         self._load()
         return super().cert_store_stats()
+
+
+def _system_store(paths: ssl.DefaultVerifyPaths) -> bool:
+    """Whether OpenSSL would read only the system's own bundle and directory: neither
+    $SSL_CERT_FILE nor $SSL_CERT_DIR is set, or they name those (as some images set them)."""
+    for env, default in (
+        (paths.openssl_cafile_env, paths.openssl_cafile),
+        (paths.openssl_capath_env, paths.openssl_capath),
+    ):
+        chosen = os.environ.get(env)
+        if chosen and os.path.realpath(chosen) != os.path.realpath(default):
+            return False
+    return True
 
 
 def _hashed(directory: str | None) -> bool:
