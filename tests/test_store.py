@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,9 @@ from fixtures.images import BuiltImages
 from fixtures.registry import Registry
 from tests.helpers import index_refs, stored_blobs, xfer
 from transfer import durable
+from transfer.digest import Digest
 from transfer.endpoints import layout as layout_module
+from transfer.endpoints.layout import Layout
 
 
 def _pull(registry: Registry, store: Path, *names: str, images: BuiltImages) -> list[str]:
@@ -197,3 +200,44 @@ def test_blob_renames_are_made_durable_once_before_the_index_points_at_them(
     assert max(blob_writes) < index_at - 1
     assert events.count(("sync", blobs_dir)) == 1
     assert set(stored_blobs(store)) >= {blob.digest for blob in info.blobs}
+
+
+def test_blob_locks_exclude_per_digest_and_die_with_their_holder(tmp_path: Path) -> None:
+    """One writer per blob, within a process (two tasks) and across processes, released when
+    the holder closes it or is killed; other blobs are never held up."""
+    layout = Layout(tmp_path / "store")
+    layout.ensure()
+    one, other = Digest.of(b"one"), Digest.of(b"other")
+    first = layout._blob_lock(one)
+    assert first.acquire(blocking=False)
+    assert not layout._blob_lock(one).acquire(blocking=False)  # the same blob: held
+    second = layout._blob_lock(other)
+    assert second.acquire(blocking=False)  # another blob: free
+    first.release()
+    second.release()
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(tmp_path / "store"), str(one)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert not layout._blob_lock(one).acquire(blocking=False)
+        assert layout._blob_lock(other).acquire(blocking=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert layout._blob_lock(one).acquire(blocking=False)  # the kernel released it
+    assert not list((tmp_path / "store" / ".xfer" / "locks").glob("sha256-*"))  # no file each
+
+
+_HOLD_LOCK = """
+import sys, time
+from transfer.digest import Digest
+from transfer.endpoints.layout import Layout
+lock = Layout(sys.argv[1])._blob_lock(Digest.parse(sys.argv[2]))
+assert lock.acquire(blocking=False)
+print("held", flush=True)
+time.sleep(60)
+"""
