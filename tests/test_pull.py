@@ -310,3 +310,22 @@ def test_python_dash_m_and_console_script_are_the_same_program() -> None:
     assert script is not None
     version = subprocess.run([script, "--version"], capture_output=True, text=True, check=True)
     assert version.stdout.strip() == xfer("--version").out.strip()
+
+
+@pytest.mark.parametrize(("jobs", "at_once"), [("1", 1), ("2", 4)])
+def test_small_blobs_go_four_times_jobs_at_once(
+    registry: Registry, images: BuiltImages, tmp_path: Path, jobs: str, at_once: int
+) -> None:
+    """A small blob costs a round trip, not bandwidth: -j 2 fetches small's four blobs (config
+    and three layers) all at once; -j 1 still means one at a time."""
+    info = images.images["small"]
+    with FaultProxy(registry.url, latency=0.3) as proxy:
+        run = xfer("pull", "-j", jobs, f"{proxy.host}/{info.ref}", store=tmp_path / jobs)
+        gets = proxy.requests("GET", "/blobs/")
+    assert run.code == 0, run.err
+    assert len(gets) == 4
+
+    def overlapping(at: float) -> int:
+        return sum(g.started <= at < (g.finished or at) for g in gets)
+
+    assert max(overlapping(g.started) for g in gets) == at_once

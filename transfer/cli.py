@@ -17,7 +17,7 @@ import anyio
 from . import api
 from .auth import Credentials
 from .client import TransportOptions
-from .copy import CopyResult
+from .copy import SMALL_JOBS, CopyResult
 from .errors import StoreError, TransferError, UsageError
 from .fetch import RangePolicy
 from .manifest import Index, Platform
@@ -200,7 +200,8 @@ def _settings(args: argparse.Namespace, credentials: Credentials | None = None) 
     store = Path(args.store) if getattr(args, "store", None) else api.default_store()
     return api.Settings(
         store=store,
-        transport=replace(transport, max_connections=max(jobs * 2, 16)),
+        # Small blobs go SMALL_JOBS times jobs at once, each big one may add parallel ranges.
+        transport=replace(transport, max_connections=max(jobs * (SMALL_JOBS + 1), 16)),
         credentials=creds,
         jobs=jobs,
         retry=retry,
@@ -596,7 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs",
         type=int,
         default=8,
-        help="blob transfers at once (default 8)",
+        help="blob transfers at once (default 8; blobs up to 1 MiB: 4x as many unless -j 1)",
     )
     xfer.add_argument("--retries", type=int, default=5, help="retries per request (default 5)")
     xfer.add_argument(

@@ -22,6 +22,8 @@ from .manifest import Descriptor, ImageManifest, Manifest, Platform
 from .progress import BlobDone, BlobProgress, BlobStart, Emit, ImageDone, ImageStart, ignore
 from .retry import RetryPolicy, retrying
 
+SMALL_BLOB = 1 << 20  # blobs up to this size ...
+SMALL_JOBS = 4  # ... go this many times --jobs at once
 MAX_INDEX_DEPTH = 2  # an index of indexes is legal; deeper nesting is an attack (case 25)
 # Layers that registries must not redistribute (Windows base layers): skipped as docker does.
 FOREIGN_TYPES = frozenset(
@@ -148,11 +150,17 @@ async def copy_image(
         emit(BlobDone(digest=str(desc.digest), size=desc.size, transferred=0, skipped=True))
 
     received = 0
+    # A small blob costs round trips, not bandwidth: more of them at once hide the latency.
+    # One slot for all when one at a time is asked for (-j 1) or is all the destination takes
+    # (a tar being written).
     limiter = anyio.CapacityLimiter(options.jobs if destination.concurrent else 1)
+    small = limiter
+    if destination.concurrent and options.jobs > 1:
+        small = anyio.CapacityLimiter(options.jobs * SMALL_JOBS)
 
     async def transfer(desc: Descriptor) -> None:
         nonlocal received
-        async with limiter:
+        async with small if desc.size <= SMALL_BLOB else limiter:
             got = await _transfer_blob(source, destination, desc, options.retry, emit)
         received += got
 
