@@ -14,6 +14,7 @@ the blob anyway; a resumed gap between two held ranges is always asked for with 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -28,7 +29,7 @@ from .body import BlobBody
 from .client import RangeIgnored
 from .endpoints import Opener, Progress
 from .errors import NetworkError, SizeMismatch, first_error
-from .ingest import Chunk, Ingest
+from .ingest import Chunk, Ingest, Staging
 
 WRITE_BATCH = 1 << 20  # bytes gathered before one write (+hash) in a worker thread
 REPORT_EVERY = 0.1  # seconds between progress reports of a blocking body
@@ -262,16 +263,18 @@ async def _stream(
 
 
 async def _pump(body: BlobBody, cursor: _Cursor, progress: Progress) -> None:
-    """One worker thread reads, hashes and writes the whole piece (body.py); progress is
-    reported to the event loop a few times a second."""
+    """One worker thread reads, hashes and writes the whole piece (body.py), a block of
+    ``BLOCK`` bytes at a time (direct I/O where it can); progress is reported to the event loop
+    a few times a second. Whatever arrived is written before this returns or raises, so a
+    retry resumes right after it."""
     unreported = 0
     last = time.monotonic()
+    staging = Staging(cursor.ingest, cursor.pos)
 
     def sink(chunk: Chunk) -> bool:
         nonlocal unreported, last
-        at = cursor.pos
         chunk, done = cursor.take(chunk)
-        cursor.ingest.write_blocking(at, [chunk])
+        staging.add(chunk)
         unreported += len(chunk)
         if time.monotonic() - last >= REPORT_EVERY:
             done_now, unreported, last = unreported, 0, time.monotonic()
@@ -280,7 +283,14 @@ async def _pump(body: BlobBody, cursor: _Cursor, progress: Progress) -> None:
 
     try:
         await body.pump(sink)
+    except BaseException:
+        with contextlib.suppress(OSError):  # the first error is the one to report
+            staging.flush()
+        raise
+    else:
+        await anyio.to_thread.run_sync(staging.flush)
     finally:
+        staging.close()
         if unreported:
             progress(unreported)
 

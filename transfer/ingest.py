@@ -18,7 +18,9 @@ digest anyway.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import mmap
 import os
 import threading
 from collections.abc import Sequence
@@ -33,6 +35,12 @@ from .errors import StoreError
 from .manifest import Descriptor
 
 READ_CHUNK = 4 << 20
+# Direct I/O: a block written from page-aligned memory at an offset and of a length that are
+# multiples of this goes to the disk without the page-cache copy, which was the kernel's largest
+# cost in a 1 GB pull (15% of xfer's CPU); ~0.4 ms of device wait per MiB costs no CPU at all.
+ALIGN = 4096
+BLOCK = 1 << 20  # what a Staging buffer gathers before it writes
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 Chunk = bytes | memoryview
 
@@ -49,6 +57,8 @@ class Ingest:
         self._ranges_lock = threading.Lock()  # `filled` and the sidecar, for the same threads
         self._sidecar_needed = False
         self._log = -1  # the sidecar, open for appending, while it is needed
+        self._direct = -1  # the partial opened for direct I/O, once a block asks for it
+        self._direct_ok = bool(_O_DIRECT)  # until the filesystem refuses it
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -68,6 +78,9 @@ class Ingest:
 
     def close(self) -> None:
         self._close_log()
+        if self._direct >= 0:
+            os.close(self._direct)
+            self._direct = -1
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -159,12 +172,17 @@ class Ingest:
         """Write ``chunks`` (consecutive) at ``offset``, in a worker thread."""
         await anyio.to_thread.run_sync(self.write_blocking, offset, chunks)
 
-    def write_blocking(self, offset: int, chunks: Sequence[Chunk]) -> None:
+    def write_blocking(
+        self, offset: int, chunks: Sequence[Chunk], *, aligned: bool = False
+    ) -> None:
         """Write ``chunks`` at ``offset``: hashed on the way when in order, then claimed, and
-        the prefix hashed on through any range that had arrived early. Thread-safe."""
+        the prefix hashed on through any range that had arrived early. Thread-safe.
+
+        ``aligned``: the one chunk starts at a page boundary in memory (a :class:`Staging`
+        buffer), so it may be written with direct I/O."""
         length = sum(len(c) for c in chunks)
-        self._write(offset, chunks, length)
-        writeback.written(self.fd, offset, offset + length)
+        if not self._write(offset, chunks, length, aligned):
+            writeback.written(self.fd, offset, offset + length)
         with self._ranges_lock:
             self.filled = _merge([*self.filled, (offset, offset + length)])
             if self._log >= 0:  # the bytes are in the file: now they may be claimed
@@ -173,18 +191,23 @@ class Ingest:
         if target > self.verifier.count:
             self._hash_to(target)
 
-    def _write(self, offset: int, chunks: Sequence[Chunk], length: int) -> None:
+    def _write(self, offset: int, chunks: Sequence[Chunk], length: int, aligned: bool) -> bool:
+        """Returns whether the bytes went to the disk directly (nothing left to write back)."""
         # Writing and hashing under one lock: the bytes below the hashed prefix are the ones
         # the digest covers, so a later write there (pieces that overlap: a source honouring
         # one Range and ignoring another) is dropped, never allowed to change them.
         with self._hash_lock:
             skip = self.verifier.count - offset
             if skip >= length:
-                return
+                return False
             if skip > 0:
                 chunks, offset, length = _drop_front(chunks, skip), offset + skip, length - skip
-            # pwritev: one system call for the batch, and no copy to join the chunks first.
-            written = os.pwritev(self.fd, chunks, offset)
+                aligned = False
+            direct = aligned and len(chunks) == 1 and offset % ALIGN == 0 and length % ALIGN == 0
+            written = self._write_direct(offset, chunks[0]) if direct else 0
+            if not written:
+                # pwritev: one system call for the batch, and no copy to join the chunks first.
+                written = os.pwritev(self.fd, chunks, offset)
             if written < length:  # short write (rare: signals, quotas): finish it plainly
                 rest = memoryview(b"".join(chunks))[written:]
                 while rest:
@@ -193,6 +216,21 @@ class Ingest:
             if offset == self.verifier.count:  # in order: hash from memory, no re-read
                 for chunk in chunks:
                     self.verifier.update(chunk)
+            return direct and self._direct_ok
+
+    def _write_direct(self, offset: int, block: Chunk) -> int:
+        """Bytes written with direct I/O (0: not possible here; the caller writes them)."""
+        if not self._direct_ok:
+            return 0
+        try:
+            if self._direct < 0:
+                self._direct = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC | _O_DIRECT)
+            return os.pwrite(self._direct, block, offset)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            self._direct_ok = False  # a filesystem without it (or other alignment rules)
+            return 0
 
     async def catch_up(self) -> None:
         """Hash whatever of the contiguous prefix is not hashed yet (from the page cache)."""
@@ -224,6 +262,49 @@ class Ingest:
         self._close_log()
         with contextlib.suppress(FileNotFoundError):
             self.sidecar.unlink()
+
+
+class Staging:
+    """Gathers one stream's bytes into page-aligned blocks that end on ``ALIGN`` boundaries of
+    the file, the shape direct I/O takes; what is left at the end is written plainly."""
+
+    def __init__(self, ingest: Ingest, at: int) -> None:
+        self.ingest = ingest
+        self.at = at  # the file offset of the buffer's first byte
+        self.fill = 0
+        self._buffer = mmap.mmap(-1, BLOCK)  # anonymous memory: page-aligned
+        self._view = memoryview(self._buffer)
+
+    def add(self, chunk: Chunk) -> None:
+        """Append ``chunk`` (the next bytes of the stream), writing each block as it fills."""
+        data = memoryview(chunk)
+        while data:
+            n = min(len(data), BLOCK - self.fill)
+            self._view[self.fill : self.fill + n] = data[:n]
+            self.fill, data = self.fill + n, data[n:]
+            if self.fill == BLOCK:
+                self.flush(whole=False)
+
+    def flush(self, *, whole: bool = True) -> None:
+        """Write what is gathered: all of it, or (``whole=False``) up to the last aligned file
+        offset, keeping the rest at the start of the buffer."""
+        end = self.at + self.fill
+        cut = end if whole else end - end % ALIGN
+        n = cut - self.at
+        if n <= 0:
+            return
+        self.ingest.write_blocking(self.at, [self._view[:n]], aligned=True)
+        rest = self.fill - n
+        if rest:
+            self._view[:rest] = bytes(self._view[n : self.fill])  # < ALIGN bytes
+        self.at, self.fill = cut, rest
+
+    def close(self) -> None:
+        # A failed write's traceback may still hold a slice of the buffer: then the memory is
+        # freed with the last reference instead.
+        with contextlib.suppress(BufferError):
+            self._view.release()
+            self._buffer.close()
 
 
 def _drop_front(chunks: Sequence[Chunk], skip: int) -> list[Chunk]:
