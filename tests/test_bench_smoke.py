@@ -38,6 +38,14 @@ def test_bench_harness_smoke(tmp_path: Path) -> None:
         # every blob and the manifest crossed the wire once
         assert figures["median_bytes_registry"] >= scenario["image_bytes"] * 0.99
     assert scenario["metrics"]["xfer/skopeo"] > 0
+    # where the time went: start-up, each tool's CPU and the registry's during its runs
+    assert report["xfer_startup_seconds"] > 0
+    for tool in ("xfer", "skopeo"):
+        assert scenario["tools"][tool]["median_cpu_seconds"] > 0
+        assert scenario["tools"][tool]["median_registry_cpu_seconds"] >= 0
+    many = next(t for t in report["targets"] if t["scenario"] == "pull-many")
+    assert many["status"] == "met" or many["why"].startswith("allows ")
+    assert "## CPU seconds" in (out / "results.md").read_text()
     target = next(t for t in report["targets"] if t["scenario"] == "pull-many")
     assert target["status"] in ("met", "missed")
     md = (out / "results.md").read_text()
