@@ -39,8 +39,9 @@ test: system venv lint
 	$(VENV)/bin/pytest -q
 
 # Benchmarks (never part of `make test`): results in bench-results/results.{md,json}.
-# BENCH_ARGS passes options, e.g. BENCH_ARGS="--only pull-big,resume --runs 5 --profile".
-BENCH_ARGS ?=
+# BENCH_ARGS passes options; by default --profile: one more xfer run of each scenario under
+# py-spy, summarised in the results. E.g. BENCH_ARGS="--only pull-big,resume --runs 5".
+BENCH_ARGS ?= --profile
 bench: system venv
 	$(PY) -m pip install -q 'python-dxf>=12' 'py-spy>=0.3'
 	$(PY) -m fixtures.bench $(BENCH_ARGS)
