@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 
 import anyio
+import httpcore
 import httpx
 import pytest
 
@@ -74,3 +75,83 @@ def test_readable_is_false_for_a_quiet_socket_and_true_once_the_peer_hangs_up() 
         b.close()
         assert pool.readable(a)
     assert pool.readable(None)
+
+
+class _KeepAlive(socketserver.BaseRequestHandler):
+    """Answers every request on a connection, after a short pause, and keeps it open."""
+
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        self.server.connections += 1  # type: ignore[attr-defined]
+        data = b""
+        while True:
+            while b"\r\n\r\n" not in data:
+                more = sock.recv(65536)
+                if not more:
+                    return
+                data += more
+            _, _, data = data.partition(b"\r\n\r\n")
+            threading.Event().wait(0.005)
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+@pytest.fixture
+def keep_alive() -> Iterator[_Server]:
+    srv = _Server(("127.0.0.1", 0), _KeepAlive)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_the_pool_keeps_its_limit_reuses_connections_and_asks_each_a_few_times_per_request(
+    keep_alive: _Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """200 requests, 32 at once (as xfer's small blobs), on 32 connections kept alive and
+    reused; one pass of the pool asks every connection whether it is idle a few times (httpcore
+    1.0's own pass asked all n of them again for each idle one)."""
+    asked = 0
+    real_is_idle = httpcore.AsyncHTTPConnection.is_idle
+
+    def is_idle(self: httpcore.AsyncHTTPConnection) -> bool:
+        nonlocal asked
+        asked += 1
+        return real_is_idle(self)
+
+    monkeypatch.setattr(httpcore.AsyncHTTPConnection, "is_idle", is_idle)
+    url = f"http://127.0.0.1:{keep_alive.server_address[1]}/"
+
+    async def main() -> int:
+        limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
+        async with httpx.AsyncClient(transport=pool.transport(ssl_context(), limits)) as client:
+            gate = anyio.Semaphore(32)
+            done = 0
+
+            async def one() -> None:
+                nonlocal done
+                async with gate:
+                    assert (await client.get(url)).content == b"ok"
+                    done += 1
+
+            async with anyio.create_task_group() as group:
+                for _ in range(200):
+                    group.start_soon(one)
+            return done
+
+    assert anyio.run(main) == 200
+    assert keep_alive.connections == 32
+    assert asked < 200 * 2 * 8 * 32  # two passes a request, a few times per connection each
+
+
+def test_at_its_limit_the_pool_closes_an_idle_connection_for_another_origin(
+    keep_alive: _Server, server: _Server
+) -> None:
+    urls = [f"http://127.0.0.1:{s.server_address[1]}/" for s in (keep_alive, server)]
+
+    async def main() -> list[bytes]:
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        async with httpx.AsyncClient(transport=pool.transport(ssl_context(), limits)) as client:
+            return [(await client.get(url)).content for url in urls]
+
+    assert anyio.run(main) == [b"ok", b"ok"]
