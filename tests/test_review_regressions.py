@@ -174,6 +174,8 @@ class _SlowThenCutSource:
     """An image of one 2 MiB layer whose first stream sends half, dawdles past the retry
     budget, and is cut; a resumed stream sends the rest."""
 
+    local = False
+
     def __init__(self) -> None:
         self.layer, self.layer_desc = _blob(2 * MiB)
         self.config = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers"}}'

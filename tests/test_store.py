@@ -241,3 +241,22 @@ assert lock.acquire(blocking=False)
 print("held", flush=True)
 time.sleep(60)
 """
+
+
+def test_a_damaged_blob_read_from_the_store_fails_at_once_naming_it(
+    registry: Registry, images: BuiltImages, store: Path, tmp_path: Path
+) -> None:
+    """A bad byte in a file here is not a flaky network: the copy out of the store stops at the
+    first mismatch (no retries) and says which blob is damaged and where it was read."""
+    (ref,) = _pull(registry, store, "small", images=images)
+    victim = images.images["small"].layers[0]
+    path = store / "blobs" / "sha256" / victim.digest.removeprefix("sha256:")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+
+    run = xfer("copy", "--json", f"store:{ref}", f"oci:{tmp_path / 'out'}:x", store=store)
+    assert run.code == 1
+    assert not [e for e in run.json_lines() if e.get("event") == "retry"]
+    error = run.err.strip().splitlines()[-1]
+    assert victim.digest in error and "damaged" in error and ref in error

@@ -17,7 +17,7 @@ import anyio
 
 from .digest import Digest
 from .endpoints import Destination, Source
-from .errors import ManifestError, TransferError, first_error
+from .errors import IntegrityError, ManifestError, TransferError, first_error
 from .manifest import Descriptor, ImageManifest, Manifest, Platform
 from .progress import BlobDone, BlobProgress, BlobStart, Emit, ImageDone, ImageStart, ignore
 from .retry import RetryPolicy, retrying
@@ -248,7 +248,13 @@ async def _transfer_blob(
 
     async def attempt() -> int:
         nonlocal total
-        got = await destination.put_blob(desc, opener, progress)
+        try:
+            got = await destination.put_blob(desc, opener, progress)
+        except IntegrityError as exc:
+            if source.local:  # the same file gives the same bytes: say so at once
+                exc.retryable = False
+                exc.hint = exc.hint or f"the copy read from {source.name} is damaged"
+            raise
         total += got
         return got
 

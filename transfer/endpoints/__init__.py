@@ -23,6 +23,9 @@ class Source(Protocol):
     """Where an image is read from."""
 
     name: str  # for messages: the full reference or path
+    # Bytes read from files here (a layout, an archive): a blob that does not match its digest
+    # is damage, which no retry mends, not a transfer that went wrong on the way.
+    local: bool
 
     async def get_manifest(self, identifier: str | Digest) -> Manifest: ...
 

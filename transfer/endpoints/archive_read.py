@@ -68,6 +68,7 @@ class _Archive:
     """What both kinds share: the tar index, opened on first use, and blob streaming."""
 
     kind = ""
+    local = True
 
     def __init__(self, path: Path, name: str | None = None, tar: TarIndex | None = None) -> None:
         self.path = path
@@ -468,6 +469,8 @@ async def open_archive(path: Path) -> OciArchive | DockerArchive:
 class ArchiveImageSource:
     """One image of an open archive, under its own name for progress and messages; the
     archive stays open for the next image (whoever opened it closes it)."""
+
+    local = True
 
     def __init__(self, archive: OciArchive | DockerArchive, name: str) -> None:
         self.archive = archive

@@ -20,6 +20,8 @@ from . import Opener, Progress
 
 
 class RegistrySource:
+    local = False
+
     def __init__(self, client: RegistryClient, reference: Reference) -> None:
         self.client = client
         self.reference = reference
@@ -198,6 +200,8 @@ class MirrorSource:
     The source that served the first manifest serves the blobs; a blob it lacks or fails to
     start comes from the origin.
     """
+
+    local = False
 
     def __init__(
         self, mirrors: Sequence[RegistrySource], origin: RegistrySource, emit: Emit = ignore
