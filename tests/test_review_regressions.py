@@ -174,7 +174,7 @@ class _SlowThenCutSource:
     """An image of one 2 MiB layer whose first stream sends half, dawdles past the retry
     budget, and is cut; a resumed stream sends the rest."""
 
-    local = False
+    local = None
 
     def __init__(self) -> None:
         self.layer, self.layer_desc = _blob(2 * MiB)

@@ -251,9 +251,9 @@ async def _transfer_blob(
         try:
             got = await destination.put_blob(desc, opener, progress)
         except IntegrityError as exc:
-            if source.local:  # the same file gives the same bytes: say so at once
+            if source.local is not None:  # the same file gives the same bytes: say so at once
                 exc.retryable = False
-                exc.hint = exc.hint or f"the copy read from {source.name} is damaged"
+                exc.hint = exc.hint or f"its copy in {source.local} is damaged"
             raise
         total += got
         return got

@@ -23,9 +23,13 @@ class Source(Protocol):
     """Where an image is read from."""
 
     name: str  # for messages: the full reference or path
-    # Bytes read from files here (a layout, an archive): a blob that does not match its digest
-    # is damage, which no retry mends, not a transfer that went wrong on the way.
-    local: bool
+
+    @property
+    def local(self) -> str | None:
+        """Where on this machine the bytes are read from (a layout's directory, an archive),
+        None for a registry: there a blob that does not match its digest is damage, which no
+        retry mends, not a transfer that went wrong on the way."""
+        ...
 
     async def get_manifest(self, identifier: str | Digest) -> Manifest: ...
 

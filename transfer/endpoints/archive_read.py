@@ -68,10 +68,10 @@ class _Archive:
     """What both kinds share: the tar index, opened on first use, and blob streaming."""
 
     kind = ""
-    local = True
 
     def __init__(self, path: Path, name: str | None = None, tar: TarIndex | None = None) -> None:
         self.path = path
+        self.local = str(path)
         self.name = name or f"{self.kind}:{path}"
         self._tar = tar
         self._loaded = False
@@ -470,11 +470,10 @@ class ArchiveImageSource:
     """One image of an open archive, under its own name for progress and messages; the
     archive stays open for the next image (whoever opened it closes it)."""
 
-    local = True
-
     def __init__(self, archive: OciArchive | DockerArchive, name: str) -> None:
         self.archive = archive
         self.name = name
+        self.local = archive.local
 
     async def get_manifest(self, identifier: str | Digest) -> Manifest:
         return await self.archive.get_manifest(identifier)

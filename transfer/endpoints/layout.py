@@ -411,11 +411,10 @@ async def _acquire(lock: _FileLock) -> None:
 class LayoutSource:
     """An image of a layout, found by its ``org.opencontainers.image.ref.name``."""
 
-    local = True
-
     def __init__(self, layout: Layout, ref_name: str) -> None:
         self.layout = layout
         self.name = ref_name
+        self.local = str(layout.root)
 
     async def get_manifest(self, identifier: str | Digest) -> Manifest:
         if isinstance(identifier, Digest):

@@ -20,7 +20,7 @@ from . import Opener, Progress
 
 
 class RegistrySource:
-    local = False
+    local: str | None = None
 
     def __init__(self, client: RegistryClient, reference: Reference) -> None:
         self.client = client
@@ -201,7 +201,7 @@ class MirrorSource:
     start comes from the origin.
     """
 
-    local = False
+    local: str | None = None
 
     def __init__(
         self, mirrors: Sequence[RegistrySource], origin: RegistrySource, emit: Emit = ignore
