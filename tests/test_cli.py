@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import re
@@ -74,3 +75,35 @@ def test_unknown_option_is_a_usage_error_in_one_line() -> None:
     run = xfer("pull", "--no-such-flag", "x")
     assert run.code == 2
     assert len(run.err.strip().splitlines()) == 1
+
+
+def test_every_line_reaches_a_pipe_and_the_exit_code_the_shell_without_interpreter_teardown(
+    registry: Registry, images: BuiltImages, tmp_path: Path
+) -> None:
+    """The command exits without tearing the interpreter down (transfer.cli.run): what it
+    printed is flushed first, whatever is buffered, and its exit code is the command's."""
+    info = images.images["multi"]
+    ref = f"{registry.host}/{info.ref}"
+    done = subprocess.run(
+        [sys.executable, "-m", "transfer", "pull", "--json", "--store", str(tmp_path), ref],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in done.stdout.splitlines()]
+    assert events[-1]["event"] == "done" and events[-1]["digest"].startswith("sha256:")
+    assert sum(e["event"] == "blob_done" for e in events) == (
+        events[-1]["blobs_transferred"] + events[-1]["blobs_skipped"]
+    )
+
+    command = [sys.executable, "-m", "transfer", "pull", "--retries", "0"]
+    failed = subprocess.run(
+        [*command, "--store", str(tmp_path), "localhost:1/x:1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert failed.returncode == 1
+    assert failed.stderr.splitlines() == [failed.stderr.strip()]  # one line, and all of it
+    assert failed.stderr.startswith("xfer: error: cannot connect to localhost:1")

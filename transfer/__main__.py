@@ -1,5 +1,5 @@
 """``python -m transfer`` is the ``xfer`` command."""
 
-from .cli import main
+from .cli import run
 
-raise SystemExit(main())
+run()

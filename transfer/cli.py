@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import sys
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 import anyio
 
@@ -754,6 +756,24 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _error(f"{type(exc).__name__}: {exc} (a bug in xfer: --debug shows where)")
         return 1
+
+
+def run() -> NoReturn:
+    """The ``xfer`` command: ``main()``, then an exit that skips tearing the interpreter down.
+
+    Freeing every object and joining the idle worker threads took ~30 ms after the result was
+    printed, at the end of every command (13% of a small pull). By then the command has closed
+    (and, where it matters, fsynced) everything it wrote; only stdio and logging are flushed.
+    """
+    code = main()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader went away: as main() reports it
+        code = code or 1
+    with contextlib.suppress(OSError):
+        sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 def _warning(message: str) -> None:
