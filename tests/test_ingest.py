@@ -13,6 +13,7 @@ import pytest
 
 from transfer import ingest as ingest_module
 from transfer.digest import Digest
+from transfer.errors import IntegrityError
 from transfer.ingest import ALIGN, BLOCK, Ingest, Staging
 from transfer.manifest import Descriptor
 
@@ -68,9 +69,9 @@ def test_a_resumed_stream_at_an_odd_offset_realigns_and_keeps_every_byte(
     written: list[tuple[int, int]] = []
     real = ingest.write_blocking
 
-    def record(offset: int, chunks: list[bytes], *, aligned: bool = False) -> None:
+    def record(offset: int, chunks: list[bytes], **options: bool) -> None:
         written.append((offset, sum(len(c) for c in chunks)))
-        real(offset, chunks, aligned=aligned)
+        real(offset, chunks, **options)
 
     ingest.write_blocking = record  # type: ignore[method-assign]
     try:
@@ -108,3 +109,51 @@ def test_a_filesystem_refusing_direct_io_gets_plain_writes(
     finally:
         ingest.close()
     assert (tmp_path / "partial").read_bytes() == data
+
+
+def test_bytes_hashed_ahead_are_the_ones_that_land_whoever_else_writes_there(
+    tmp_path: Path,
+) -> None:
+    """A block is hashed before its writer thread writes it: another stream's write into those
+    bytes (pieces overlap when a server ignores one Range) after the hashing is dropped, and one
+    before it is overwritten, so the file always holds what the digest covers."""
+    data = os.urandom(2 * BLOCK)
+    block = memoryview(data)[:BLOCK]
+    other = os.urandom(BLOCK)
+    ingest = _ingest(tmp_path, data)
+    try:
+        assert ingest.hash_ahead(0, block)
+        ingest.write_blocking(0, [other])  # after the hashing: dropped
+        ingest.write_blocking(0, [block], aligned=True, hashed=True)
+        assert not ingest.hash_ahead(BLOCK + 1, b"x")  # not next in order: not hashed
+        ingest.write_blocking(BLOCK, [other])  # in order, before any hashing: hashed as written
+        assert not ingest.hash_ahead(BLOCK, memoryview(data)[BLOCK:])
+        ingest.write_blocking(BLOCK, [memoryview(data)[BLOCK:]], aligned=True)  # dropped
+        assert (tmp_path / "partial").read_bytes() == data[:BLOCK] + other
+        assert ingest.verifier.count == 2 * BLOCK
+        with pytest.raises(IntegrityError):  # the second half is the other stream's bytes
+            ingest.verifier.verify()
+    finally:
+        ingest.close()
+
+
+def test_a_failed_write_in_the_writer_thread_reaches_the_stream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(4 * BLOCK)
+    ingest = _ingest(tmp_path, data)
+
+    def full(*_: object) -> bool:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ingest, "_put", full)
+    staging = Staging(ingest, 0)
+    try:
+        with pytest.raises(OSError, match="No space"):
+            for at in range(0, len(data), 256 << 10):
+                staging.add(data[at : at + (256 << 10)])
+            staging.flush()
+    finally:
+        staging.close()
+        ingest.close()
+    assert ingest.filled == []  # nothing claimed that is not in the file

@@ -284,7 +284,7 @@ async def _pump(body: BlobBody, cursor: _Cursor, progress: Progress) -> None:
     try:
         await body.pump(sink)
     except BaseException:
-        with contextlib.suppress(OSError):  # the first error is the one to report
+        with contextlib.suppress(Exception):  # the first error is the one to report
             staging.flush()
         raise
     else:
