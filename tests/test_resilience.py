@@ -424,7 +424,7 @@ def test_ctrl_c_mid_blob_exits_130_keeps_the_partial_and_the_rerun_resumes(
     stopped, (code, out, err) = _interrupt_mid_blob(
         slow_proxy, ref, layer, store, signal.SIGINT, "-q"
     )
-    assert code == 130
+    assert code == 130, (out, err)
     assert out == ""
     assert len(err.strip().splitlines()) == 1, err
     assert "interrupted" in err
