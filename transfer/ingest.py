@@ -31,7 +31,6 @@ import anyio
 
 from . import writeback
 from .digest import Verifier
-from .durable import fsync_dir
 from .errors import StoreError
 from .manifest import Descriptor
 
@@ -278,16 +277,15 @@ class Ingest:
                     raise StoreError(f"partial file {self.path} shrank while being read")
                 self.verifier.update(chunk)
 
-    async def finish(self, final: Path, *, sync_dir: bool = True) -> None:
-        """Verify size and digest, make it durable, move it under blobs/ (atomic rename); the
-        rename is made durable here unless the caller syncs ``final``'s directory later."""
+    async def finish(self, final: Path) -> None:
+        """Verify size and digest, make it durable, move it under blobs/ (atomic rename). The
+        rename itself is made durable by the caller, with one fsync of ``final``'s directory
+        for all the blobs it writes, before anything points at them (``Layout.sync_blobs``)."""
         await self.catch_up()
         self.verifier.verify()
         await anyio.to_thread.run_sync(os.fsync, self.fd)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.path, final)
-        if sync_dir:
-            await anyio.to_thread.run_sync(fsync_dir, final.parent)
         self._close_log()
         with contextlib.suppress(FileNotFoundError):
             self.sidecar.unlink()

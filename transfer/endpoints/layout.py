@@ -243,7 +243,7 @@ class Layout:
                 await ingest.catch_up()  # re-hash the prefix we already have
                 received = await fill(ingest, opener, progress, self.ranges)
                 final = self.blob_path(desc.digest)
-                await ingest.finish(final, sync_dir=False)
+                await ingest.finish(final)
                 self._unsynced.add(final.parent)
             except (IntegrityError, RangeError):
                 ingest.discard()  # these bytes are worthless; never resume from them
