@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import StoreError
 
@@ -34,19 +35,10 @@ def atomic_write(
     directory = tmp_dir or path.parent
     tmp = directory / f".{path.name}.{os.getpid()}.{id(data)}.tmp"
     try:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-        try:
-            fd = os.open(tmp, flags, 0o666)
-        except FileNotFoundError:
-            directory.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, flags, 0o666)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with _create(tmp) as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
         try:
             os.replace(tmp, path)
         except FileNotFoundError:
@@ -62,6 +54,15 @@ def atomic_write(
         fsync_dir(path.parent)
     except OSError as exc:
         raise StoreError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def _create(path: Path) -> BinaryIO:
+    """``path`` opened for writing, its directory made only when the open finds it missing."""
+    try:
+        return open(path, "wb")
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "wb")
 
 
 def create_once(path: Path, data: bytes) -> None:
