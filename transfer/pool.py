@@ -15,7 +15,6 @@ cost twice the CPU of 8 at once. :class:`Pool` makes the pass linear.
 
 from __future__ import annotations
 
-import select
 import socket
 import ssl
 import typing
@@ -23,6 +22,7 @@ from collections.abc import Iterable
 
 import httpcore
 import httpx
+from httpcore._utils import is_socket_readable  # the 1.0.x pinned in pyproject
 
 SocketOption = (
     tuple[int, int, int] | tuple[int, int, bytes | bytearray] | tuple[int, int, None, int]
@@ -139,17 +139,9 @@ class Stream(httpcore.AsyncNetworkStream):
 
     def get_extra_info(self, info: str) -> typing.Any:
         if info == "is_readable":
-            return readable(self._socket)
+            # httpcore's own test, on the socket kept here: an idle connection whose socket is
+            # readable was closed by the server (or sent what nobody asked for).
+            return is_socket_readable(self._socket)
         if info == "socket":
             return self._socket
         return self._inner.get_extra_info(info)
-
-
-def readable(sock: socket.socket | None) -> bool:
-    """httpcore's test: an idle connection whose socket is readable was closed by the server
-    (or sent what nobody asked for); either way it must not carry the next request."""
-    if sock is None or sock.fileno() < 0:
-        return True
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(0))
