@@ -16,21 +16,39 @@ import pytest
 from transfer import pool
 from transfer.tls import ssl_context
 
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def _request(sock: socket.socket, data: bytes) -> bytes | None:
+    """Read up to the end of a request's head; what came after it, or None at end of file."""
+    while b"\r\n\r\n" not in data:
+        more = sock.recv(65536)
+        if not more:
+            return None
+        data += more
+    return data.partition(b"\r\n\r\n")[2]
+
 
 class _OneResponsePerConnection(socketserver.BaseRequestHandler):
     """Answers one request as if keeping the connection alive, then hangs up: what a server
     whose idle timeout ran out does between two requests of a client."""
 
     def handle(self) -> None:
-        sock: socket.socket = self.request
-        data = b""
-        while b"\r\n\r\n" not in data:
-            more = sock.recv(65536)
-            if not more:
-                return
-            data += more
-        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        if _request(self.request, b"") is None:
+            return
+        self.request.sendall(OK)
         self.server.connections += 1  # type: ignore[attr-defined]
+
+
+class _KeepAlive(socketserver.BaseRequestHandler):
+    """Answers every request on a connection, after a short pause, and keeps it open."""
+
+    def handle(self) -> None:
+        self.server.connections += 1  # type: ignore[attr-defined]
+        data: bytes | None = b""
+        while (data := _request(self.request, data)) is not None:
+            threading.Event().wait(0.005)
+            self.request.sendall(OK)
 
 
 class _Server(socketserver.ThreadingTCPServer):
@@ -39,14 +57,23 @@ class _Server(socketserver.ThreadingTCPServer):
     connections = 0
 
 
-@pytest.fixture
-def server() -> Iterator[_Server]:
-    srv = _Server(("127.0.0.1", 0), _OneResponsePerConnection)
+def _serving(handler: type[socketserver.BaseRequestHandler]) -> Iterator[_Server]:
+    srv = _Server(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     yield srv
     srv.shutdown()
     srv.server_close()
+
+
+@pytest.fixture
+def server() -> Iterator[_Server]:
+    yield from _serving(_OneResponsePerConnection)
+
+
+@pytest.fixture
+def keep_alive() -> Iterator[_Server]:
+    yield from _serving(_KeepAlive)
 
 
 def test_a_connection_the_server_closed_while_idle_is_not_reused(server: _Server) -> None:
@@ -86,34 +113,6 @@ def test_readable_is_false_for_a_quiet_socket_and_true_once_the_peer_hangs_up() 
         b.close()
         assert stream.get_extra_info("is_readable")
     assert pool.Stream(_Inner(None)).get_extra_info("is_readable")  # type: ignore[arg-type]
-
-
-class _KeepAlive(socketserver.BaseRequestHandler):
-    """Answers every request on a connection, after a short pause, and keeps it open."""
-
-    def handle(self) -> None:
-        sock: socket.socket = self.request
-        self.server.connections += 1  # type: ignore[attr-defined]
-        data = b""
-        while True:
-            while b"\r\n\r\n" not in data:
-                more = sock.recv(65536)
-                if not more:
-                    return
-                data += more
-            _, _, data = data.partition(b"\r\n\r\n")
-            threading.Event().wait(0.005)
-            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-
-
-@pytest.fixture
-def keep_alive() -> Iterator[_Server]:
-    srv = _Server(("127.0.0.1", 0), _KeepAlive)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
 
 
 def test_the_pool_keeps_its_limit_reuses_connections_and_asks_each_a_few_times_per_request(
