@@ -18,13 +18,20 @@ import anyio
 from .digest import Digest
 from .endpoints import Destination, Source
 from .errors import IntegrityError, ManifestError, TransferError, first_error
-from .manifest import Descriptor, ImageManifest, Manifest, Platform
+from .manifest import (
+    MAX_INDEX_DEPTH,
+    Descriptor,
+    GraphBounds,
+    GraphBudget,
+    ImageManifest,
+    Manifest,
+    Platform,
+)
 from .progress import BlobDone, BlobProgress, BlobStart, Emit, ImageDone, ImageStart, ignore
 from .retry import RetryPolicy, retrying
 
 SMALL_BLOB = 1 << 20  # blobs up to this size ...
 SMALL_JOBS = 4  # ... go this many times --jobs at once
-MAX_INDEX_DEPTH = 2  # an index of indexes is legal; deeper nesting is an attack (case 25)
 # Layers that registries must not redistribute (Windows base layers): skipped as docker does.
 FOREIGN_TYPES = frozenset(
     {
@@ -41,6 +48,7 @@ class CopyOptions:
     platform: Platform | None = None  # None: the whole index (copy keeps the source's digest)
     jobs: int = 8
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    bounds: GraphBounds = field(default_factory=GraphBounds)  # what one index graph may hold
 
 
 @dataclass(frozen=True)
@@ -87,8 +95,10 @@ async def resolve(
     if options.platform is not None:
         chosen = await _select(source, first, options.platform, policy, emit)
         return first, _Plan(chosen, [], [chosen.image()])
+    budget = GraphBudget(options.bounds, source.name)
+    budget.admit(first.descriptor())
     plan = _Plan(first, [], [])
-    await _walk(source, first, plan, policy, emit, depth=1)
+    await _walk(source, first, plan, policy, emit, budget, {}, depth=1)
     return first, plan
 
 
@@ -105,14 +115,28 @@ async def _select(
 
 
 async def _walk(
-    source: Source, index: Manifest, plan: _Plan, policy: RetryPolicy, emit: Emit, depth: int
+    source: Source,
+    index: Manifest,
+    plan: _Plan,
+    policy: RetryPolicy,
+    emit: Emit,
+    budget: GraphBudget,
+    fetched: dict[Digest, Manifest],
+    depth: int,
 ) -> None:
-    if depth > MAX_INDEX_DEPTH:
-        raise ManifestError(f"{source.name}: indexes nested deeper than {MAX_INDEX_DEPTH}")
+    """Every manifest below ``index``, each digest fetched and kept once (children before the
+    indexes that list them), within the budget's bounds."""
+    budget.enter(depth)
     for desc in index.index().manifests:
+        if not budget.admit(desc):  # listed before: the same bytes, already walked
+            known = fetched.get(desc.digest)
+            if known is not None:
+                _check_descriptor(source, desc, known)
+            continue
         child = await _child(source, desc, policy, emit)
+        fetched[desc.digest] = child
         if child.is_index:
-            await _walk(source, child, plan, policy, emit, depth + 1)
+            await _walk(source, child, plan, policy, emit, budget, fetched, depth + 1)
         else:
             plan.images.append(child.image())
         plan.children.append(child)
@@ -122,11 +146,15 @@ async def _child(source: Source, desc: Descriptor, policy: RetryPolicy, emit: Em
     manifest = await retrying(
         f"manifest {desc.digest}", lambda: source.get_manifest(desc.digest), policy, emit
     )
+    _check_descriptor(source, desc, manifest)
+    return manifest
+
+
+def _check_descriptor(source: Source, desc: Descriptor, manifest: Manifest) -> None:
     if manifest.media_type != desc.media_type or len(manifest.raw) != desc.size:
         raise ManifestError(
             f"{source.name}: manifest {desc.digest} does not match its descriptor in the index"
         )
-    return manifest
 
 
 async def copy_image(
