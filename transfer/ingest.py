@@ -22,6 +22,7 @@ import errno
 import json
 import mmap
 import os
+import stat
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,6 +33,7 @@ import anyio
 from . import writeback
 from .digest import Verifier
 from .errors import StoreError
+from .localfile import read_capped
 from .manifest import Descriptor
 
 READ_CHUNK = 4 << 20
@@ -41,6 +43,9 @@ READ_CHUNK = 4 << 20
 ALIGN = 4096
 BLOCK = 1 << 20  # what a Staging buffer gathers before it writes
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
+# A sidecar gains one short line per write (~25 bytes per MiB received): 16 MiB covers blobs of
+# hundreds of GiB; a larger one is damaged, and trusted for nothing.
+MAX_SIDECAR_BYTES = 16 << 20
 
 Chunk = bytes | memoryview
 
@@ -64,8 +69,16 @@ class Ingest:
     # ---- lifecycle ----------------------------------------------------------------------------
 
     def open(self) -> None:
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        size = os.fstat(self.fd).st_size
+        # No-follow and non-blocking: a partial swapped for a link or a FIFO is refused, not
+        # written through or waited on.
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        self.fd = os.open(self.path, flags, 0o644)
+        st = os.fstat(self.fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(self.fd)
+            self.fd = -1
+            raise StoreError(f"partial file {self.path} is not a regular file")
+        size = st.st_size
         if size > self.desc.size:  # cannot belong to this blob
             self._reset()
             return
@@ -106,7 +119,8 @@ class Ingest:
 
     def _load_sidecar(self, size: int) -> list[tuple[int, int]] | None:
         try:
-            header, *appended = self.sidecar.read_text().split("\n")
+            text = read_capped(self.sidecar, MAX_SIDECAR_BYTES, str(self.sidecar)).decode()
+            header, *appended = text.split("\n")
             data = json.loads(header)
             if data.get("digest") != str(self.desc.digest):
                 return None
@@ -115,7 +129,7 @@ class Ingest:
             ranges += [_parse_range(line) for line in appended[:-1]]
         except FileNotFoundError:
             return None
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError, StoreError):
             return []  # a damaged sidecar: trust nothing but what we can re-download
         # Only what the file really holds; a range past its end was never written.
         return [(a, min(b, size)) for a, b in ranges if 0 <= a < min(b, size)]

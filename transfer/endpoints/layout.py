@@ -32,6 +32,7 @@ from ..durable import atomic_write, create_once, fsync_dir
 from ..errors import IntegrityError, NetworkError, StoreError, TransferError
 from ..fetch import RangePolicy, fill
 from ..ingest import Ingest
+from ..localfile import open_regular, read_capped, read_upto
 from ..manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest
 from . import Opener, Progress
 
@@ -39,6 +40,10 @@ REF_NAME = "org.opencontainers.image.ref.name"
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
 INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
 READ_CHUNK = 1 << 20
+# index.json lists one descriptor per tag (~300-500 bytes with its annotations): 64 MiB is over
+# 100,000 tags, far beyond any store or layout seen, while parsing it stays within a few
+# hundred MiB of memory. What is larger is refused without being read.
+MAX_INDEX_BYTES = 64 << 20
 SMALL_BLOB = 1 << 20  # blobs up to this size skip partial files
 
 
@@ -58,7 +63,16 @@ class Layout:
     # ---- structure ----------------------------------------------------------------------------
 
     def exists(self) -> bool:
-        return (self.root / "oci-layout").is_file()
+        """Whether ``oci-layout`` is there; it must be a regular file (a link or a FIFO in an
+        untrusted directory is refused, naming it). Its content is never read."""
+        path = self.root / "oci-layout"
+        try:
+            mode = path.lstat().st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        if not stat.S_ISREG(mode):
+            raise StoreError(f"{path} is not a regular file")
+        return True
 
     def ensure(self) -> None:
         if self._ensured:
@@ -129,17 +143,16 @@ class Layout:
         """A small blob (manifest, config) read whole and verified."""
         if cap is not None and desc.size > cap:
             raise StoreError(f"blob {desc.digest} is larger than {cap} bytes")
-        path = self.blob_path(desc.digest)
-        if path.is_symlink():
-            raise StoreError(
-                f"blob {desc.digest} in {self.root} is a symlink", digest=str(desc.digest)
-            )
         try:
-            data = path.read_bytes()
+            fd = open_regular(self.blob_path(desc.digest), f"blob {desc.digest} in {self.root}")
         except FileNotFoundError:
             raise StoreError(
                 f"blob {desc.digest} is missing from {self.root}", digest=str(desc.digest)
             ) from None
+        try:
+            data = read_upto(fd, desc.size + 1)  # one byte more shows a longer file
+        finally:
+            os.close(fd)
         verifier = Verifier(desc.digest, desc.size)
         try:
             verifier.update(data)
@@ -154,13 +167,11 @@ class Layout:
     async def open_blob(
         self, desc: Descriptor, offset: int = 0, end: int | None = None
     ) -> AsyncIterator[AsyncIterable[bytes]]:
-        path = self.blob_path(desc.digest)
-        try:  # O_NOFOLLOW: a blob swapped for a symlink after a check is still refused
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError:
+        try:  # no-follow: a blob swapped for a symlink after a check is still refused
+            fd = open_regular(self.blob_path(desc.digest), f"blob {desc.digest} in {self.root}")
+        except FileNotFoundError:
             raise StoreError(
-                f"blob {desc.digest} is missing from {self.root} (or is not a regular file)",
-                digest=str(desc.digest),
+                f"blob {desc.digest} is missing from {self.root}", digest=str(desc.digest)
             ) from None
         try:
             handle = await anyio.open_file(fd, "rb")
@@ -268,11 +279,9 @@ class Layout:
     def read_index(self) -> list[Descriptor]:
         path = self.root / "index.json"
         try:
-            raw = path.read_bytes()
+            raw = read_capped(path, MAX_INDEX_BYTES, str(path))
         except FileNotFoundError:
             return []
-        if len(raw) > 64 << 20:
-            raise StoreError(f"{path} is implausibly large")
         try:
             data = json.loads(raw)
             return [Descriptor.from_json(entry) for entry in data.get("manifests") or []]
