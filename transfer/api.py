@@ -451,15 +451,16 @@ def gc(settings: Settings | None = None, *, all_partials: bool = False) -> GcRep
     return collect(layout, all_partials=all_partials)
 
 
-def verify(settings: Settings | None = None) -> VerifyReport:
-    """Re-hash every blob of the store; report corrupt, linked and missing ones."""
+def verify(settings: Settings | None = None, *, repair: bool = False) -> VerifyReport:
+    """Re-hash every blob of the store; report corrupt, linked and missing ones (and, with
+    ``repair``, remove the damaged ones so that the next pull fetches them again)."""
     from .maintenance import verify as verify_layout
 
     settings = settings or Settings()
     layout = settings.layout()
     if not layout.exists():
         raise StoreError(f"there is no store at {layout.root}")
-    return verify_layout(layout)
+    return verify_layout(layout, repair=repair)
 
 
 def config_platform(config: bytes) -> Platform:

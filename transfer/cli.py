@@ -508,7 +508,7 @@ async def cmd_gc(args: argparse.Namespace) -> int:
 
 
 async def cmd_verify(args: argparse.Namespace) -> int:
-    report = await anyio.to_thread.run_sync(api.verify, _settings(args))
+    report = await anyio.to_thread.run_sync(lambda: api.verify(_settings(args), repair=args.repair))
     if args.json:
         print(
             json.dumps(
@@ -517,22 +517,44 @@ async def cmd_verify(args: argparse.Namespace) -> int:
                     "checked": report.checked,
                     "bytes": report.bytes,
                     "problems": list(report.problems),
+                    "removed": list(report.damaged) if report.repaired else [],
+                    "pull": list(report.pull),
                 }
             )
         )
     else:
         for problem in report.problems:
             print(problem)
+        if report.repaired:
+            for name in report.damaged:
+                print(f"removed {name}")
         if not args.quiet:
             state = "ok" if not report.problems else f"{len(report.problems)} problems"
             print(
                 f"checked {report.checked} blobs ({_size(report.bytes)}): {state}", file=sys.stderr
             )
+    store = _settings(args).store
+    pull = " ".join(report.pull)
+    if report.repaired and report.damaged:
+        if not report.pull:  # what was removed was garbage: the store is sound now
+            return 0
+        raise StoreError(
+            f"removed {len(report.damaged)} damaged blobs from {store}; "
+            f"images that lack blobs now: {', '.join(report.pull)}",
+            hint=f"xfer pull {pull} fetches them again",
+        )
+    if report.damaged:
+        hint = "xfer verify --repair removes the damaged blobs" + (
+            f"; then xfer pull {pull} fetches them again" if pull else ""
+        )
+    elif report.pull:
+        hint = f"xfer pull {pull} fetches what is missing"
+    else:
+        hint = "xfer gc removes unreferenced blobs; pull again to restore missing ones"
     if report.problems:
         raise StoreError(
-            f"the store {_settings(args).store} has {len(report.problems)} problems: "
-            + report.problems[0],
-            hint="xfer gc removes unreferenced blobs; pull again to restore missing ones",
+            f"the store {store} has {len(report.problems)} problems: " + report.problems[0],
+            hint=hint,
         )
     return 0
 
@@ -708,6 +730,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_gc)
 
     p = sub.add_parser("verify", parents=[common], help="re-hash the store, report corruption")
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="remove damaged blobs, so that the next pull fetches them again",
+    )
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("tags", parents=[common, net], help="a repository's tags")

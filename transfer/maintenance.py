@@ -2,38 +2,57 @@
 
 Reachability starts at ``index.json`` and walks indexes and manifests down to configs and
 layers. ``gc`` holds the store exclusively (pulls hold it shared), so a blob written by a pull
-that has not yet tagged its image is never mistaken for garbage.
+that has not yet tagged its image is never mistaken for garbage. A manifest that cannot be read
+(damaged, missing) hides what its image uses, so gc then deletes nothing at all.
+
+A pull trusts a stored blob of the right size (one ``lstat``: it is asked for every blob of
+every pull), so a damaged one is never fetched again by itself: ``verify --repair`` removes the
+blobs whose bytes do not match their names, and the next pull fetches them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .copy import FOREIGN_TYPES
 from .digest import Digest
-from .endpoints.layout import Layout
-from .errors import InvalidDigest, TransferError
+from .endpoints.layout import REF_NAME, Layout
+from .errors import InvalidDigest, StoreError, TransferError
+from .localfile import open_regular
 from .manifest import MAX_MANIFEST_BYTES, Descriptor, Index, Manifest
 
 STALE_PARTIAL_SECONDS = 24 * 3600  # partials untouched this long are not worth resuming
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A manifest the walk could not read: what it references is unknown."""
+
+    digest: Digest
+    reference: str  # the image (index.json name, or digest) it was reached from
+    reason: str
 
 
 @dataclass
 class Reachable:
     blobs: dict[Digest, Descriptor] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # referenced but missing or unreadable
+    unreadable: list[Unreadable] = field(default_factory=list)
 
 
 def reachable(layout: Layout, roots: list[Descriptor] | None = None) -> Reachable:
     """Every blob reachable from ``roots`` (default: every image of index.json)."""
     found = Reachable()
-    stack = list(layout.read_index() if roots is None else roots)
+    tops = layout.read_index() if roots is None else roots
+    stack = [(desc, desc.annotations.get(REF_NAME) or str(desc.digest)) for desc in tops]
     while stack:
-        desc = stack.pop()
+        desc, reference = stack.pop()
         if desc.digest in found.blobs:
             continue
         found.blobs[desc.digest] = desc
@@ -42,16 +61,26 @@ def reachable(layout: Layout, roots: list[Descriptor] | None = None) -> Reachabl
         try:
             raw = layout.read_blob(desc, cap=MAX_MANIFEST_BYTES)
             manifest = Manifest.from_bytes(raw, desc.media_type, expected=desc.digest)
+            parsed = manifest.parse()
         except TransferError as exc:
             found.problems.append(str(exc))
+            found.unreadable.append(Unreadable(desc.digest, reference, str(exc)))
             continue
-        parsed = manifest.parse()
         if isinstance(parsed, Index):
-            stack.extend(parsed.manifests)
+            stack.extend((child, reference) for child in parsed.manifests)
         else:
             for blob in parsed.blobs():
                 found.blobs.setdefault(blob.digest, blob)
     return found
+
+
+def users(layout: Layout, digests: set[Digest]) -> list[str]:
+    """The images (index.json names) that reach any of ``digests``: what to pull again."""
+    names = []
+    for top in layout.read_index():
+        if digests & set(reachable(layout, [top]).blobs):
+            names.append(top.annotations.get(REF_NAME) or str(top.digest))
+    return names
 
 
 def _is_manifest(media_type: str) -> bool:
@@ -76,38 +105,74 @@ class VerifyReport:
     checked: int
     bytes: int
     problems: tuple[str, ...]
+    damaged: tuple[str, ...] = ()  # files under blobs/ that --repair removes (or removed)
+    repaired: bool = False  # they were removed
+    pull: tuple[str, ...] = ()  # images that lack a blob now: pull them again
 
 
-def verify(layout: Layout) -> VerifyReport:
-    """Re-hash every blob; report those that do not match their name, links, and missing ones."""
+def verify(layout: Layout, *, repair: bool = False) -> VerifyReport:
+    """Re-hash every blob; report those that do not match their name, links, and missing ones.
+
+    With ``repair``, the files under blobs/ that cannot be the blob their name says (wrong
+    bytes, a link, a FIFO) are removed, so that a pull fetches them again; it holds the store
+    exclusively meanwhile, as gc does, so no pull is reading them."""
+    with layout.exclusive() if repair else contextlib.nullcontext():
+        return _verify(layout, repair)
+
+
+def _verify(layout: Layout, repair: bool) -> VerifyReport:
     problems: list[str] = []
+    damaged: list[tuple[Path, Digest | None]] = []
     checked = total = 0
     for path, digest in _stored(layout):
-        if path.is_symlink() or not path.is_file():
-            problems.append(f"{path.relative_to(layout.root)} is not a regular file")
+        name = path.relative_to(layout.root)
+        try:
+            fd = open_regular(path, str(name))
+        except FileNotFoundError:
+            continue  # removed meanwhile (gc is excluded only under --repair)
+        except StoreError as exc:
+            problems.append(str(exc))
+            if not stat.S_ISDIR(path.lstat().st_mode):
+                damaged.append((path, digest))
             continue
-        if digest is None:
-            problems.append(f"{path.relative_to(layout.root)} is not named by a valid digest")
-            continue
-        hasher = hashlib.new(digest.algorithm)
-        with open(path, "rb") as handle:
+        with os.fdopen(fd, "rb") as handle:
+            if digest is None:
+                problems.append(f"{name} is not named by a valid digest")
+                continue
+            hasher = hashlib.new(digest.algorithm)
             while chunk := handle.read(4 << 20):
                 hasher.update(chunk)
                 total += len(chunk)
         checked += 1
         if hasher.hexdigest() != digest.encoded:
             problems.append(f"blob {digest} is corrupt: its bytes hash to {hasher.hexdigest()}")
+            damaged.append((path, digest))
+    if repair:
+        for path, _ in damaged:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
     found = reachable(layout)
     problems += found.problems
+    lacking: set[Digest] = set()
     for digest, desc in found.blobs.items():
         path = layout.blob_path(digest)
         if desc.media_type in FOREIGN_TYPES and desc.urls:
             continue  # never fetched, by any copy (as docker does)
         if not path.exists():
             problems.append(f"blob {digest} is missing (referenced, {desc.size} bytes)")
+            lacking.add(digest)
         elif path.is_file() and path.stat().st_size != desc.size:
             problems.append(f"blob {digest} has {path.stat().st_size} bytes, expected {desc.size}")
-    return VerifyReport(checked, total, tuple(dict.fromkeys(problems)))
+    lacking |= {u.digest for u in found.unreadable}
+    lacking |= {d for _, d in damaged if d is not None and d in found.blobs}
+    return VerifyReport(
+        checked,
+        total,
+        tuple(dict.fromkeys(problems)),
+        damaged=tuple(str(d or p.relative_to(layout.root)) for p, d in damaged),
+        repaired=repair,
+        pull=tuple(users(layout, lacking)) if lacking else (),
+    )
 
 
 @dataclass(frozen=True)
@@ -123,7 +188,18 @@ def collect(layout: Layout, *, all_partials: bool = False, now: float | None = N
     now = time.time() if now is None else now
     removed = freed = partials = partial_bytes = 0
     with layout.exclusive():
-        keep = reachable(layout).blobs
+        found = reachable(layout)
+        if found.unreadable:
+            first = found.unreadable[0]
+            raise StoreError(
+                f"gc deleted nothing: the manifest {first.digest} of {first.reference} cannot "
+                f"be read, so what it uses is unknown ({first.reason})",
+                reference=first.reference,
+                digest=str(first.digest),
+                hint=f"xfer verify --repair removes what is damaged; then pull {first.reference} "
+                f"again (or xfer rm it) and run gc again",
+            )
+        keep = found.blobs
         for path, digest in _stored(layout):
             if digest is not None and digest in keep:
                 continue
