@@ -14,8 +14,11 @@ the index's first image).
 One tar, written front to back (``concurrent = False``): each blob goes in once, however many
 images share it, streamed through in batches and hashed as it is written; a blob whose bytes do
 not match its digest is cut off again (the file is truncated back to where its member began).
-Everything goes to ``FILE.partial``, renamed to ``FILE`` by ``finish()`` only after the index
-documents are written and the file is synced; ``aclose()`` without ``finish()`` removes it.
+Everything goes to a new file of a random name beside FILE (``FILE.RANDOM.partial``), created
+exclusively and never through a symlink, so nothing planted at a name we could be expected to use
+is written through, and two writers of one FILE never share a file; ``finish()`` renames it onto
+FILE only after the index documents are written and the file is synced (the last writer to
+finish wins, whole); ``aclose()`` without ``finish()`` removes it.
 Tar headers are fixed (mtime 0, uid/gid 0, no user names, 0644 files, 0755 directories) and
 the member order follows the copy, so the same images give the same bytes every time.
 """
@@ -25,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import tarfile
 from collections.abc import Callable
 from dataclasses import replace
@@ -45,6 +49,8 @@ from .layout import INDEX_MEDIA_TYPE, LAYOUT_VERSION, REF_NAME
 FORMATS = ("docker", "oci")
 WRITE_BATCH = 1 << 20  # bytes gathered before one write (+hash) in a worker thread
 _BLOCK = 512
+# O_EXCL: a new file or nothing (and never through a symlink, whatever stands at the name).
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 T = TypeVar("T")
 
 
@@ -52,11 +58,25 @@ def _compact(doc: Any) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-class TarWriter:
-    """A tar file written sequentially with fixed headers (blocking: used from worker threads)."""
+def create_beside(path: Path) -> tuple[int, Path]:
+    """A new, empty file of a random name in ``path``'s directory, and its fd."""
+    stem = path.name[:200]  # room for the random part within NAME_MAX
+    for _ in range(16):
+        temp = path.with_name(f"{stem}.{secrets.token_hex(8)}.partial")
+        try:
+            return os.open(temp, _NEW, 0o666), temp
+        except FileExistsError:
+            continue  # someone else's: never touched
+    raise FileExistsError(f"no free temporary name beside {path}")
 
-    def __init__(self, path: Path) -> None:
-        self.handle = open(path, "wb")  # noqa: SIM115 - closed by finish() or abort()
+
+class TarWriter:
+    """A tar file written sequentially with fixed headers (blocking: used from worker threads),
+    into a new temporary file beside ``target`` (``temp``), which the caller renames."""
+
+    def __init__(self, target: Path) -> None:
+        fd, self.temp = create_beside(target)
+        self.handle = os.fdopen(fd, "wb")
         self.position = 0
 
     def _write(self, data: bytes) -> None:
@@ -120,7 +140,6 @@ class ArchiveDestination:
         self.path = path
         self.name = str(path)
         self.format = format
-        self.partial = path.with_name(path.name + ".partial")
         self._tar: TarWriter | None = None
         self._dirs: set[str] = set()
         self._written: set[Digest] = set()
@@ -147,7 +166,7 @@ class ArchiveDestination:
         if self._tar is None:
             if self.path.is_dir():
                 raise ArchiveError(f"cannot write archive {self.path}: it is a directory")
-            self._tar = await self._io(TarWriter, self.partial)
+            self._tar = await self._io(TarWriter, self.path)
             if self.oci:
                 await self._io(self._tar.add, "oci-layout", _compact(LAYOUT_VERSION))
         return self._tar
@@ -226,7 +245,7 @@ class ArchiveDestination:
         for name, data in documents:
             await self._io(tar.add, name, data)
         await self._io(tar.finish)
-        await self._io(os.replace, self.partial, self.path)
+        await self._io(os.replace, tar.temp, self.path)
         await self._io(fsync_dir, self.path.parent)
         self._finished = True
 
@@ -235,7 +254,7 @@ class ArchiveDestination:
             return
         self._tar.abort()
         with contextlib.suppress(OSError):
-            self.partial.unlink()
+            self._tar.temp.unlink()
 
     # ---- the index documents ------------------------------------------------------------------
 
