@@ -20,7 +20,7 @@ from . import api
 from .auth import Credentials
 from .client import TransportOptions
 from .copy import SMALL_JOBS, CopyResult
-from .errors import StoreError, TransferError, UsageError
+from .errors import StoreError, TransferError, UsageError, printable
 from .fetch import RangePolicy
 from .manifest import Index, Platform
 from .progress import (
@@ -80,7 +80,7 @@ class Renderer:
                 unit="B",
                 unit_scale=True,
                 unit_divisor=1024,
-                desc=event.reference[-40:],
+                desc=printable(event.reference)[-40:],
                 file=self.err,
                 leave=False,
                 ncols=width or 100,
@@ -108,6 +108,8 @@ class Renderer:
             self.close()
 
     def _line(self, text: str) -> None:
+        # Messages carry what servers and archives said: escaped, one line each.
+        text = printable(text)
         if self.bar is not None:
             self.bar.write(text, file=self.err)
         else:
@@ -241,7 +243,7 @@ async def cmd_pull(args: argparse.Namespace) -> int:
             )
             results.append(result)
             if render.mode in ("lines", "bars", "quiet"):
-                print(result.digest, flush=True)
+                _say(str(result.digest))
     finally:
         render.close()
     render.summary(str(results[-1].digest) if results else None)
@@ -284,7 +286,7 @@ async def cmd_push(args: argparse.Namespace) -> int:
 def _print_digest(render: Renderer, result: CopyResult) -> int:
     """The result on stdout unless --json already said it in its last line."""
     if render.mode in ("lines", "bars", "quiet"):
-        print(result.digest, flush=True)
+        _say(str(result.digest))
     return 0
 
 
@@ -325,13 +327,19 @@ async def cmd_mirror(args: argparse.Namespace) -> int:
         "copied": len(report.copied),
         "unchanged": len(report.unchanged),
         "failed": [{"source": str(item.source), "error": error} for item, error in report.failed],
+        # Tags the source listed that no reference can name: skipped as skopeo sync does, not
+        # a failure (no rerun could copy them; a cron job must not fail on a source's defect).
+        "skipped": [
+            {"repository": s.repository, "tag": s.tag, "reason": s.reason} for s in report.skipped
+        ],
     }
     if args.json:
         print(json.dumps(summary))
     elif not args.quiet:
         print(
             f"mirrored {summary['copied']} images, {summary['unchanged']} unchanged, "
-            f"{len(report.failed)} failed ({_size(moved)} moved)"
+            f"{len(report.failed)} failed, {len(report.skipped)} invalid tags skipped "
+            f"({_size(moved)} moved)"
         )
     if report.failed:
         _, error = report.failed[0]
@@ -368,7 +376,7 @@ async def cmd_load(args: argparse.Namespace) -> int:
         render.close()
     if render.mode in ("lines", "bars", "quiet"):
         for result in results:
-            print(result.reference, flush=True)
+            _say(result.reference)
     render.summary()
     return 0
 
@@ -403,7 +411,7 @@ async def cmd_unpack(args: argparse.Namespace) -> int:
         }
         print(json.dumps(done), flush=True)
     else:
-        print(result.digest, flush=True)
+        _say(str(result.digest))
     return 0
 
 
@@ -431,13 +439,13 @@ async def cmd_images(args: argparse.Namespace) -> int:
         return 0
     if args.quiet:
         for entry in entries:
-            print(entry.reference)
+            _say(entry.reference)
         return 0
     rows = [("REFERENCE", "DIGEST", "SIZE")]
-    rows += [(e.reference, e.digest.short, _size(e.size)) for e in entries]
+    rows += [(printable(e.reference), e.digest.short, _size(e.size)) for e in entries]
     width = max(len(r[0]) for r in rows)
     for ref, digest, size in rows:
-        print(f"{ref:<{width}}  {digest:<19}  {size}")
+        _say(f"{ref:<{width}}  {digest:<19}  {size}")
     return 0
 
 
@@ -489,7 +497,7 @@ async def cmd_rm(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"event": "removed", "reference": name}))
         else:
-            print(f"untagged {name}")
+            _say(f"untagged {name}")
     return 0
 
 
@@ -524,10 +532,10 @@ async def cmd_verify(args: argparse.Namespace) -> int:
         )
     else:
         for problem in report.problems:
-            print(problem)
+            _say(problem)
         if report.repaired:
             for name in report.damaged:
-                print(f"removed {name}")
+                _say(f"removed {name}")
         if not args.quiet:
             state = "ok" if not report.problems else f"{len(report.problems)} problems"
             print(
@@ -561,7 +569,7 @@ async def cmd_verify(args: argparse.Namespace) -> int:
 
 async def cmd_tags(args: argparse.Namespace) -> int:
     for tag in await api.tags(args.repository, _settings(args)):
-        print(tag)
+        _say(tag)
     return 0
 
 
@@ -803,11 +811,18 @@ def run() -> NoReturn:
     os._exit(code)
 
 
+def _say(line: str) -> None:
+    """One line of a command's result on stdout; server and archive text in it escaped."""
+    sys.stdout.write(printable(line) + "\n")
+    sys.stdout.flush()
+
+
 def _warning(message: str) -> None:
-    sys.stderr.write(f"{PROG}: warning: {message}\n")
+    sys.stderr.write(f"{PROG}: warning: {printable(message)}\n")
 
 
 def _error(message: str) -> None:
-    line = " ".join(message.split())  # one line, always
-    sys.stderr.write(f"{PROG}: error: {line}\n")
+    # One line, always: a registry's message may hold newlines and terminal escapes, shown
+    # escaped so that it can neither forge a line of its own nor drive the terminal.
+    sys.stderr.write(f"{PROG}: error: {printable(message.strip())}\n")
     sys.stderr.flush()

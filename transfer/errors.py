@@ -26,6 +26,8 @@ Every error renders as one line (``str(err)``) naming what failed; secrets never
 
 from __future__ import annotations
 
+import re
+
 
 class TransferError(Exception):
     """Root of every error xfer raises on purpose."""
@@ -168,3 +170,24 @@ def first_error(error: BaseException) -> BaseException:
                 return leaf
         return leaves[0]
     return error
+
+
+# C0 controls, DEL and C1 controls (ESC starts terminal sequences; CSI is 0x9b on its own),
+# the Unicode line and paragraph separators, and the bidirectional overrides and isolates
+# that make a terminal show text in another order than it is.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return _NAMED.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def printable(text: str) -> str:
+    """``text`` safe to show on a terminal on one line: every control character escaped as
+    Python writes it (``\\x1b``, ``\\n``), printable Unicode kept. Whatever a server or an
+    archive says (tags, error messages, header values) passes through here before it is shown.
+    """
+    return _UNPRINTABLE.sub(_escape, text)

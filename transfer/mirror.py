@@ -32,7 +32,7 @@ from .client import TransportOptions
 from .copy import CopyResult
 from .digest import Digest
 from .endpoints.address import Address
-from .errors import TransferError, UsageError
+from .errors import InvalidReference, TransferError, UsageError
 from .progress import Emit, Message, ignore
 from .reference import Reference, parse
 
@@ -144,11 +144,21 @@ class MirrorItem:
     target: Reference
 
 
+@dataclass(frozen=True)
+class SkippedTag:
+    """A tag the source registry listed that is not a valid tag: never copied."""
+
+    repository: str  # host/repository
+    tag: str  # as the registry sent it (escape it before showing it)
+    reason: str
+
+
 @dataclass
 class MirrorReport:
     copied: list[CopyResult] = field(default_factory=list)
     unchanged: list[MirrorItem] = field(default_factory=list)
     failed: list[tuple[MirrorItem, str]] = field(default_factory=list)
+    skipped: list[SkippedTag] = field(default_factory=list)
 
 
 def _target(source: Reference, destination: str, scoped: bool) -> Reference:
@@ -160,36 +170,61 @@ def _target(source: Reference, destination: str, scoped: bool) -> Reference:
 
 
 async def plan(
-    sources: list[SyncSource], settings: Settings, emit: Emit = ignore
+    sources: list[SyncSource],
+    settings: Settings,
+    emit: Emit = ignore,
+    *,
+    skipped: list[SkippedTag] | None = None,
 ) -> list[tuple[Reference, SyncSource]]:
-    """Every source reference to mirror (tags listed from the registry where needed)."""
+    """Every source reference to mirror (tags listed from the registry where needed). A tag
+    the registry lists that no reference can name (``../x``, control characters) is left out
+    and added to ``skipped``: the source's defect must not stop the rest of the mirror."""
     from .api import tags
 
+    skipped = skipped if skipped is not None else []
     wanted: list[tuple[Reference, SyncSource]] = []
+
+    def add(base: Reference, tag: str, source: SyncSource) -> None:
+        ref = _tagged(base, tag, skipped, emit)
+        if ref is not None:
+            wanted.append((ref, source))
+
     for source in sources:
         source_settings = _settings_for(source, settings)
         for repo, listed in source.images.items():
             base = parse(f"{source.registry}/{repo}")
-            chosen = listed or tuple(await tags(base.name, source_settings))
-            for tag in chosen:
-                if ":" in tag:  # skopeo sync lists digests among the tags
-                    ref = Reference(base.registry, base.repository, None, Digest.parse(tag))
+            for entry in listed:  # the configuration's own entries: a bad one is a usage error
+                if ":" in entry:  # skopeo sync lists digests among the tags
+                    digest = Digest.parse(entry)
+                    wanted.append((Reference(base.registry, base.repository, None, digest), source))
                 else:
-                    ref = base.with_tag(tag)
-                wanted.append((ref, source))
+                    wanted.append((base.with_tag(entry), source))
+            if not listed:
+                for tag in await tags(base.name, source_settings):
+                    add(base, tag, source)
         for repo, pattern in source.tag_regex.items():
             base = parse(f"{source.registry}/{repo}")
             regex = re.compile(pattern)
             for tag in await tags(base.name, source_settings):
                 if regex.search(tag):
-                    wanted.append((base.with_tag(tag), source))
+                    add(base, tag, source)
         for repo, constraint in source.semver.items():
             base = parse(f"{source.registry}/{repo}")
             for tag in await tags(base.name, source_settings):
                 if matches_semver(tag, constraint):
-                    wanted.append((base.with_tag(tag), source))
+                    add(base, tag, source)
     emit(Message(f"mirror: {len(wanted)} images to check"))
     return wanted
+
+
+def _tagged(base: Reference, tag: str, skipped: list[SkippedTag], emit: Emit) -> Reference | None:
+    """``base:tag`` for a tag the registry listed, or None (reported) when it is not a tag."""
+    try:
+        return base.with_tag(tag)
+    except InvalidReference as exc:
+        skipped.append(SkippedTag(base.name, tag, exc.message))
+        emit(Message(f"warning: {base.name} lists {tag!r}, which is not a valid tag: skipped"))
+        return None
 
 
 def _settings_for(source: SyncSource, settings: Settings) -> Settings:
@@ -217,7 +252,7 @@ async def mirror(
     sources = parse_config(config_text)
     report = MirrorReport()
     mounts: dict[Digest, str] = {}  # blob → a target repository that has it: mount, not upload
-    for ref, source in await plan(sources, settings, emit):
+    for ref, source in await plan(sources, settings, emit, skipped=report.skipped):
         item = MirrorItem(ref, _target(ref, destination, scoped))
         source_settings = _settings_for(source, settings)
         try:
