@@ -10,7 +10,7 @@ from pathlib import Path
 from fixtures.faultproxy import FaultProxy, Status
 from fixtures.images import BuiltImages, inspect_raw
 from fixtures.registry import Registry
-from tests.helpers import xfer
+from tests.helpers import index_refs, xfer
 from transfer.errors import printable
 
 # Tags no registry could hold, as a hostile or broken one lists them.
@@ -26,6 +26,12 @@ def _tags_list(name: str, tags: list[str]) -> Status:
         match="/tags/list",
         times=None,
     )
+
+
+def _in_registry(reg: Registry, digest: str) -> bool:
+    """The registry stores this blob (in any repository): its data file exists."""
+    hex_ = digest.removeprefix("sha256:")
+    return (reg.storage / "docker/registry/v2/blobs/sha256" / hex_[:2] / hex_ / "data").exists()
 
 
 def _no_raw_server_text(*streams: str) -> None:
@@ -102,3 +108,71 @@ def test_a_registry_error_message_is_printed_as_one_escaped_line(
     assert "\x1b" not in run.err
     assert len(run.err.splitlines()) == 1
     assert "no such\\x1b[2J thing\\nxfer: error: forged second line" in run.err
+
+
+# ---- every transfer command honours the platform options it offers ----------------------------
+
+
+def test_push_with_platform_sends_only_that_image_and_all_platforms_the_index(
+    registry: Registry, empty_registry: Registry, images: BuiltImages, store: Path
+) -> None:
+    info = images.images["multi"]
+    arm, amd = info.child("linux/arm64"), info.child("linux/amd64")
+    ref = f"{registry.host}/{info.ref}"
+    assert xfer("pull", "--all-platforms", ref, store=store).code == 0
+    target = f"{empty_registry.host}/pushed/multi:arm"
+    run = xfer("push", "--platform", "linux/arm64", ref, target, store=store)
+    assert run.code == 0, run.err
+    assert run.out.strip() == arm.digest
+    assert inspect_raw(target) == arm.raw
+    amd_only = {b.digest for b in amd.blobs} - {b.digest for b in arm.blobs}
+    assert amd_only and not any(_in_registry(empty_registry, digest) for digest in amd_only)
+
+    whole = f"{empty_registry.host}/pushed/multi:all"
+    run = xfer("push", "--all-platforms", ref, whole, store=store)
+    assert run.code == 0, run.err
+    assert inspect_raw(whole) == info.raw
+
+
+def test_load_takes_the_whole_archive_unless_a_platform_narrows_it(
+    registry: Registry, images: BuiltImages, tmp_path: Path
+) -> None:
+    info = images.images["multi"]
+    arm = info.child("linux/arm64")
+    archive = tmp_path / "multi.tar"
+    saved = xfer(
+        "save",
+        "--all-platforms",
+        "--format",
+        "oci",
+        f"docker://{registry.host}/{info.ref}",
+        "-o",
+        archive,
+    )
+    assert saved.code == 0, saved.err
+    name = f"{registry.host}/{info.ref}"
+    for flags, expected in (
+        ([], info.digest),
+        (["--all-platforms"], info.digest),
+        (["--platform", "linux/arm64"], arm.digest),
+    ):
+        store = tmp_path / f"store{len(flags)}"
+        run = xfer("load", *flags, archive, store=store)
+        assert run.code == 0, run.err
+        assert index_refs(store)[name] == expected, flags
+
+
+def test_mirror_with_platform_copies_that_image_and_a_rerun_sees_it_unchanged(
+    registry: Registry, empty_registry: Registry, images: BuiltImages, tmp_path: Path
+) -> None:
+    info = images.images["multi"]
+    arm = info.child("linux/arm64")
+    config = tmp_path / "sync.yaml"
+    config.write_text(f"{registry.host}:\n  images:\n    test/multi: ['1']\n")
+    run = xfer("mirror", "--json", "--platform", "linux/arm64", config, empty_registry.host)
+    assert run.code == 0, run.err
+    assert run.json_lines()[-1]["copied"] == 1
+    assert inspect_raw(f"{empty_registry.host}/test/multi:1") == arm.raw
+    again = xfer("mirror", "--json", "--platform", "linux/arm64", config, empty_registry.host)
+    assert again.code == 0, again.err
+    assert again.json_lines()[-1]["unchanged"] == 1 and again.json_lines()[-1]["copied"] == 0

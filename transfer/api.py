@@ -178,14 +178,20 @@ async def push(
     destination: str | None = None,
     settings: Settings | None = None,
     *,
+    platform: Platform | None = None,
     emit: Emit = ignore,
 ) -> CopyResult:
-    """Store → registry: the image as the store holds it, to ``destination`` or its own name."""
+    """Store → registry: the image as the store holds it (a whole index by default;
+    ``platform`` pushes only that image of it), to ``destination`` or its own name."""
     settings = settings or Settings()
     ref = parse(reference)
     target = parse(destination) if destination else ref
     return await copy(
-        Address("store", reference=ref), Address("registry", reference=target), settings, emit=emit
+        Address("store", reference=ref),
+        Address("registry", reference=target),
+        settings,
+        platform=platform,
+        emit=emit,
     )
 
 

@@ -277,7 +277,13 @@ async def cmd_copy(args: argparse.Namespace) -> int:
 async def cmd_push(args: argparse.Namespace) -> int:
     render = _renderer(args)
     try:
-        result = await api.push(args.reference, args.destination, _settings(args), emit=render)
+        result = await api.push(
+            args.reference,
+            args.destination,
+            _settings(args),
+            platform=None if args.all_platforms else _platform(args),
+            emit=render,
+        )
     finally:
         render.close()
     return _print_digest(render, result)
@@ -311,6 +317,7 @@ async def cmd_mirror(args: argparse.Namespace) -> int:
             settings,
             dest_settings=dest_settings,
             scoped=args.scoped,
+            platform=None if args.all_platforms else _platform(args),
             emit=render,
         )
     finally:
@@ -371,7 +378,10 @@ async def cmd_load(args: argparse.Namespace) -> int:
         raise UsageError("xfer load takes one archive: FILE or -i FILE")
     render = _renderer(args)
     try:
-        results = await api.load(file, _settings(args), platform=_platform(args), emit=render)
+        # The archive's whole content by default (docker load's rule: it holds what its
+        # maker chose); --all-platforms says so explicitly, --platform narrows an index.
+        platform = None if args.all_platforms else _platform(args)
+        results = await api.load(file, _settings(args), platform=platform, emit=render)
     finally:
         render.close()
     if render.mode in ("lines", "bars", "quiet"):
@@ -703,7 +713,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_save)
 
-    p = sub.add_parser("load", parents=[common, xfer], help="docker or OCI tarball → store")
+    p = sub.add_parser(
+        "load",
+        parents=[common, xfer],
+        help="docker or OCI tarball → store (every platform it holds, as docker load; "
+        "--platform narrows an index to one image)",
+    )
     p.add_argument("file", nargs="?", metavar="FILE")
     p.add_argument("-i", "--input", metavar="FILE", help="the archive (docker load's spelling)")
     p.set_defaults(func=cmd_load)

@@ -33,6 +33,7 @@ from .copy import CopyResult
 from .digest import Digest
 from .endpoints.address import Address
 from .errors import InvalidReference, TransferError, UsageError
+from .manifest import IMAGE_TYPES, Platform
 from .progress import Emit, Message, ignore
 from .reference import Reference, parse
 
@@ -243,9 +244,12 @@ async def mirror(
     *,
     dest_settings: Settings | None = None,
     scoped: bool = False,
+    platform: Platform | None = None,
     emit: Emit = ignore,
 ) -> MirrorReport:
-    """Mirror what the configuration names into ``destination`` (``host[:port][/prefix]``)."""
+    """Mirror what the configuration names into ``destination`` (``host[:port][/prefix]``):
+    each whole index, or with ``platform`` only that image of it (the target tag then names
+    the image's manifest)."""
     settings = settings or Settings()
     dest_settings = dest_settings or replace(settings, credentials=None)
     _check_destination(destination)
@@ -256,7 +260,7 @@ async def mirror(
         item = MirrorItem(ref, _target(ref, destination, scoped))
         source_settings = _settings_for(source, settings)
         try:
-            if await _unchanged(item, source_settings, dest_settings):
+            if await _unchanged(item, source_settings, dest_settings, platform):
                 report.unchanged.append(item)
                 emit(Message(f"unchanged {item.target}"))
                 continue
@@ -264,6 +268,7 @@ async def mirror(
                 Address("registry", reference=item.source),
                 Address("registry", reference=item.target),
                 source_settings,
+                platform=platform,
                 dest_settings=dest_settings,
                 mounts=mounts,
                 emit=emit,
@@ -277,16 +282,24 @@ async def mirror(
     return report
 
 
-async def _unchanged(item: MirrorItem, source: Settings, target: Settings) -> bool:
-    """One HEAD on each side: the target tag already names the source's digest."""
+async def _unchanged(
+    item: MirrorItem, source: Settings, target: Settings, platform: Platform | None = None
+) -> bool:
+    """The target tag already names what the copy would put there: one HEAD on each side
+    (the source's index is read to find the platform's image when one is chosen)."""
     async with target.client(item.target) as client:
         there = await client.head_manifest(item.target.repository, item.target.identifier)
     if there is None:
         return False
-    if item.source.digest is not None:
+    if item.source.digest is not None and platform is None:
         return there.digest == item.source.digest
     async with source.client(item.source) as client:
         here = await client.head_manifest(item.source.repository, item.source.identifier)
+        if here is not None and platform is not None and here.media_type not in IMAGE_TYPES:
+            # An index (or a registry that did not say): the platform's image is what is copied.
+            manifest = await client.get_manifest(item.source.repository, str(here.digest))
+            if manifest.is_index:
+                here = manifest.index().select(platform)
     return here is not None and here.digest == there.digest
 
 
