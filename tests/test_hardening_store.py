@@ -6,13 +6,22 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
 import pytest
 
 from fixtures.images import BuiltImages
 from fixtures.registry import Registry
-from tests.helpers import Run, stored_blobs, xfer
+from tests.helpers import Run, index_refs, stored_blobs, xfer
+from transfer.digest import Digest
+from transfer.endpoints import Opener
+from transfer.endpoints.layout import Layout
+from transfer.errors import StoreError
+from transfer.manifest import Descriptor
 
 QUICK = 20  # seconds: a hang is a failure, not a slow test
 
@@ -208,3 +217,121 @@ def test_verify_repair_of_a_sound_store_changes_nothing_and_exits_0(
     run = xfer("verify", "--repair", store=store)
     assert run.code == 0, run.err
     assert stored_blobs(store) == before
+
+
+# ---- 11: a disk too small ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A 12 MiB tmpfs: a real 'no space left on device' (skipped where mounting is not allowed)."""
+    mountpoint = tmp_path / "tiny"
+    mountpoint.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mountpoint)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def test_a_blob_larger_than_the_free_space_is_refused_before_a_byte_is_written(
+    registry: Registry, images: BuiltImages, tiny_filesystem: Path
+) -> None:
+    store = tiny_filesystem / "store"
+    small, large = images.images["small"], images.images["large"]
+    _pull(registry, store, "small", images)
+    big = max(large.layers, key=lambda b: b.size)
+    mark = registry.mark()
+
+    run = xfer("pull", "-q", "--retries", "0", f"{registry.host}/{large.ref}", store=store)
+    line = _one_error_line(run)
+    assert big.digest in line and str(big.size) in line and "free" in line
+    free = int(line.split(" bytes free")[0].rsplit(" ", 1)[-1])
+    assert 0 < free < big.size
+    assert "resumes" not in line  # nothing was kept to resume
+    assert big.digest not in [r.path.rsplit("/", 1)[-1] for r in registry.blob_gets(mark)]
+    assert list((store / ".xfer" / "partials").iterdir()) == []
+    assert index_refs(store) == {f"{registry.host}/{small.ref}": small.digest}
+    assert xfer("verify", store=store).code == 0
+
+
+def _opener(data: bytes, hold: anyio.Event | None = None) -> Opener:
+    """Serves ``data`` in 1 MiB chunks; with ``hold``, stops after the first until it is set."""
+
+    @asynccontextmanager
+    async def open_(offset: int, end: int | None) -> AsyncIterator[AsyncIterable[bytes]]:
+        async def chunks() -> AsyncIterator[bytes]:
+            for at in range(offset, len(data) if end is None else end, 1 << 20):
+                if hold is not None and at >= 1 << 20:
+                    await hold.wait()
+                yield data[at : at + (1 << 20)]
+
+        yield chunks()
+
+    return open_
+
+
+def test_blobs_written_at_once_may_not_together_claim_more_than_is_free(
+    tiny_filesystem: Path,
+) -> None:
+    """Two 8 MiB blobs on a 12 MiB filesystem, at once: the second is refused before it writes,
+    so the first completes instead of both filling the disk and failing."""
+    layout = Layout(tiny_filesystem / "store")
+    first, second = os.urandom(8 << 20), os.urandom(8 << 20)
+    results: dict[int, int | StoreError] = {}
+
+    async def main() -> None:
+        hold = anyio.Event()
+
+        async def put(n: int, data: bytes, opener: Opener) -> None:
+            desc = Descriptor("application/octet-stream", Digest.of(data), len(data))
+            try:
+                results[n] = await layout.put_blob(desc, opener, lambda _: None)
+            except StoreError as exc:
+                results[n] = exc
+            finally:
+                hold.set()  # the second has been decided: let the first go on
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(put, 1, first, _opener(first, hold))
+            await anyio.sleep(0.3)  # the first has written its first MiB and waits
+            group.start_soon(put, 2, second, _opener(second))
+
+    anyio.run(main)
+    assert results[1] == len(first)
+    refused = results[2]
+    assert isinstance(refused, StoreError)
+    assert str(Digest.of(second)) in str(refused) and "promised" in str(refused)
+    assert layout.has_blob(Descriptor("", Digest.of(first), len(first)))
+    assert not (layout.work / "partials" / f"sha256-{Digest.of(second).encoded}").exists()
+
+
+def test_a_disk_filled_by_others_mid_blob_says_what_the_blob_still_needs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The space was there when the blob started; another process took it meanwhile. The
+    partial is a resumable prefix, and the message says how much more it needs."""
+    from transfer.ingest import Ingest
+
+    layout = Layout(tmp_path / "store")
+    data = os.urandom(3 << 20)
+    desc = Descriptor("application/octet-stream", Digest.of(data), len(data))
+    real_put = Ingest._put
+
+    def put(self: Ingest, offset: int, *args: object) -> bool:
+        if offset >= 1 << 20:
+            raise OSError(28, "No space left on device")
+        return real_put(self, offset, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Ingest, "_put", put)
+    with pytest.raises(StoreError) as caught:
+        anyio.run(layout.put_blob, desc, _opener(data), lambda _: None)
+    message = str(caught.value)
+    assert f"needs {len(data) - (1 << 20)} more bytes" in message and " are free" in message
+    assert "resumes" in message
+    partial = layout.work / "partials" / f"sha256-{desc.digest.encoded}"
+    assert partial.read_bytes() == data[: 1 << 20]

@@ -104,6 +104,13 @@ class Ingest:
             os.close(self._log)
             self._log = -1
 
+    def remove(self) -> None:
+        """Delete the partial file and its sidecar (closed first)."""
+        self.close()
+        for path in (self.path, self.sidecar):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
     def discard(self) -> None:
         """Forget every byte: they failed verification or cannot be trusted."""
         self._reset()

@@ -34,6 +34,7 @@ from ..fetch import RangePolicy, fill
 from ..ingest import Ingest
 from ..localfile import open_regular, read_capped, read_upto
 from ..manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest
+from ..space import Claim, free_bytes
 from . import Opener, Progress
 
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -248,27 +249,49 @@ class Layout:
         ingest = Ingest(self._partial_path(desc.digest), desc)
         try:
             ingest.open()
-            if ingest.received:
-                progress(ingest.received)  # what earlier attempts or runs left us
+            # The declared size must fit before a byte is fetched: a registry declaring more
+            # than the disk holds (or streaming garbage) can no longer fill it.
             try:
-                await ingest.catch_up()  # re-hash the prefix we already have
-                received = await fill(ingest, opener, progress, self.ranges)
-                final = self.blob_path(desc.digest)
-                await ingest.finish(final)
-                self._unsynced.add(final.parent)
-            except (IntegrityError, RangeError):
-                ingest.discard()  # these bytes are worthless; never resume from them
+                room = Claim(
+                    ingest.path.parent,
+                    lambda: desc.size - ingest.received,
+                    f"blob {desc.digest}",
+                    self.root,
+                )
+            except StoreError:
+                if not ingest.received:
+                    ingest.remove()  # nothing to resume: leave no empty partial behind
                 raise
-            return received
+            with room:
+                if ingest.received:
+                    progress(ingest.received)  # what earlier attempts or runs left us
+                try:
+                    await ingest.catch_up()  # re-hash the prefix we already have
+                    received = await fill(ingest, opener, progress, self.ranges)
+                    final = self.blob_path(desc.digest)
+                    await ingest.finish(final)
+                    self._unsynced.add(final.parent)
+                except (IntegrityError, RangeError):
+                    ingest.discard()  # these bytes are worthless; never resume from them
+                    raise
+                return received
         except OSError as exc:
             if isinstance(exc, BrokenPipeError):  # the progress reader hung up, not the disk
                 raise
-            # Disk full, quota, permissions: what was written stays a resumable partial.
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+            # Disk full (something else took the space it had when it started), quota,
+            # permissions: what was written stays a resumable partial; say what it needs.
+            needs = ""
+            if full:
+                with contextlib.suppress(OSError):
+                    free = free_bytes(ingest.path.parent)
+                    needs = f"; it needs {desc.size - ingest.received} more bytes, {free} are free"
             raise StoreError(
-                f"cannot write blob {desc.digest} to {self.root}: {exc.strerror or exc}",
+                f"cannot write blob {desc.digest} to {self.root}: {exc.strerror or exc}{needs}",
                 digest=str(desc.digest),
-                hint="free some space and run again; the download resumes"
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+                hint="free some space and run again; the download resumes "
+                "(xfer gc --partials drops it)"
+                if full
                 else None,
             ) from None
         finally:
