@@ -4,9 +4,11 @@ too small for a blob; temporaries of a killed writer."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -335,3 +337,75 @@ def test_a_disk_filled_by_others_mid_blob_says_what_the_blob_still_needs(
     assert "resumes" in message
     partial = layout.work / "partials" / f"sha256-{desc.digest.encoded}"
     assert partial.read_bytes() == data[: 1 << 20]
+
+
+# ---- 15: temporaries of a dead writer ----------------------------------------------------------
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+_HOLD = """
+import fcntl, sys, time
+handle = open(sys.argv[1], "r+b")
+fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_the_next_run_removes_a_dead_writers_temporaries_but_not_a_held_one(
+    registry: Registry, images: BuiltImages, store: Path
+) -> None:
+    ref = _pull(registry, store, "small", images)
+    partials = store / ".xfer" / "partials"
+    dead = _dead_pid()
+    orphan = partials / f".{'a' * 64}.{dead}.140234.tmp"
+    orphan.write_bytes(b"x" * 1000)
+    # Same dead pid (as another machine's writer on a shared store would look), but its lock
+    # is held: someone is writing it.
+    held = partials / f".{'b' * 64}.{dead}.140235.tmp"
+    held.write_bytes(b"y" * 1000)
+    mine = partials / f".{'c' * 64}.{os.getpid()}.140236.tmp"  # a live local writer
+    mine.write_bytes(b"z")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(held)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert xfer("pull", ref, store=store).code == 0
+        assert not orphan.exists()
+        assert held.exists() and mine.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert xfer("pull", ref, store=store).code == 0
+    assert not held.exists() and mine.exists()
+
+
+def test_a_small_blob_write_holds_a_lock_on_its_temporary(tmp_path: Path) -> None:
+    """What makes a temporary of a live writer on another machine recognisable."""
+    from transfer import durable
+
+    seen: list[bool] = []
+    real = os.replace
+
+    def replace(src: str | Path, dst: str | Path) -> None:
+        probe = os.open(src, os.O_RDONLY)
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            seen.append(False)
+        except BlockingIOError:
+            seen.append(True)
+        finally:
+            os.close(probe)
+        real(src, dst)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(durable.os, "replace", replace)
+        durable.atomic_write(tmp_path / "f", b"data", sync_dir=False)
+    assert seen == [True]
+    assert (tmp_path / "f").read_bytes() == b"data"

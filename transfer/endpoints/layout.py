@@ -28,7 +28,7 @@ import anyio
 
 from ..client import RangeError
 from ..digest import Digest, Verifier
-from ..durable import atomic_write, create_once, fsync_dir
+from ..durable import atomic_write, create_once, fsync_dir, remove_dead_temporaries
 from ..errors import IntegrityError, NetworkError, StoreError, TransferError
 from ..fetch import RangePolicy, fill
 from ..ingest import Ingest
@@ -87,6 +87,10 @@ class Layout:
                 create_once(self.root / "index.json", _index_bytes([]))
         except OSError as exc:
             raise StoreError(f"cannot create the store at {self.root}: {exc.strerror}") from None
+        # A small blob's or the index's write killed midway leaves its temporary: cleared by
+        # the next run (once: ~two directory listings), not by a gc a day later.
+        remove_dead_temporaries(self.work / "partials")
+        remove_dead_temporaries(self.root)
         self._ensured = True
 
     def blob_path(self, digest: Digest) -> Path:
