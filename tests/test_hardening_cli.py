@@ -4,13 +4,17 @@ source is skipped, not fatal; push, load and mirror honour --platform / --all-pl
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 from pathlib import Path
 
+import pytest
+
 from fixtures.faultproxy import FaultProxy, Status
-from fixtures.images import BuiltImages, inspect_raw
+from fixtures.images import BuiltImages, inspect_raw, read_blob
 from fixtures.registry import Registry
-from tests.helpers import index_refs, xfer
+from tests.helpers import index_refs, stored_blobs, xfer
 from transfer.errors import printable
 
 # Tags no registry could hold, as a hostile or broken one lists them.
@@ -176,3 +180,109 @@ def test_mirror_with_platform_copies_that_image_and_a_rerun_sees_it_unchanged(
     again = xfer("mirror", "--json", "--platform", "linux/arm64", config, empty_registry.host)
     assert again.code == 0, again.err
     assert again.json_lines()[-1]["unchanged"] == 1 and again.json_lines()[-1]["copied"] == 0
+
+
+# ---- names, TLS words, progress words, mounts ------------------------------------------------
+
+
+def _docker_archive_without_names(images: BuiltImages, path: Path) -> None:
+    """What ``docker save <image-id>`` writes: manifest.json with "RepoTags": null."""
+    info = images.images["small"]
+    assert info.config is not None
+    config_name = info.config.digest.removeprefix("sha256:") + ".json"
+    layers = [f"{i:064x}/layer.tar" for i in range(len(info.layers))]
+    manifest = [{"Config": config_name, "RepoTags": None, "Layers": layers}]
+    members = [(config_name, read_blob(images.layout, info.config.digest))]
+    members += [
+        (name, read_blob(images.layout, x.digest))
+        for name, x in zip(layers, info.layers, strict=True)
+    ]
+    members.append(("manifest.json", json.dumps(manifest).encode()))
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            entry = tarfile.TarInfo(name)
+            entry.size = len(data)
+            tar.addfile(entry, io.BytesIO(data))
+
+
+def test_load_of_an_image_saved_by_id_names_it_by_digest_or_as_asked(
+    images: BuiltImages, tmp_path: Path
+) -> None:
+    archive = tmp_path / "by-id.tar"
+    _docker_archive_without_names(images, archive)
+    layers = [x.digest for x in images.images["small"].layers]
+
+    store = tmp_path / "store"
+    run = xfer("load", archive, store=store)
+    assert run.code == 0, run.err
+    (digest,) = run.out.split()  # what it loaded: the image's manifest digest
+    assert index_refs(store) == {digest: digest}
+    assert set(layers) <= stored_blobs(store).keys()
+    pushed = tmp_path / "again.tar"  # NAME@DIGEST finds it, whatever the name
+    assert xfer("save", f"example.com/any/name@{digest}", "-o", pushed, store=store).code == 0
+    assert xfer("rm", digest, store=store).code == 0
+    assert index_refs(store) == {}
+
+    named = tmp_path / "named"
+    run = xfer("load", "--name", "example.com/team/app:2", archive, store=named)
+    assert run.code == 0, run.err
+    assert run.out.split() == ["example.com/team/app:2"]
+    assert index_refs(named) == {"example.com/team/app:2": digest}
+
+
+def test_save_of_a_stored_image_by_its_digest(
+    registry: Registry, images: BuiltImages, store: Path, tmp_path: Path
+) -> None:
+    info = images.images["small"]
+    assert xfer("pull", f"{registry.host}/{info.ref}", store=store).code == 0
+    archive = tmp_path / "by-digest.tar"
+    by_digest = f"{registry.host}/{info.repo}@{info.digest}"
+    run = xfer("save", "--format", "oci", by_digest, "-o", archive, store=store)
+    assert run.code == 0, run.err
+    with tarfile.open(archive) as tar:
+        index = json.loads(tar.extractfile("index.json").read())  # type: ignore[union-attr]
+    assert [m["digest"] for m in index["manifests"]] == [info.digest]
+    missing = f"{registry.host}/{info.repo}@sha256:{'0' * 64}"
+    run = xfer("save", missing, "-o", tmp_path / "none.tar", store=store)
+    assert run.code == 1 and "not in the store" in run.err
+
+
+@pytest.mark.parametrize("flags", [["--plain-http"], ["--plain-http", "--insecure"]])
+def test_plain_http_prints_no_tls_warning(
+    registry: Registry, images: BuiltImages, store: Path, flags: list[str]
+) -> None:
+    """No TLS is spoken at all: there is no certificate to leave unverified."""
+    run = xfer("pull", *flags, f"{registry.host}/{images.images['small'].ref}", store=store)
+    assert run.code == 0, run.err
+    assert "TLS" not in run.err and "verif" not in run.err and "warning" not in run.err
+
+
+def test_push_progress_says_pushed_not_fetched(
+    registry: Registry, empty_registry: Registry, images: BuiltImages, store: Path
+) -> None:
+    info = images.images["small"]
+    ref = f"{registry.host}/{info.ref}"
+    assert xfer("pull", ref, store=store).code == 0
+    run = xfer("push", ref, f"{empty_registry.host}/words/small:1", store=store)
+    assert run.code == 0, run.err
+    assert "fetch" not in run.err
+    assert len([line for line in run.err.splitlines() if ": pushed " in line]) == len(info.blobs)
+    again = xfer("push", "--json", ref, f"{empty_registry.host}/words/json:1", store=store)
+    assert again.code == 0 and "fetch" not in again.out
+
+
+def test_push_mounts_blobs_from_the_repository_the_stored_image_came_from(
+    empty_registry: Registry, images: BuiltImages, store: Path
+) -> None:
+    info = images.images["small"]
+    origin = f"{empty_registry.host}/team-a/small:1"
+    assert xfer("copy", f"oci:{images.layout}:small", origin).code == 0
+    assert xfer("pull", origin, store=store).code == 0
+    mark = empty_registry.mark()
+    run = xfer("push", "--json", origin, f"{empty_registry.host}/team-b/small:1", store=store)
+    assert run.code == 0, run.err
+    served = empty_registry.requests(mark)
+    mounts = [r for r in served if r.method == "POST" and "mount=" in r.query]
+    assert len(mounts) == len(info.blobs)
+    assert not [r for r in served if r.method in ("PATCH", "PUT") and r.kind == "upload"]
+    assert run.json_lines()[-1]["bytes_transferred"] == 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -24,7 +24,7 @@ from .endpoints import Destination, Source
 from .endpoints.address import ARCHIVE_TRANSPORTS, Address, parse_address
 from .endpoints.layout import REF_NAME, Layout, LayoutDestination, LayoutSource
 from .endpoints.registry import MirrorSource, RegistryDestination, RegistrySource
-from .errors import ArchiveError, StoreError, UsageError
+from .errors import StoreError, UsageError
 from .fetch import RangePolicy
 from .manifest import MAX_CONFIG_BYTES, Descriptor, ImageConfig, Manifest, Platform
 from .progress import Emit, Message, ignore
@@ -83,7 +83,8 @@ class Settings:
         command line; a mirror (another host) gets only its own, from the credential files."""
         host = reference.api_host
         options = self.transport_for(host, config)
-        if options.insecure and not self.transport.insecure and host not in self._warned:
+        warn = options.insecure and not options.plain_http  # plain HTTP has no certificate
+        if warn and not self.transport.insecure and host not in self._warned:
             # --insecure is announced by whoever set it; a config file's insecure host here, once.
             self._warned.add(host)
             emit(Message(f"warning: TLS certificates of {host} are not verified (insecure)"))
@@ -228,7 +229,7 @@ async def save(
         for address in addresses:
             reader, identifier = _open_source(address, settings, emit)
             async with contextlib.aclosing(reader):
-                tag = str(address.reference) if address.reference else identifier
+                tag = str(address.reference) if address.reference else str(identifier)
                 if not tag:
                     raise UsageError(f"name the image to save: {address}:NAME")
                 results.append(await copy_image(reader, writer, identifier, tag, options, emit))
@@ -247,42 +248,58 @@ async def load(
     settings: Settings | None = None,
     *,
     platform: Platform | None = None,
+    name: str | None = None,
     emit: Emit = ignore,
 ) -> list[CopyResult]:
     """Archive → store: a docker or OCI archive, told apart by content. One result per
     reference loaded (an image with several names is stored once, named each way). The whole
-    of each image by default; ``platform`` narrows an index."""
+    of each image by default; ``platform`` narrows an index. ``name`` stores the archive's one
+    image under that reference instead of the names it carries. An image that carries none
+    (``docker save IMAGE-ID`` writes ``"RepoTags": null``) is stored under the digest of its
+    manifest, the result's ``reference``; ``NAME@DIGEST`` then finds it, as push and save."""
     settings = settings or Settings()
     options = CopyOptions(platform=platform, jobs=settings.jobs, retry=settings.retry)
     layout = settings.layout()
     results = []
     from .endpoints.archive_read import ArchiveImageSource, open_archive
 
+    chosen = str(parse(name)) if name is not None else None
     async with contextlib.aclosing(await open_archive(Path(file))) as archive:
         found = await archive.images()
-        named = [(name, image.identifier) for image in found for name in image.names]
-        if not named:
-            raise ArchiveError(f"{file}: none of its {len(found)} images carries a name")
-        if len(named) < len(found):
-            emit(Message(f"{file}: skipped {len(found) - len(named)} images without a name"))
+        if chosen is not None and len(found) != 1:
+            raise UsageError(f"--name names one image; {file} holds {len(found)}")
+        named: list[tuple[str | None, str | Digest]] = []
+        for image in found:
+            names = [chosen] if chosen is not None else image.names
+            named += [(n, image.identifier) for n in names] or [(None, image.identifier)]
         with layout.in_use():
-            for name, identifier in named:
-                source = ArchiveImageSource(archive, name)
-                destination = LayoutDestination(layout, name)
-                results.append(
-                    await copy_image(source, destination, identifier, name, options, emit)
-                )
+            for ref_name, identifier in named:
+                label = ref_name or f"{file} (an image without a name)"
+                source = ArchiveImageSource(archive, label)
+                destination = LayoutDestination(layout, ref_name)
+                result = await copy_image(source, destination, identifier, ref_name, options, emit)
+                if ref_name is None:
+                    # Named only now that its digest is known (the platform's image, if one
+                    # was chosen); gc cannot run in between: the store is in use.
+                    digest = str(result.digest)
+                    layout.set_reference(digest, result.manifest)
+                    emit(Message(f"{file}: an image without a name is stored as {digest}"))
+                    result = replace(result, reference=digest)
+                results.append(result)
     return results
 
 
-def _open_source(address: Address, settings: Settings, emit: Emit) -> tuple[Source, str]:
+def _open_source(address: Address, settings: Settings, emit: Emit) -> tuple[Source, str | Digest]:
     if address.kind == "registry":
         assert address.reference is not None
         return settings.source(address.reference, emit), address.reference.identifier
     if address.kind == "store":
         assert address.reference is not None
         name = str(address.reference)
-        return LayoutSource(settings.layout(), name), name
+        # REPO@sha256:…: the store is content-addressed, so the digest finds the image (or an
+        # index's child) whatever name it was stored under, as a registry resolves it.
+        digest = address.reference.digest
+        return LayoutSource(settings.layout(), name), digest if digest is not None else name
     assert address.path is not None
     if address.kind == "oci-archive":  # "": the archive's only image
         from .endpoints.archive_read import OciArchive
@@ -319,7 +336,11 @@ def _open_destination(
         ref = address.reference
         assert ref is not None
         client = settings.client(ref, emit)
-        mount = source.reference if source.kind == "registry" else None
+        # Blobs of an image of the same registry are mounted, not sent again: from the source
+        # repository, or for a store image from the one it is named after (where it was pulled
+        # from or pushed to). A registry that lacks them there opens an upload instead (202),
+        # so a wrong guess costs no extra request.
+        mount = source.reference if source.kind in ("registry", "store") else None
         return RegistryDestination(client, ref, mount_from=mount, mounts=mounts), ref.tag
     if address.kind == "store":
         assert address.reference is not None
@@ -439,7 +460,8 @@ def remove(references: list[str], settings: Settings | None = None) -> list[str]
     layout = settings.layout()
     removed = []
     for text in references:
-        name = str(parse(text))
+        # A bare digest is the name of an image loaded without one (see load).
+        name = text if text.startswith("sha256:") else str(parse(text))
         if not layout.remove_reference(name):
             raise StoreError(f"image {name} is not in the store {layout.root}", reference=name)
         removed.append(name)

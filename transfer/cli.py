@@ -50,8 +50,15 @@ class _Parser(argparse.ArgumentParser):
 class Renderer:
     """Turns library events into JSON Lines, tqdm bars, or a line per blob."""
 
-    def __init__(self, mode: str, err: TextIO = sys.stderr, out: TextIO = sys.stdout) -> None:
+    def __init__(
+        self,
+        mode: str,
+        err: TextIO = sys.stderr,
+        out: TextIO = sys.stdout,
+        verb: str = "fetched",
+    ) -> None:
         self.mode = mode  # "json" | "quiet" | "bars" | "lines"
+        self.verb = verb  # what a moved blob underwent: fetched, pushed, copied, ...
         self.err, self.out = err, out
         self.bar: Any = None
         self.totals = {"bytes_transferred": 0, "blobs_transferred": 0, "blobs_skipped": 0}
@@ -94,7 +101,7 @@ class Renderer:
             if event.skipped:
                 state = "already present"
             elif event.transferred:
-                state = f"fetched {_size(event.transferred)}"
+                state = f"{self.verb} {_size(event.transferred)}"
             else:
                 state = "done, no bytes moved (mounted, or finished by another xfer)"
             self._line(f"{event.digest[:19]}: {state}")
@@ -145,12 +152,12 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-def _renderer(args: argparse.Namespace) -> Renderer:
+def _renderer(args: argparse.Namespace, verb: str = "fetched") -> Renderer:
     if getattr(args, "json", False):
         return Renderer("json")
     if getattr(args, "quiet", False):
         return Renderer("quiet")
-    return Renderer("bars" if sys.stderr.isatty() else "lines")
+    return Renderer("bars" if sys.stderr.isatty() else "lines", verb=verb)
 
 
 # ---- settings from options -------------------------------------------------------------------
@@ -183,7 +190,7 @@ def _settings(args: argparse.Namespace, credentials: Credentials | None = None) 
         if not args.timeout > 0:  # also refuses "nan"
             raise UsageError("--timeout must be positive")
         transport = replace(transport, read_timeout=args.timeout)
-    if transport.insecure:
+    if transport.insecure and not transport.plain_http:  # plain HTTP has no certificate
         _warning("--insecure: TLS certificates are not verified")
     jobs = getattr(args, "jobs", 8)
     if jobs < 1:
@@ -259,7 +266,7 @@ async def cmd_copy(args: argparse.Namespace) -> int:
         settings = replace(settings, credentials=_creds(args.src_creds, "--src-creds"))
     if args.dest_creds:
         dest_settings = replace(settings, credentials=_creds(args.dest_creds, "--dest-creds"))
-    render = _renderer(args)
+    render = _renderer(args, "copied")
     try:
         result = await api.copy(
             args.source,
@@ -275,7 +282,7 @@ async def cmd_copy(args: argparse.Namespace) -> int:
 
 
 async def cmd_push(args: argparse.Namespace) -> int:
-    render = _renderer(args)
+    render = _renderer(args, "pushed")
     try:
         result = await api.push(
             args.reference,
@@ -309,7 +316,7 @@ async def cmd_mirror(args: argparse.Namespace) -> int:
     dest_settings = replace(settings, credentials=None)
     if args.dest_creds:
         dest_settings = replace(settings, credentials=_creds(args.dest_creds, "--dest-creds"))
-    render = _renderer(args)
+    render = _renderer(args, "copied")
     try:
         report = await mirror(
             text,
@@ -355,7 +362,7 @@ async def cmd_mirror(args: argparse.Namespace) -> int:
 
 
 async def cmd_save(args: argparse.Namespace) -> int:
-    render = _renderer(args)
+    render = _renderer(args, "written")
     try:
         await api.save(
             args.references,
@@ -376,12 +383,14 @@ async def cmd_load(args: argparse.Namespace) -> int:
     file = args.input or args.file
     if not file or (args.input and args.file):
         raise UsageError("xfer load takes one archive: FILE or -i FILE")
-    render = _renderer(args)
+    render = _renderer(args, "loaded")
     try:
         # The archive's whole content by default (docker load's rule: it holds what its
         # maker chose); --all-platforms says so explicitly, --platform narrows an index.
         platform = None if args.all_platforms else _platform(args)
-        results = await api.load(file, _settings(args), platform=platform, emit=render)
+        results = await api.load(
+            file, _settings(args), platform=platform, name=args.name, emit=render
+        )
     finally:
         render.close()
     if render.mode in ("lines", "bars", "quiet"):
@@ -721,6 +730,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("file", nargs="?", metavar="FILE")
     p.add_argument("-i", "--input", metavar="FILE", help="the archive (docker load's spelling)")
+    p.add_argument(
+        "--name",
+        metavar="REF",
+        help="store the archive's one image as REF (default: the names it carries; an image "
+        "saved by ID, without any, is stored under its manifest digest)",
+    )
     p.set_defaults(func=cmd_load)
 
     p = sub.add_parser("unpack", parents=[common], help="image → root filesystem in DIR")

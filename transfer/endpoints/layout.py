@@ -458,8 +458,13 @@ class LayoutSource:
                 if desc.digest == identifier:
                     return self.layout.get_manifest(desc)
             path = self.layout.blob_path(identifier)
-            size = path.stat().st_size if path.is_file() else 0
-            return self.layout.get_manifest(Descriptor("", identifier, size))
+            if not path.is_file():
+                raise StoreError(
+                    f"manifest {identifier} is not in the store {self.layout.root}",
+                    reference=self.name,
+                    hint="xfer images lists what it holds",
+                )
+            return self.layout.get_manifest(Descriptor("", identifier, path.stat().st_size))
         found = self.layout.find(identifier)
         if found is None:
             raise StoreError(
