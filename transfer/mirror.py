@@ -13,7 +13,10 @@ Each image lands at ``DEST/<repository>:<tag>`` (``--scoped``: ``DEST/<host>/<re
 port written ``host_5000`` since a colon cannot stand in a repository path).
 A rerun asks each side for the manifest digest (one HEAD each) and copies only what changed;
 blobs already pushed to another repository of the target during the run are mounted, so a
-layer shared by many images crosses the network once.
+layer shared by many images crosses the network once. ``--platform`` mirrors that image of each
+index (and compares against it on a rerun). A tag the source lists that is not a valid tag
+(``../x``, control characters) is skipped with a warning and listed in the report, as skopeo
+sync does: no rerun could copy it, so it does not fail the mirror.
 """
 
 from __future__ import annotations
