@@ -13,19 +13,33 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from fixtures.images import OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI_MANIFEST, canonical_json
+from fixtures.faultproxy import FaultProxy, Trickle
+from fixtures.images import (
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_LAYER_GZIP,
+    OCI_MANIFEST,
+    BuiltImages,
+    canonical_json,
+)
 from fixtures.pushimage import RegistryPusher
 from fixtures.registry import Registry
-from tests.helpers import Run, xfer, xfer_env
+from fixtures.tokenserver import ALICE, TokenServer
+from tests.helpers import Run, stored_blobs, xfer, xfer_env
 from transfer.digest import Digest
 from transfer.errors import ManifestError
 from transfer.manifest import Descriptor, GraphBounds, GraphBudget
 
 FAN_OUT = 200
+# One byte every half second: every single read succeeds well inside --timeout.
+TRICKLE = 0.5
+HANG_BOUND = 15.0  # seconds: a bound on the hang, not a performance figure
+FAST = ("--timeout", "2", "--retries", "0")
 
 
 def _desc(digest: str, size: int, media_type: str) -> dict[str, object]:
@@ -169,3 +183,107 @@ def test_a_graph_budget_admits_each_digest_once_and_refuses_past_its_bounds() ->
     budget.enter(2)
     with pytest.raises(ManifestError, match="nested deeper than 2"):
         budget.enter(3)
+
+
+# --- item 5: trickle ---------------------------------------------------------------------------
+
+
+def _timed(*args: str | Path, store: Path) -> tuple[Run, float]:
+    started = time.monotonic()
+    run = xfer(*args, store=store, timeout=90)
+    return run, time.monotonic() - started
+
+
+def _one_slow_line(run: Run, host: str) -> str:
+    assert run.code == 1, (run.code, run.err)
+    lines = run.err.strip().splitlines()
+    assert len(lines) == 1, run.err
+    assert host in lines[0], lines[0]
+    assert "too slow" in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("head", [False, True], ids=["body", "head"])
+def test_a_trickled_manifest_fails_within_a_bound(
+    registry: Registry, images: BuiltImages, store: Path, head: bool
+) -> None:
+    info = images.images["small"]
+    with FaultProxy(registry.url) as proxy:
+        proxy.add(Trickle(TRICKLE, head=head, match="/manifests/", method="GET", times=None))
+        run, seconds = _timed("pull", *FAST, f"{proxy.host}/{info.ref}", store=store)
+    _one_slow_line(run, proxy.host)
+    assert seconds < HANG_BOUND, f"{seconds:.1f} s"
+
+
+def test_a_trickled_error_body_fails_within_a_bound(registry: Registry, store: Path) -> None:
+    with FaultProxy(registry.url) as proxy:
+        proxy.add(Trickle(TRICKLE, match="/manifests/", method="GET", times=None))
+        run, seconds = _timed("pull", *FAST, f"{proxy.host}/test/absent:1", store=store)
+    _one_slow_line(run, proxy.host)
+    assert seconds < HANG_BOUND, f"{seconds:.1f} s"
+
+
+@pytest.mark.parametrize("which", ["big", "small"])
+def test_a_trickled_blob_fails_within_a_bound(
+    registry: Registry, images: BuiltImages, store: Path, which: str
+) -> None:
+    """The big layer is read by a worker thread from the socket, the small one on the loop."""
+    info = images.images["large"]
+    layer = max(info.layers, key=lambda b: b.size) if which == "big" else info.config
+    with FaultProxy(registry.url) as proxy:
+        proxy.add(Trickle(TRICKLE, match=f"/blobs/{layer.digest}", method="GET", times=None))
+        run, seconds = _timed("pull", *FAST, f"{proxy.host}/{info.ref}", store=store)
+    line = _one_slow_line(run, proxy.host)
+    assert layer.digest in line
+    assert seconds < HANG_BOUND, f"{seconds:.1f} s"
+
+
+def test_a_blob_trickled_then_served_normally_is_resumed(
+    registry: Registry, images: BuiltImages, store: Path
+) -> None:
+    info = images.images["large"]
+    layer = max(info.layers, key=lambda b: b.size)
+    with FaultProxy(registry.url) as proxy:
+        proxy.add(Trickle(TRICKLE, match=f"/blobs/{layer.digest}", method="GET", times=1))
+        run, seconds = _timed("pull", "--timeout", "2", f"{proxy.host}/{info.ref}", store=store)
+        gets = proxy.requests("GET", f"/blobs/{layer.digest}")
+    assert run.code == 0, run.err
+    assert stored_blobs(store)[layer.digest] == layer.size
+    assert [g.fault for g in gets] == ["Trickle", None]
+    trickled = gets[0].body_bytes_sent
+    assert trickled > 0
+    # What trickled in was kept: the second request asks for the rest only.
+    asked = gets[1].request_headers.get("range", "")
+    assert asked.startswith("bytes=") and asked.endswith("-"), gets[1].request_headers
+    assert 0 < int(asked[len("bytes=") : -1]) <= trickled, (asked, trickled)
+    assert seconds < HANG_BOUND, f"{seconds:.1f} s"
+
+
+@pytest.fixture
+def trickled_realm(
+    token_registry: Registry, token_server: TokenServer
+) -> Iterator[tuple[Registry, FaultProxy]]:
+    """A registry (sharing the token registry's storage) whose token realm is a fault proxy."""
+    with FaultProxy(f"http://127.0.0.1:{token_server.port}") as proxy:
+        extra = {"auth": {"token": {"realm": f"{proxy.url}/token"}}}
+        with Registry(
+            auth="token",
+            token_server=token_server,
+            storage=token_registry.storage,
+            extra_config=extra,
+        ) as reg:
+            yield reg, proxy
+
+
+def test_a_trickled_token_fails_within_a_bound(
+    trickled_realm: tuple[Registry, FaultProxy], store: Path
+) -> None:
+    reg, realm = trickled_realm
+    realm.add(Trickle(TRICKLE, match="/token", times=None))
+    creds = f"{ALICE[0]}:{ALICE[1]}"
+    run, seconds = _timed(
+        "pull", *FAST, "--creds", creds, f"{reg.host}/private/small:1", store=store
+    )
+    line = _one_slow_line(run, realm.host)
+    assert ALICE[1] not in line
+    assert seconds < HANG_BOUND, f"{seconds:.1f} s"
