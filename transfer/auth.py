@@ -27,7 +27,8 @@ from typing import Any
 import anyio
 import httpx
 
-from .errors import AuthError, Unauthorized, UsageError
+from .body import ANSWER_FACTOR
+from .errors import AuthError, NetworkError, Unauthorized, UsageError
 
 MAX_TOKEN_BODY = 1 << 20  # reliability case 4: a token answer larger than this is hostile
 DEFAULT_TOKEN_LIFETIME = 60.0  # the token spec's default when expires_in is absent
@@ -433,6 +434,7 @@ class TokenCache:
 
     async def _request(self, key: TokenKey, form: dict[str, str] | None) -> tuple[int, bytes]:
         creds = self.credentials
+        answer = ANSWER_FACTOR * (self.http.timeout.read or 60.0)
         try:
             if form is not None:
                 stream = self.http.stream("POST", key.realm, data=form)
@@ -446,8 +448,16 @@ class TokenCache:
                     params.append(("account", creds.username))
                     headers["Authorization"] = creds.basic()
                 stream = self.http.stream("GET", key.realm, params=params, headers=headers)
-            async with stream as resp:
-                body = await _read_capped(resp, MAX_TOKEN_BODY, key.host)
+            # The whole answer is bounded: a read timeout alone lets a trickle run for ever.
+            with anyio.fail_after(answer):
+                async with stream as resp:
+                    body = await _read_capped(resp, MAX_TOKEN_BODY, key.host)
+        except TimeoutError:
+            raise NetworkError(
+                f"token service {httpx.URL(key.realm).netloc.decode()} for {key.host}: "
+                f"too slow: no complete answer within {answer:g} s",
+                host=key.host,
+            ) from None
         except httpx.HTTPError as exc:
             raise AuthError(
                 f"token service {httpx.URL(key.realm).host} for {key.host} failed: "

@@ -11,6 +11,9 @@ body of megabytes does not notice.
 
 A body whose length is not known, or that travels TLS inside TLS (an HTTPS proxy), is read
 through httpx as usual, still in the worker thread.
+
+Every body, here and on the event loop, keeps a ``Pace``: a read timeout alone lets a server
+that sends a byte now and then hold a request for ever.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import contextlib
 import socket
 import ssl
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import anyio
@@ -33,6 +37,13 @@ ITER_CHUNK = 1 << 20  # what one thread hop reads for a caller that iterates
 
 Sink = Callable[[Chunk], bool]  # called in the worker thread; False: stop reading
 
+# A body slower than this over a whole window (the read timeout) is a trickle, not a link:
+# curl's --speed-limit/--speed-time, with the window taken from --timeout.
+MIN_RATE = 1024  # bytes per second
+# A response's head, and a small body (manifest, token, error, tags page), get this many read
+# timeouts in all, plus a second for every MIN_RATE bytes of it that arrived.
+ANSWER_FACTOR = 3
+
 _LIMITER: anyio.lowlevel.RunVar[anyio.CapacityLimiter] = anyio.lowlevel.RunVar("body threads")
 
 
@@ -45,6 +56,59 @@ def _limiter() -> anyio.CapacityLimiter:
         limiter = anyio.CapacityLimiter(64)
         _LIMITER.set(limiter)
         return limiter
+
+
+class Pace:
+    """Bounds a whole body, not only each read: ``add`` after every read raises NetworkError
+    ("too slow") when a window of ``timeout`` seconds brought less than ``MIN_RATE`` bytes a
+    second (a stream: a blob), or, ``small``, when the body is not complete within
+    ``ANSWER_FACTOR`` timeouts and a second per ``MIN_RATE`` bytes received.
+
+    O(1) per read, one clock reading: a 1 GB body is ~10,000 reads of its socket.
+    """
+
+    __slots__ = ("_check_at", "_count", "_need", "_since", "_small", "host", "timeout", "what")
+
+    def __init__(self, timeout: float, what: str, host: str, *, small: bool = False) -> None:
+        self.timeout, self.what, self.host = timeout, what, host
+        self._small = small
+        self._since = time.monotonic()  # the window's start; a small body's start
+        self._count = 0  # bytes since then
+        self._need = MIN_RATE * timeout
+        self._check_at = self._since + (ANSWER_FACTOR * timeout if small else timeout)
+
+    @classmethod
+    def of(cls, resp: httpx.Response, what: str, host: str, *, small: bool = False) -> Pace:
+        """The pace for ``resp``'s body, its window the read timeout its request was sent with."""
+        timeouts = resp.request.extensions.get("timeout") or {}
+        return cls(float(timeouts.get("read") or 60.0), what, host, small=small)
+
+    def add(self, amount: int) -> None:
+        self._count += amount
+        now = time.monotonic()
+        if now >= self._check_at:
+            self._check(now)
+
+    def pause(self, seconds: float) -> None:
+        """The reader stopped reading for ``seconds`` of its own accord (a rate cap of ours)."""
+        self._since += seconds
+        self._check_at += seconds
+
+    def _check(self, now: float) -> None:
+        elapsed = now - self._since
+        if self._small:
+            allowed = self._since + ANSWER_FACTOR * self.timeout + self._count / MIN_RATE
+            if now < allowed:
+                self._check_at = allowed
+                return
+        elif self._count >= self._need:
+            self._since, self._count, self._check_at = now, 0, now + self.timeout
+            return
+        raise NetworkError(
+            f"{self.what}: too slow: {self._count} bytes in {elapsed:.1f} s "
+            f"(at least {MIN_RATE} bytes/s needed)",
+            host=self.host,
+        )
 
 
 class Window:
@@ -100,7 +164,9 @@ class BlobBody:
         self._direct = self._sock is not None and _direct_ok(resp, stream, skip + limit)
         if self._sock is not None and self._direct:
             self._sock.settimeout(read_timeout)  # a stalled socket fails, and the blob resumes
-        self._error: OSError | None = None  # raised once the bytes before it are handed over
+        self._pace = Pace(read_timeout, what, host)  # a trickle fails too, and the blob resumes
+        # Raised once the bytes before it are handed over.
+        self._error: OSError | NetworkError | None = None
         self._finished = False
         self._stopped = threading.Event()
 
@@ -128,6 +194,7 @@ class BlobBody:
             chunk = next(self._chunks, b"")
             if self._direct:
                 self._left = self._window.skip + self._window.limit - len(chunk)
+            self._pace.add(len(chunk))
             return chunk
         if self._error is not None:
             error, self._error = self._error, None
@@ -148,6 +215,12 @@ class BlobBody:
                 self._left = 0  # cut short: the caller sees fewer bytes than it asked for
                 break
             got += n
+            try:
+                self._pace.add(n)
+            except NetworkError as exc:
+                self._error = exc  # too slow: hand over what did arrive first
+                self._left -= got
+                return buf[:got]
         else:
             self._left -= got
         return buf[:got]

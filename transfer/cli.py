@@ -655,7 +655,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout",
         type=float,
         metavar="SECONDS",
-        help="a stalled connection is dropped and resumed after this long (default 60)",
+        help="a stalled connection, or one bringing under 1 KiB/s over this long, is dropped and "
+        "resumed; an answer or a small body gets 3 times this long (default 60)",
     )
     xfer.add_argument(
         "--limit-rate", metavar="RATE", help="cap the whole transfer, e.g. 50M (bytes/s)"

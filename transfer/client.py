@@ -34,7 +34,7 @@ from .auth import (
     find_credentials,
     parse_challenges,
 )
-from .body import BlobBody, Window
+from .body import ANSWER_FACTOR, BlobBody, Pace, Window
 from .digest import Digest
 from .errors import (
     AuthError,
@@ -267,23 +267,32 @@ class RegistryClient:
                 content=content,
             )
             used = await self._authorize(request, scopes)
+            # The answer's head is bounded as a whole (a trickled head never times a read out);
+            # not a request streaming a body of its own (an upload): that one takes its time.
+            answer = self.options.read_timeout * ANSWER_FACTOR
+            bounded = content is None or isinstance(content, bytes | str)
             try:
-                if blocking:
-                    resp = await anyio.to_thread.run_sync(
-                        functools.partial(
-                            redirects.send_blocking,
-                            self._blocking(),
-                            request,
-                            follow=follow_redirects,
-                            what=what,
-                            host=self.host,
-                        ),
-                        abandon_on_cancel=True,  # nothing of ours is touched by it
-                    )
-                else:
-                    resp = await redirects.send(
-                        self._http, request, follow=follow_redirects, what=what, host=self.host
-                    )
+                with anyio.fail_after(answer if bounded else None):
+                    if blocking:
+                        resp = await anyio.to_thread.run_sync(
+                            functools.partial(
+                                redirects.send_blocking,
+                                self._blocking(),
+                                request,
+                                follow=follow_redirects,
+                                what=what,
+                                host=self.host,
+                            ),
+                            abandon_on_cancel=True,  # nothing of ours is touched by it
+                        )
+                    else:
+                        resp = await redirects.send(
+                            self._http, request, follow=follow_redirects, what=what, host=self.host
+                        )
+            except TimeoutError:
+                raise NetworkError(
+                    f"{what}: too slow: no complete answer within {answer:g} s", host=self.host
+                ) from None
             except httpx.ConnectError as exc:
                 if url is None and request.url.scheme != self._scheme:
                     continue  # a concurrent request found out the scheme meanwhile: use it
@@ -377,12 +386,16 @@ class RegistryClient:
         self, resp: httpx.Response, what: str, reference: str | None = None
     ) -> RegistryError:
         body = bytearray()
+        pace = Pace.of(resp, what, self.host, small=True)
         try:
             if isinstance(resp.stream, httpx.SyncByteStream):
-                body += await anyio.to_thread.run_sync(_error_body, resp, abandon_on_cancel=True)
+                body += await anyio.to_thread.run_sync(
+                    _error_body, resp, pace, abandon_on_cancel=True
+                )
             else:
                 async for chunk in resp.aiter_raw():
                     body += chunk
+                    pace.add(len(chunk))
                     if len(body) > MAX_ERROR_BODY:
                         break
         except (httpx.HTTPError, httpx.StreamError):  # unreadable or already closed: no body
@@ -715,12 +728,16 @@ async def _body(
 ) -> AsyncIterator[bytes]:
     """The body's ``Window`` of ``skip`` and ``limit``, paced by ``throttle``."""
     window = Window(skip, limit)
+    pace = Pace.of(resp, what, host)
     try:
         async for chunk in resp.aiter_raw():
+            pace.add(len(chunk))
             if not (mine := window.take(chunk)):
                 continue
             if throttle is not None:
+                held = time.monotonic()
                 await throttle.take(len(mine))
+                pace.pause(time.monotonic() - held)  # our own cap's wait: not the server's
             yield bytes(mine)
             if window.full:
                 return  # longer than promised: stop reading; the caller rejects it
@@ -736,10 +753,11 @@ async def _close(resp: httpx.Response) -> None:
         await resp.aclose()
 
 
-def _error_body(resp: httpx.Response) -> bytes:
+def _error_body(resp: httpx.Response, pace: Pace) -> bytes:
     body = bytearray()
     for chunk in resp.iter_raw():
         body += chunk
+        pace.add(len(chunk))
         if len(body) > MAX_ERROR_BODY:
             break
     return bytes(body)
@@ -750,9 +768,11 @@ async def _read_capped(resp: httpx.Response, cap: int, what: str, host: str) -> 
     if length and length.isdigit() and int(length) > cap:
         raise SizeMismatch(f"{what} is {length} bytes, more than the {cap} allowed", host=host)
     body = bytearray()
+    pace = Pace.of(resp, what, host, small=True)  # a trickle must not hold it for ever
     try:
         async for chunk in resp.aiter_raw():
             body += chunk
+            pace.add(len(chunk))
             if len(body) > cap:
                 raise SizeMismatch(f"{what} is more than the {cap} bytes allowed", host=host)
     except (httpx.TransportError, ssl.SSLError) as exc:
