@@ -9,6 +9,7 @@ that sends a byte now and then never keeps a request alive past a bound derived 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -85,30 +86,39 @@ def _push_index(
     return digest, len(raw)
 
 
+# Runs the CLI as its child and writes that child's peak RSS (KiB) to argv[1]. A process's peak
+# counts the memory of whoever forked it up to its exec, so the CLI is started from this small
+# interpreter rather than from pytest, which holds a few hundred MiB by the end of the suite.
+_MEASURE = """
+import resource, subprocess, sys
+code = subprocess.call([sys.executable, "-m", "transfer", *sys.argv[2:]])
+with open(sys.argv[1], "w") as out:
+    out.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+sys.exit(code)
+"""
+
+
 def _run_measured(*args: str | Path, timeout: float) -> tuple[Run, int]:
-    """Run the CLI; returns its result and its own peak RSS in KiB (wait4 on that one child)."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    """Run the CLI; returns its result and its own peak RSS in KiB."""
+    with tempfile.TemporaryDirectory() as work:
+        peak = Path(work) / "peak"
+        command = [sys.executable, "-c", _MEASURE, str(peak), *map(str, args)]
+        # A session of its own: on a timeout the CLI is killed with its measuring parent.
         process = subprocess.Popen(
-            [sys.executable, "-m", "transfer", *map(str, args)],
-            stdout=out,
-            stderr=err,
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
             env=xfer_env(),
+            start_new_session=True,
         )
-        deadline = time.monotonic() + timeout
-        while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                process.kill()
-                os.wait4(process.pid, 0)
-                raise AssertionError(f"xfer {' '.join(map(str, args))} ran over {timeout} s")
-            time.sleep(0.05)
-        process.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return Run(process.returncode, out.read(), err.read()), usage.ru_maxrss
+        try:
+            out, err = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise AssertionError(f"xfer {' '.join(map(str, args))} ran over {timeout} s") from None
+        return Run(process.returncode, out, err), int(peak.read_text())
 
 
 # --- item 4: index fan-out ---------------------------------------------------------------------
