@@ -1,5 +1,11 @@
 """Hostile tar headers and hostile neighbours of an archive being written.
 
+Tar headers read (``load``, ``unpack``, archive endpoints): a PAX global header is skipped, its
+records applied to no member, as docker and containerd do (Python's ``tarfile`` copied them into
+every member: an 87,000-record header in front of 400 members took gigabytes in ``load``, and
+minutes of CPU in ``unpack``); an extended header holds at most a few hundred records; a path
+resolved through symlinks walks a bounded number of components.
+
 Archives written: ``save -o FILE`` (and the ``oci-archive:`` / ``docker-archive:`` targets of
 ``copy``) write into a new file of a random name beside FILE, created exclusively and never
 through a symlink, then renamed onto FILE. So a symlink planted where a predictable temporary
@@ -9,19 +15,80 @@ complete archive, never a mix of both.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
 import transfer
+from fixtures.hostile import (
+    directory,
+    file,
+    global_pax,
+    header_chain,
+    layer,
+    pax_record_bomb,
+    symlink,
+    tar_with_global_header,
+    with_global_header,
+    write_image,
+)
 from fixtures.images import BuiltImages
 from fixtures.registry import Registry
-from tests.helpers import index_refs, stored_blobs, xfer, xfer_env
+from tests.helpers import Run, index_refs, stored_blobs, xfer, xfer_env
+from transfer.api import Settings, unpack_sync
+from transfer.tarheader import HeaderError, pax_records
+from transfer.unpack import UnpackOptions
 
 HOST = "example.com/test"  # store names only: nothing is fetched from this host
 SENTINEL = b"the sentinel: not part of any archive\n"
+REF = "localhost/hostile:1"
+MIB = 1024
+# The child sets its own CPU limit (a runaway is killed, not waited for) and reports its peak RSS
+# (VmHWM: ru_maxrss of a forked child starts at the parent's own peak).
+_MEASURED = """\
+import os, re, resource, sys
+limit = int(os.environ["XFER_TEST_CPU"])
+resource.setrlimit(resource.RLIMIT_CPU, (limit, limit))
+from transfer.cli import main
+code = main(sys.argv[1:])
+with open(os.environ["XFER_TEST_HWM"], "w") as out:
+    out.write(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+sys.exit(code)
+"""
+
+
+def _measured(*args: str | Path, cpu_limit: int = 60) -> tuple[Run, float, int]:
+    """Run the CLI; returns its result, its CPU seconds (user + system) and peak RSS in KiB."""
+    with (
+        tempfile.TemporaryFile("w+") as out,
+        tempfile.TemporaryFile("w+") as err,
+        tempfile.NamedTemporaryFile("r") as hwm,
+    ):
+        env = {**xfer_env(), "XFER_TEST_CPU": str(cpu_limit), "XFER_TEST_HWM": hwm.name}
+        child = subprocess.Popen(
+            [sys.executable, "-c", _MEASURED, *map(str, args)], stdout=out, stderr=err, env=env
+        )
+        deadline = time.monotonic() + 4 * cpu_limit
+        while True:
+            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                child.kill()
+                os.wait4(child.pid, 0)
+                raise AssertionError(f"xfer {args} ran over {4 * cpu_limit} s")
+            time.sleep(0.05)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        run = Run(child.returncode, out.read(), err.read())
+        peak = int(hwm.read() or 0)
+    return run, usage.ru_utime + usage.ru_stime, peak
 
 
 def _fill_store(store: Path, images: BuiltImages, *names: str) -> dict[str, str]:
@@ -35,7 +102,7 @@ def _fill_store(store: Path, images: BuiltImages, *names: str) -> dict[str, str]
     return refs
 
 
-def _plant(directory: Path, archive: Path, sentinel: Path) -> list[Path]:
+def _plant(where: Path, archive: Path, sentinel: Path) -> list[Path]:
     """Symlinks to ``sentinel`` at every name a writer of ``archive`` could predict."""
     names = [
         f"{archive.name}.partial",
@@ -46,7 +113,7 @@ def _plant(directory: Path, archive: Path, sentinel: Path) -> list[Path]:
     ]
     links = []
     for name in names:
-        link = directory / name
+        link = where / name
         link.symlink_to(sentinel)
         links.append(link)
     return links
@@ -122,3 +189,164 @@ def test_two_saves_to_one_file_at_once_leave_one_complete_archive(
     succeeded = [sorted(names) for key, names in wanted.items() if results[key][0] == 0]
     assert sorted(index_refs(fresh)) in succeeded, results
     assert [p.name for p in archive.parent.iterdir()] == [archive.name]
+
+
+# ---- reading tar headers -----------------------------------------------------------------------
+
+
+def test_load_of_an_archive_with_a_huge_global_pax_header_keeps_memory_flat(
+    images: BuiltImages, store: Path, tmp_path: Path
+) -> None:
+    refs = _fill_store(store, images, "small")
+    saved = tmp_path / "small.tar"
+    assert xfer("save", "-q", refs["small"], "-o", saved, store=store).code == 0
+    hostile = tmp_path / "hostile.tar"
+    # 87,000 records (1 MiB) in a global header, then 400 members: 1.3 MB in all.
+    hostile.write_bytes(with_global_header(saved.read_bytes(), global_pax(87_000), 400))
+    fresh = tmp_path / "fresh"
+    run, cpu, peak = _measured("load", "-q", hostile, "--store", fresh)
+    # The header is skipped (as docker does): the image in the archive loads, whole.
+    assert run.code == 0, run.err
+    assert index_refs(fresh) == {refs["small"]: index_refs(store)[refs["small"]]}
+    assert peak < 200 * MIB, f"peak RSS {peak // MIB} MiB"
+    assert cpu < 10, f"{cpu:.1f} s of CPU"
+
+
+def test_unpack_of_a_layer_with_a_huge_global_pax_header_costs_bounded_cpu(
+    tmp_path: Path,
+) -> None:
+    layout = tmp_path / "layout"
+    members = [file(f"f/{i}", b"x") for i in range(3000)]
+    tar = tar_with_global_header(members, {**global_pax(87_000), "path": "evil", "uid": "7"})
+    hostile = layer(tar)
+    assert len(hostile.blob) < 300_000  # ~226 KB compressed, as in the report
+    write_image(layout, REF, [hostile])
+    root = tmp_path / "root"
+    run, cpu, peak = _measured("unpack", "--store", layout, REF, root, cpu_limit=30)
+    assert run.code == 0, run.err
+    assert cpu < 10, f"{cpu:.1f} s of CPU"  # a bound on runaway work, not a benchmark
+    assert peak < 200 * MIB, f"peak RSS {peak // MIB} MiB"
+    # The global records named no member: each keeps its own path (docker ignores them too).
+    assert len(list((root / "f").iterdir())) == 3000 and not (root / "evil").exists()
+
+
+def test_extended_headers_of_too_many_records_are_refused_before_they_cost(
+    tmp_path: Path,
+) -> None:
+    layout = tmp_path / "layout"
+    # 300 members behind 1 MiB headers of 116,000 records each: 0.6 MB compressed; parsing
+    # each header record by record took ~90 ms of CPU per member.
+    hostile = layer(pax_record_bomb(300))
+    assert len(hostile.blob) < 1 << 20
+    write_image(layout, REF, [hostile])
+    root = tmp_path / "root"
+    run, cpu, _ = _measured("unpack", "--store", layout, REF, root, cpu_limit=30)
+    lines = run.err.strip().splitlines()
+    assert run.code == 1 and len(lines) == 1, run.err
+    assert "more than 256 records" in lines[0] and REF in lines[0]
+    assert cpu < 10, f"{cpu:.1f} s of CPU"
+    assert not root.exists()
+
+
+@pytest.mark.parametrize(
+    ("data", "records"),
+    [
+        (b"", []),
+        (b"12 path=abc\n", [(b"path", b"abc")]),
+        (b"13 uid=12345\n16 mtime=1.25e0\n", [(b"uid", b"12345"), (b"mtime", b"1.25e0")]),
+        (b"12 comment=\n", [(b"comment", b"")]),
+        (b"13 a=b=c\nd=e\n", [(b"a", b"b=c\nd=e")]),  # the length, not a newline, ends it
+        (b"8 k=one\n8 k=two\n", [(b"k", b"one"), (b"k", b"two")]),  # the last one wins
+        ("14 path=\u00e9t\u00e9\n".encode(), [(b"path", "\u00e9t\u00e9".encode())]),
+    ],
+)
+def test_pax_records_parse_as_posix_writes_them(
+    data: bytes, records: list[tuple[bytes, bytes]]
+) -> None:
+    assert pax_records(data) == records
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b"path=abc\n", "without a length"),
+        (b"12path=abc\n", "without a length"),
+        (b"-1 path=abc\n", "without a length"),
+        (b"99 path=abc\n", "does not match"),
+        (b"11 path=abc\n", "does not match"),  # one byte short: no newline at its end
+        (b"0 path=abc\n", "does not match"),
+        (b"12 path=abc\n\x00\x00", "without a length"),  # bytes after the last record
+        (b"8 abcde\n", "malformed"),
+        (b"6 =ab\n", "malformed"),
+        (b"8 k=one\n" * 257, "more than 256 records"),
+    ],
+)
+def test_pax_records_refuse_what_no_writer_makes(data: bytes, error: str) -> None:
+    with pytest.raises(HeaderError, match=error):
+        pax_records(data)
+
+
+def test_legitimate_pax_headers_keep_working(tmp_path: Path) -> None:
+    """Long names and link targets, big ids, fractional times, xattr records and unicode, under
+    a git-archive-style global comment: unpacked as tarfile always read them."""
+    deep = "/".join(["a-rather-long-directory-name"] * 5)  # 144 bytes: a PAX path
+    target = "../" * 2 + "t" * 120
+    members = [
+        directory(deep),
+        file(f"{deep}/f", b"data", uid=3_000_000, gid=3_000_001, mtime=1_700_000_000.5),
+        file("x", b"", pax={"SCHILY.xattr.user.note": "n", "LIBARCHIVE.creationtime": "1"}),
+        symlink("link", target),
+        file("\u00fcn\u00efcode-\u00e9", b"u"),
+    ]
+    tar = tar_with_global_header(members, {"comment": "5e1f" * 10})
+    layout = tmp_path / "layout"
+    write_image(layout, REF, [layer(tar)])
+    root = tmp_path / "root"
+    result = unpack_sync(
+        f"store:{REF}", root, Settings(store=layout), options=UnpackOptions(privileged=False)
+    )
+    assert result.entries == len(members)
+    assert (root / deep / "f").read_bytes() == b"data"
+    assert (root / deep / "f").stat().st_mtime_ns == 1_700_000_000_500_000_000
+    assert os.readlink(root / "link") == target
+    assert (root / "\u00fcn\u00efcode-\u00e9").read_bytes() == b"u"
+    if os.geteuid() == 0:  # owners are kept only by root
+        root2 = tmp_path / "root2"
+        unpack_sync(f"store:{REF}", root2, Settings(store=layout))
+        st = (root2 / deep / "f").stat()
+        assert (st.st_uid, st.st_gid) == (3_000_000, 3_000_001)
+
+
+def test_load_refuses_an_extended_header_of_too_many_records_in_one_line(
+    store: Path, tmp_path: Path
+) -> None:
+    archive = tmp_path / "bomb.tar"
+    archive.write_bytes(pax_record_bomb(3))
+    run = xfer("load", "-q", archive, store=store)
+    lines = run.err.strip().splitlines()
+    assert run.code == 1 and len(lines) == 1, run.err
+    assert "more than 256 records" in lines[0] and str(archive) in lines[0]
+
+
+@pytest.mark.parametrize("kind", ["g", "x", "L"])
+def test_thousands_of_headers_before_one_member_are_refused_cleanly(
+    tmp_path: Path, kind: str
+) -> None:
+    tar = header_chain(kind, 3000)  # tarfile recursed once per header: a RecursionError
+    archive = tmp_path / "chain.tar"
+    archive.write_bytes(tar)
+    layout = tmp_path / "layout"
+    write_image(layout, REF, [layer(tar)])
+    runs = [
+        xfer("load", "-q", archive, store=tmp_path / "store"),
+        xfer("unpack", REF, tmp_path / "root", store=layout),
+    ]
+    for run in runs:
+        lines = run.err.strip().splitlines()
+        assert run.code == 1 and len(lines) == 1, run.err
+        assert "more than 8 extension headers before one member" in lines[0], run.err
+    short = header_chain(kind, 3)  # a few in a row: read as tarfile reads them
+    write_image(layout, REF, [layer(short)])
+    assert xfer("unpack", REF, tmp_path / "root", store=layout).code == 0
+    # A global header names no member; a PAX or GNU long name names the member after it.
+    assert os.listdir(tmp_path / "root") == ["f" if kind == "g" else "n" * 200]

@@ -3,8 +3,9 @@
 blob file (size and digest checked as it is read) → gzip | zstd | nothing → tar bytes (hashed
 for the diff_id, counted against the unpack's byte budget) → ``tarfile`` in stream mode, whose
 headers are bounded before tarfile reads them. Memory stays flat whatever a layer claims
-(reliability case 36): reads are chunked, one PAX or GNU long-name header is capped, zstd's
-window is capped, and tarfile's list of every member seen is emptied as we go.
+(reliability case 36): reads are chunked, one PAX or GNU long-name header is capped, PAX
+headers are read by ``tarheader`` (global ones skipped, extended ones of bounded records),
+zstd's window is capped, and tarfile's list of every member seen is emptied as we go.
 """
 
 from __future__ import annotations
@@ -15,17 +16,16 @@ import os
 import tarfile
 import zlib
 from collections.abc import Callable, Iterator
-from typing import IO, Any, BinaryIO, Protocol, Self, cast
+from typing import IO, BinaryIO, Protocol, Self, cast
 
 import zstandard
 
 from .digest import Digest, Verifier
 from .errors import ManifestError, SizeMismatch, StoreError
 from .manifest import Descriptor
+from .tarheader import MAX_HEADER, BoundedPaxInfo
 
 CHUNK = 1 << 20
-# One PAX or GNU long-name header: real ones are a few hundred bytes.
-MAX_HEADER = 1 << 20
 # zstd's own default decoder limit (128 MiB): a frame asking for a bigger window is refused
 # rather than allocated.
 ZSTD_MAX_WINDOW = 1 << 27
@@ -195,12 +195,11 @@ def _bounded_info(what: str, max_header: int) -> type[tarfile.TarInfo]:
     """A TarInfo whose raw headers are checked before tarfile acts on them: tarfile reads a
     PAX or long-name header whole, whatever size it claims, and takes a bad header past the
     first for the end of the archive (silently dropping the rest of the layer)."""
-    global_left = [max_header]  # every global PAX header of the layer together
 
     def refuse(reason: str) -> ManifestError:
         return ManifestError(f"{what}: {reason}")
 
-    class BoundedInfo(tarfile.TarInfo):
+    class BoundedInfo(BoundedPaxInfo):
         @classmethod
         def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Self:
             try:
@@ -215,18 +214,7 @@ def _bounded_info(what: str, max_header: int) -> type[tarfile.TarInfo]:
                 raise refuse(f"a {info.size}-byte extended tar header (limit {max_header})")
             if info.type == tarfile.GNUTYPE_SPARSE:
                 raise refuse(f"sparse file {info.name[:80]!r} is not supported")
-            if info.type == tarfile.XGLTYPE:
-                global_left[0] -= info.size
-                if global_left[0] < 0:
-                    raise refuse(f"global tar headers over {max_header} bytes")
             return info
-
-        # PAX sparse maps (GNU formats 0.0, 0.1, 1.0): 1.0 reads a map of any claimed length.
-        def _proc_gnusparse_00(self, *args: Any) -> None:
-            raise refuse("sparse files are not supported")
-
-        _proc_gnusparse_01 = _proc_gnusparse_00
-        _proc_gnusparse_10 = _proc_gnusparse_00
 
     return BoundedInfo
 

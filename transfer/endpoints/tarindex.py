@@ -6,8 +6,10 @@ with ``pread`` at its offset, in worker threads, a chunk at a time. The index re
 no honest image archive holds, before any byte is used: absolute or ``..`` member names,
 links whose targets leave the archive, one name twice, members that run past the end of the
 file, and a file that stops without tar's end-of-archive block (truncated). Header reads are
-capped, so a huge PAX header cannot make us allocate. Symlinks and hardlinks to other members
-are followed (docker save and skopeo write them for shared layers), a bounded number of hops.
+capped, so a huge PAX header cannot make us allocate, and PAX headers are read by ``tarheader``
+(a global one skipped, an extended one of bounded records), so no header's records are copied
+into every member. Symlinks and hardlinks to other members are followed (docker save and
+skopeo write them for shared layers), a bounded number of hops.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 import anyio
 
 from ..errors import ArchiveError
+from ..tarheader import BoundedPaxInfo
 
 MAX_MEMBERS = 1 << 20
 MAX_HEADER_READ = 1 << 20  # one header read by tarfile (PAX records, GNU long names)
@@ -191,9 +194,13 @@ def _scan(path: Path, fd: int) -> dict[str, Member | _Link | None]:
     members: dict[str, Member | _Link | None] = {}
     with os.fdopen(os.dup(fd), "rb") as raw:
         try:
-            tar = tarfile.TarFile(fileobj=_CappedReader(raw, path), mode="r")  # type: ignore[arg-type]
+            tar = tarfile.TarFile(
+                fileobj=_CappedReader(raw, path),  # type: ignore[arg-type]
+                mode="r",
+                tarinfo=BoundedPaxInfo,
+            )
             end = _walk(tar, path, st.st_size, members)
-        except (tarfile.TarError, EOFError, UnicodeError) as exc:
+        except (tarfile.TarError, EOFError, ValueError) as exc:  # UnicodeError is a ValueError
             raise ArchiveError(f"archive {path} is not a readable tar file: {exc}") from None
     # tarfile stops quietly at a cut or garbled header; an honest tar ends with a zero block.
     if os.pread(fd, _BLOCK, end) != bytes(_BLOCK):
@@ -207,6 +214,7 @@ def _walk(
     """Fill ``members`` from the headers; returns where the end-of-archive block must be."""
     count = 0
     while (info := tar.next()) is not None:
+        tar.members.clear()  # type: ignore[attr-defined]  # kept by tarfile, not needed here
         count += 1
         if count > MAX_MEMBERS:
             raise ArchiveError(f"archive {path} has more than {MAX_MEMBERS} members")
