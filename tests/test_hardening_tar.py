@@ -33,6 +33,7 @@ from fixtures.hostile import (
     layer,
     pax_record_bomb,
     symlink,
+    symlink_chain,
     tar_with_global_header,
     with_global_header,
     write_image,
@@ -230,6 +231,36 @@ def test_unpack_of_a_layer_with_a_huge_global_pax_header_costs_bounded_cpu(
     assert len(list((root / "f").iterdir())) == 3000 and not (root / "evil").exists()
 
 
+@pytest.mark.parametrize(
+    ("hops", "repeat", "resolved"),
+    [
+        (5, 800, False),  # 8,000 components a lookup (~20 ms each, one at a time): refused
+        (39, 1, True),  # 40 links, the kernel's limit, each short: resolved
+        (1, 120, True),  # one link adding 241 components: resolved
+    ],
+)
+def test_unpack_through_a_long_symlink_chain_costs_bounded_cpu_per_member(
+    tmp_path: Path, hops: int, repeat: int, resolved: bool
+) -> None:
+    layout = tmp_path / "layout"
+    members = symlink_chain(hops, repeat)
+    for i in range(1500):  # alternating parents: the last lookup is never the one needed
+        members += [file(f"b/f{i}", b"x"), file(f"e/g{i}", b"x")]
+    write_image(layout, REF, [layer(members)])
+    root = tmp_path / "root"
+    run, cpu, _ = _measured("unpack", "--store", layout, REF, root, cpu_limit=30)
+    assert cpu < 6, f"{cpu:.1f} s of CPU for 3,000 members"  # 2 ms a member, start-up included
+    if resolved:
+        assert run.code == 0, run.err
+        assert len(list((root / "d").iterdir())) == 1500  # b resolved to d, inside the root
+        assert len(list((root / "e").iterdir())) == 1500
+    else:
+        lines = run.err.strip().splitlines()
+        assert run.code == 1 and len(lines) == 1, run.err
+        assert "symlinks on the way add over 256 path components" in lines[0]
+        assert not root.exists()
+
+
 def test_extended_headers_of_too_many_records_are_refused_before_they_cost(
     tmp_path: Path,
 ) -> None:
@@ -315,6 +346,43 @@ def test_legitimate_pax_headers_keep_working(tmp_path: Path) -> None:
         unpack_sync(f"store:{REF}", root2, Settings(store=layout))
         st = (root2 / deep / "f").stat()
         assert (st.st_uid, st.st_gid) == (3_000_000, 3_000_001)
+
+
+def test_a_remembered_symlinked_directory_is_looked_up_again_once_the_link_changes(
+    tmp_path: Path,
+) -> None:
+    members = [
+        directory("d1"),
+        directory("d2"),
+        symlink("l", "d1"),
+        file("l/a", b"a"),  # through l: remembered as d1
+        file("other/x"),  # another parent in between
+        symlink("l", "d2"),  # the link replaced
+        file("l/b", b"b"),
+        file("other/y"),
+        directory("l"),  # the link replaced by a directory
+        file("l/c", b"c"),
+        file("other/z"),
+        file("m/keep"),
+        symlink("n", "m"),
+        file("n/d", b"d"),
+        file("other/w"),
+        file("m/keep", b"again"),  # a file replaced: no lookup passed through it
+        file("n/e", b"e"),
+    ]
+    # Through the lower layer's link, then a whiteout of that link, then the same path again.
+    second = [file("n/g", b"g"), file("other/v"), file(".wh.n"), file("other/u"), file("n/f")]
+    layout = tmp_path / "layout"
+    write_image(layout, REF, [layer(members), layer(second)])
+    root = tmp_path / "root"
+    unpack_sync(
+        f"store:{REF}", root, Settings(store=layout), options=UnpackOptions(privileged=False)
+    )
+    assert sorted(p.name for p in (root / "d1").iterdir()) == ["a"]
+    assert sorted(p.name for p in (root / "d2").iterdir()) == ["b"]
+    assert not (root / "l").is_symlink() and sorted(os.listdir(root / "l")) == ["c"]
+    assert sorted(os.listdir(root / "m")) == ["d", "e", "g", "keep"]
+    assert not (root / "n").is_symlink() and os.listdir(root / "n") == ["f"]
 
 
 def test_load_refuses_an_extended_header_of_too_many_records_in_one_line(

@@ -43,12 +43,14 @@ from .errors import DigestMismatch, Interrupted, ManifestError, StoreError, Usag
 from .manifest import MAX_CONFIG_BYTES, ImageConfig, ImageManifest, Manifest, Platform
 from .progress import Emit, Message, ignore
 from .reference import parse
-from .safepath import READ_DIR, Parts, Root, clean, lstat_at, remove_at
+from .safepath import READ_DIR, Parts, Root, clean, lstat_at, on_the_way, remove_at
 from .tarstream import Budget, LayerStream, file_data, members
 
 DEFAULT_MAX_SIZE = 32 << 30
 # Per layer: bounds the memory of whiteout bookkeeping (a set entry per member).
 MAX_ENTRIES = 1 << 21
+# Parent directories remembered as reached through symlinks (a tuple of names each).
+MAX_RESOLVED = 4096
 MAX_INDEX_DEPTH = 2
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -368,10 +370,15 @@ class _Applier:
         self.entries = 0
         self.skipped = 0
         # The last parent directory looked up: (lexical path, fd, canonical path). Members come
-        # grouped by directory, so this saves most of the lookups. Any removal makes it stale:
-        # a symlink's target may pass through what was removed (l -> d/n/..).
+        # grouped by directory, so this saves most of the lookups. Removing a directory or a
+        # symlink makes it stale: a symlink's target may pass through it (l -> d/n/..).
         self._cache: tuple[Parts, int, Parts] | None = None
         self._fresh = False
+        # Parent directories reached through symlinks: lexical path -> canonical path, so a
+        # member below a symlinked directory costs an open per real directory rather than the
+        # walk through its links again. Stale as the cache above (a new name changes no lookup
+        # that succeeded before it).
+        self._resolved: dict[Parts, Parts] = {}
         # This layer's own entries (canonical paths) and their ancestors, which whiteouts and
         # opaque markers of the same layer must not remove.
         self.written: set[str] = set()
@@ -445,21 +452,43 @@ class _Applier:
         lexical = parts[:-1]
         if self._cache is None or not self._fresh or self._cache[0] != lexical:
             self._drop_cache()
-            fd, canonical = self.root.open_dir(lexical, create=True)
+            fd, canonical = self._open_parent(lexical)
             self._cache, self._fresh = (lexical, fd, canonical), True
         return self._cache[1], self._cache[2], parts[-1]
+
+    def _open_parent(self, lexical: Parts) -> tuple[int, Parts]:
+        canonical = self._resolved.get(lexical)
+        if canonical is not None:
+            try:
+                return self.root.open_exact(canonical), canonical
+            except OSError:
+                self._resolved.clear()  # changed under us after all: look it up again
+        fd, canonical = self.root.open_dir(lexical, create=True)
+        if canonical != lexical:  # through a symlink (else the lookup costs the same)
+            if len(self._resolved) >= MAX_RESOLVED:
+                self._resolved.clear()
+            self._resolved[lexical] = canonical
+        return fd, canonical
 
     def _drop_cache(self) -> None:
         if self._cache is not None:
             os.close(self._cache[1])
             self._cache = None
 
+    def _forget_lookups(self) -> None:
+        """After a removal that may have been on the way of any lookup."""
+        self._drop_cache()
+        self._resolved.clear()
+
     def _clear(self, parent: int, canonical: Parts, name: str) -> None:
         """Whatever is at ``name`` goes (replaced, never followed). ``parent`` stays open for
-        the member being written; the next lookup starts afresh."""
-        if remove_at(parent, name):
+        the member being written; after a directory or a symlink, lookups start afresh."""
+        removed = remove_at(parent, name)
+        if removed is not None:
             self.dirs.drop((*canonical, name))
-            self._fresh = False
+            if on_the_way(removed):
+                self._fresh = False
+                self._resolved.clear()
 
     def _mark(self, canonical: Parts, name: str) -> None:
         self.written.add(_key((*canonical, name)))
@@ -615,13 +644,13 @@ class _Applier:
                 return
             if remove_at(parent, hidden):
                 self.dirs.drop(path)
-                self._drop_cache()  # the cached directory may have been below it
+                self._forget_lookups()  # the cached directory may have been below it
         finally:
             os.close(parent)
 
     def _prune_opaque(self) -> None:
         """Each opaque directory keeps only what this layer wrote in it."""
-        self._drop_cache()
+        self._forget_lookups()
         for top in sorted(self.opaque, key=len):
             try:
                 fd = self.root.open_exact(top)
