@@ -104,9 +104,12 @@ class Pace:
         elif self._count >= self._need:
             self._since, self._count, self._check_at = now, 0, now + self.timeout
             return
+        if self._small:
+            rule = f"not complete within {ANSWER_FACTOR * self.timeout:g} s"
+        else:
+            rule = f"at least {MIN_RATE} bytes/s needed"
         raise NetworkError(
-            f"{self.what}: too slow: {self._count} bytes in {elapsed:.1f} s "
-            f"(at least {MIN_RATE} bytes/s needed)",
+            f"{self.what}: too slow: {self._count} bytes in {elapsed:.1f} s ({rule})",
             host=self.host,
         )
 
