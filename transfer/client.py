@@ -7,7 +7,6 @@ token or basic credentials; the challenge is remembered so later scopes skip the
 
 from __future__ import annotations
 
-import asyncio.selector_events
 import email.utils
 import functools
 import ipaddress
@@ -22,7 +21,6 @@ from typing import Any
 from urllib.parse import urljoin
 
 import anyio
-import httpcore
 import httpx
 
 from . import pool, redirects
@@ -55,20 +53,10 @@ from .manifest import ACCEPT, MAX_MANIFEST_BYTES, Descriptor, Manifest
 from .throttle import Throttle
 from .tls import certificate_problem, ssl_context
 
-# Larger socket reads: httpcore reads 64 KiB and asyncio 256 KiB at a time by default, and the
-# per-read overhead (h11 parsing, event-loop wake-ups) dominated a 1 GB pull in profiles.
-READ_SIZE = 1 << 20
-httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = READ_SIZE
-_transport: Any = getattr(asyncio.selector_events, "_SelectorTransport", None)
-if _transport is not None and hasattr(_transport, "max_size"):
-    _transport.max_size = READ_SIZE
-
 MAX_ERROR_BODY = 64 << 10  # registry error bodies beyond this are not read (reliability case 4)
 MAX_REDIRECTS = redirects.MAX_REDIRECTS
 READ_CHUNK = 1 << 20
 BLOCKING_MIN = 4 << 20  # bodies at least this large are read in a worker thread (body.py)
-# The blocking client's reads of what h11 parses (headers, small bodies): larger reads too.
-httpcore.HTTP11Connection.READ_NUM_BYTES = 256 << 10
 
 
 @dataclass(frozen=True)
@@ -181,7 +169,7 @@ class RegistryClient:
         self.throttle = throttle
         self.options = options or TransportOptions()
         self.credentials = credentials if credentials is not None else find_credentials(host)
-        self._http = http or _make_http(self.options)
+        self._http = http or _make_http(self.options, host)
         self._owns_http = http is None
         # Big blob bodies go through a blocking client, read in worker threads (body.py); not
         # when the caller supplied the asynchronous client (there is no blocking twin of it).
@@ -208,7 +196,7 @@ class RegistryClient:
 
     def _blocking(self) -> httpx.Client:
         if self._blocking_http is None:
-            self._blocking_http = httpx.Client(**_client_options(self.options))
+            self._blocking_http = _make_blocking(self.options, self.host)
         return self._blocking_http
 
     @property
@@ -852,9 +840,21 @@ def _client_options(options: TransportOptions) -> dict[str, Any]:
     }
 
 
-def _make_http(options: TransportOptions) -> httpx.AsyncClient:
+def _make_http(options: TransportOptions, host: str | None = None) -> httpx.AsyncClient:
+    """The asynchronous client over xfer's own transport (pool.py); ``host``, the registry the
+    user named, may be at a link-local address (no host reached on a server's say-so may)."""
     settings = _client_options(options)
     # Proxies named by the environment get httpx's own transports (mounts) from these settings.
     return httpx.AsyncClient(
-        **settings, transport=pool.transport(settings["verify"], settings["limits"])
+        **settings,
+        transport=pool.transport(settings["verify"], settings["limits"], registry=host),
+    )
+
+
+def _make_blocking(options: TransportOptions, host: str | None = None) -> httpx.Client:
+    """The blocking client whose big bodies are read in worker threads (body.py)."""
+    settings = _client_options(options)
+    return httpx.Client(
+        **settings,
+        transport=pool.blocking_transport(settings["verify"], settings["limits"], registry=host),
     )

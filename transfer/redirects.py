@@ -9,6 +9,8 @@ origin they came from, never downgraded to plain HTTP, never to a link-local (me
 from __future__ import annotations
 
 import ipaddress
+import re
+import socket
 
 import httpx
 
@@ -17,21 +19,43 @@ from .errors import RegistryError
 MAX_REDIRECTS = 10
 SENSITIVE_HEADERS = ("authorization", "cookie", "proxy-authorization")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+# What inet_aton may read as an IPv4 address: decimal, octal or hex parts, one to four of them.
+_NUMERIC = re.compile(r"(?:0[xX][0-9a-fA-F]*|[0-9]+)(?:\.(?:0[xX][0-9a-fA-F]*|[0-9]+)){0,3}")
 
 
 def origin(url: httpx.URL) -> tuple[str, str, int]:
     return url.scheme, url.host, url.port or _DEFAULT_PORTS.get(url.scheme, 0)
 
 
-def is_link_local(host: str) -> bool:
-    """169.254.0.0/16 and fe80::/10, also spelled as an IPv4-mapped IPv6 address."""
+def host_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address a host name stands for without asking DNS: an IP literal, or a numeric IPv4
+    alias as the system resolver reads one (``inet_aton``: ``2852039166``, ``0xa9fea9fe``,
+    ``169.254.43518``, ``0251.0376.0251.0376`` are all 169.254.169.254); None for a name."""
+    name = host.strip("[]")
     try:
-        address = ipaddress.ip_address(host.strip("[]"))
+        return ipaddress.ip_address(name)
     except ValueError:
-        return False
+        pass
+    if not _NUMERIC.fullmatch(name):
+        return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(name))
+    except OSError:
+        return None
+
+
+def is_link_local_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """169.254.0.0/16 and fe80::/10, also as an IPv4-mapped IPv6 address."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return address.is_link_local
+
+
+def is_link_local(host: str) -> bool:
+    """A host that is a link-local address however it is spelled (the early check; the
+    connection itself is refused by address, transfer/pool.py)."""
+    address = host_address(host)
+    return address is not None and is_link_local_address(address)
 
 
 def refusal(source: httpx.URL, target: httpx.URL) -> str | None:
