@@ -121,6 +121,8 @@ def test_the_pool_keeps_its_limit_reuses_connections_and_asks_each_a_few_times_p
     """200 requests, 32 at once (as xfer's small blobs), on 32 connections kept alive and
     reused; one pass of the pool asks every connection whether it is idle a few times (httpcore
     1.0's own pass asked all n of them again for each idle one)."""
+    if httpcore.__version__ not in pool.LINEAR_POOL_VERSIONS:
+        pytest.skip(f"httpcore {httpcore.__version__}: its own pool pass is used")
     asked = 0
     real_is_idle = httpcore.AsyncHTTPConnection.is_idle
 

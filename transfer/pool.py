@@ -340,7 +340,9 @@ class Backend(httpcore.AsyncNetworkBackend):
                 addresses = self.guard.addresses(host, port)
             else:
                 with anyio.fail_after(timeout):
-                    addresses = await anyio.to_thread.run_sync(self.guard.addresses, host, port)
+                    addresses = await anyio.to_thread.run_sync(
+                        self.guard.addresses, host, port, abandon_on_cancel=True
+                    )
         except TimeoutError:
             raise httpcore.ConnectTimeout(f"resolving {host} timed out") from None
         except OSError as exc:
