@@ -5,6 +5,7 @@ too small for a blob; temporaries of a killed writer."""
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import shutil
 import subprocess
@@ -119,6 +120,29 @@ def test_an_oci_layout_file_that_is_not_a_regular_file_is_refused_naming_it(
     run = xfer("copy", f"oci:{source_layout}:small", f"oci:{tmp_path / 'out'}:x", timeout=QUICK)
     line = _one_error_line(run)
     assert "oci-layout" in line and "regular file" in line
+
+
+@pytest.mark.parametrize("where", ["store", "oci"])
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_unpack_of_a_layer_blob_that_is_a_fifo_or_a_directory_fails_at_once_naming_it(
+    tmp_path: Path, where: str, kind: str
+) -> None:
+    from fixtures.hostile import file, layer, write_image
+
+    layout, ref = tmp_path / "layout", "localhost/hostile:1"
+    blob = layer([file("etc/hello", b"hi\n")])
+    write_image(layout, ref, [blob])
+    path = _blob_path(layout, hashlib.sha256(blob.blob).hexdigest())
+    path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)  # opened without O_NONBLOCK, this waited for a writer for ever
+    else:
+        path.mkdir()
+    source = ref if where == "store" else f"oci:{layout}:{ref}"
+    run = xfer("unpack", source, tmp_path / "root", store=layout, timeout=QUICK)
+    line = _one_error_line(run)
+    assert path.name[:12] in line and "regular file" in line
+    assert not (tmp_path / "root").exists()
 
 
 # ---- 9: gc and a damaged manifest ---------------------------------------------------------------

@@ -192,6 +192,35 @@ def test_two_saves_to_one_file_at_once_leave_one_complete_archive(
     assert [p.name for p in archive.parent.iterdir()] == [archive.name]
 
 
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_load_of_an_archive_that_is_a_fifo_or_a_directory_fails_at_once_naming_it(
+    tmp_path: Path, kind: str
+) -> None:
+    archive = tmp_path / "image.tar"
+    if kind == "fifo":
+        os.mkfifo(archive)  # opened without O_NONBLOCK, this waited for a writer for ever
+    else:
+        archive.mkdir()
+    run = xfer("load", "-q", archive, store=tmp_path / "store", timeout=20)
+    assert run.code == 1, run.err
+    lines = run.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in run.err, run.err
+    assert str(archive) in lines[0] and "regular file" in lines[0]
+
+
+def test_load_follows_a_symlink_the_user_names_as_the_archive(
+    images: BuiltImages, store: Path, tmp_path: Path
+) -> None:
+    refs = _fill_store(store, images, "small")
+    archive = tmp_path / "image.tar"
+    assert xfer("save", "-q", refs["small"], "-o", archive, store=store).code == 0
+    link = tmp_path / "latest.tar"
+    link.symlink_to(archive)
+    loaded = xfer("load", "-q", link, store=tmp_path / "fresh")
+    assert loaded.code == 0, loaded.err
+    assert list(index_refs(tmp_path / "fresh").values()) == [index_refs(store)[refs["small"]]]
+
+
 # ---- reading tar headers -----------------------------------------------------------------------
 
 

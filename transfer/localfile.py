@@ -28,13 +28,14 @@ _KINDS = {
 }
 
 
-def open_regular(path: Path, what: str) -> int:
+def open_regular(path: Path, what: str, *, follow: bool = False) -> int:
     """A read-only descriptor of the regular file ``path`` (the caller closes it).
 
     Raises FileNotFoundError when it is missing (callers decide what absence means) and
-    StoreError naming ``what`` when it is anything but a regular file."""
+    StoreError naming ``what`` when it is anything but a regular file. ``follow`` is for a
+    path the user named (an archive to load), never for a file inside a layout."""
     try:
-        fd = os.open(path, FLAGS)
+        fd = os.open(path, FLAGS & ~os.O_NOFOLLOW if follow else FLAGS)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise StoreError(f"{what} is a symbolic link, not a regular file") from None

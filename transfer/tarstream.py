@@ -16,12 +16,14 @@ import os
 import tarfile
 import zlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import IO, BinaryIO, Protocol, Self, cast
 
 import zstandard
 
 from .digest import Digest, Verifier
 from .errors import ManifestError, SizeMismatch, StoreError
+from .localfile import open_regular
 from .manifest import Descriptor
 from .tarheader import MAX_HEADER, BoundedPaxInfo
 
@@ -182,12 +184,12 @@ class LayerStream(io.RawIOBase):
 
 
 def _open_blob(path: str, what: str) -> BinaryIO:
+    # The store's opener: a symlink (case 41), a FIFO (it would wait for a writer for ever)
+    # or a directory planted as a blob is refused, naming it.
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = open_regular(Path(path), what)
     except FileNotFoundError:
         raise StoreError(f"{what} is missing from the store") from None
-    except OSError as exc:  # ELOOP: a blob that is a symlink (case 41)
-        raise StoreError(f"cannot open {what} in the store: {exc.strerror}") from None
     return os.fdopen(fd, "rb")
 
 

@@ -26,7 +26,8 @@ from typing import Any
 
 import anyio
 
-from ..errors import ArchiveError
+from ..errors import ArchiveError, StoreError
+from ..localfile import open_regular
 from ..tarheader import BoundedPaxInfo
 
 MAX_MEMBERS = 1 << 20
@@ -96,9 +97,11 @@ class TarIndex:
     def read(cls, path: Path) -> TarIndex:
         """Read every header once (blocking: call it in a worker thread)."""
         try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError as exc:
-            raise ArchiveError(f"cannot open archive {path}: {exc.strerror}") from None
+            fd = open_regular(path, f"archive {path}", follow=True)  # a FIFO would hang
+        except FileNotFoundError:
+            raise ArchiveError(f"cannot open archive {path}: No such file or directory") from None
+        except StoreError as exc:
+            raise ArchiveError(str(exc)) from None
         try:
             return cls(path, fd, _scan(path, fd))
         except BaseException:
