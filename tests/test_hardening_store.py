@@ -433,3 +433,35 @@ def test_a_small_blob_write_holds_a_lock_on_its_temporary(tmp_path: Path) -> Non
         durable.atomic_write(tmp_path / "f", b"data", sync_dir=False)
     assert seen == [True]
     assert (tmp_path / "f").read_bytes() == b"data"
+
+
+# ---- 16: temporaries at predictable names --------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["atomic_write", "atomic_write in tmp_dir", "create_once"])
+def test_a_symlink_planted_at_a_durable_writes_temporary_name_is_never_written_through(
+    tmp_path: Path, how: str
+) -> None:
+    from transfer import durable
+
+    sentinel = tmp_path / "sentinel"
+    sentinel.write_bytes(b"keep me\n")
+    data = b"the new contents\n"
+    target = tmp_path / "store" / "index.json"
+    target.parent.mkdir()
+    work = tmp_path / "store" / "work"
+    work.mkdir()
+    where = work if how.endswith("tmp_dir") else target.parent
+    suffix = "new" if how == "create_once" else "tmp"
+    # The name each writer chose: its pid and the id of the bytes it writes.
+    planted = where / f".{target.name}.{os.getpid()}.{id(data)}.{suffix}"
+    planted.symlink_to(sentinel)
+
+    if how == "create_once":
+        durable.create_once(target, data)
+    else:
+        durable.atomic_write(target, data, tmp_dir=work if how.endswith("tmp_dir") else None)
+
+    assert sentinel.read_bytes() == b"keep me\n"
+    assert target.read_bytes() == data and not target.is_symlink()
+    assert planted.is_symlink() and planted.readlink() == sentinel  # someone else's: left alone

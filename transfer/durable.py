@@ -4,10 +4,12 @@ A file appears under its final name only complete (rename is atomic), and the re
 made durable before anything that points at the file (index.json, a tag) is written: at once, or,
 for blobs (``sync_dir=False``), by one fsync of their directory before the index is written.
 
-A temporary is named ``.<name>.<pid>.<n>.tmp`` and locked (``flock``) by its writer until it is
-renamed, so a later run can tell a dead writer's leftovers (a small blob's write killed midway)
-from a live one's and remove them: the pid alone would do on one machine, but not on a store
-shared over NFS, where a pid says nothing about another host's processes.
+A temporary is named ``.<name>.<pid>.<n>.tmp`` (``n`` random) and created with
+O_CREAT|O_EXCL|O_NOFOLLOW (``create_new``): a file or a symlink someone planted at the name is
+never opened, let alone written through; another name is tried. It is locked (``flock``) by its
+writer until it is renamed, so a later run can tell a dead writer's leftovers (a small blob's
+write killed midway) from a live one's and remove them: the pid alone would do on one machine,
+but not on a store shared over NFS, where a pid says nothing about another host's processes.
 """
 
 from __future__ import annotations
@@ -16,10 +18,30 @@ import contextlib
 import fcntl
 import os
 import re
+import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 from .errors import StoreError
+
+# O_EXCL: a new file or nothing, and never through a symlink, whatever stands at the name.
+NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_TRIES = 16
+
+
+def create_new(name: Callable[[], Path]) -> tuple[int, Path]:
+    """A new, empty file at the first free name of ``name()`` (random each call), and its fd.
+
+    A name already taken (by another writer, or planted) is never touched: the next is tried.
+    Raises FileNotFoundError when the directory is missing (the caller may make it)."""
+    for _ in range(_TRIES):
+        path = name()
+        try:
+            return os.open(path, NEW_FILE, 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def fsync_dir(path: Path) -> None:
@@ -40,9 +62,10 @@ def atomic_write(
     many small blobs makes one such write per blob).
     """
     directory = tmp_dir or path.parent
-    tmp = directory / f".{path.name}.{os.getpid()}.{id(data)}.tmp"
+    tmp: Path | None = None
     try:
-        with _create(tmp) as handle:  # locked until renamed: see remove_dead_temporaries
+        tmp, handle = _create(directory, path.name, "tmp")
+        with handle:  # locked until renamed: see remove_dead_temporaries
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -52,8 +75,9 @@ def atomic_write(
                 path.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(tmp, path)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
         raise StoreError(f"cannot write {path}: {exc.strerror}") from None
     if not sync_dir:
         return
@@ -63,14 +87,20 @@ def atomic_write(
         raise StoreError(f"cannot write {path}: {exc.strerror}") from None
 
 
-def _create(path: Path) -> BinaryIO:
-    """``path`` opened for writing and locked, its directory made only when the open finds it
-    missing."""
+def _create(directory: Path, name: str, suffix: str) -> tuple[Path, BinaryIO]:
+    """A new temporary ``.NAME.PID.N.SUFFIX`` in ``directory``, opened for writing and locked,
+    its directory made only when the open finds it missing."""
+    pid = os.getpid()
+
+    def temporary() -> Path:
+        return directory / f".{name}.{pid}.{secrets.randbits(48)}.{suffix}"
+
     try:
-        return _locked(open(path, "wb"))
+        fd, path = create_new(temporary)
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return _locked(open(path, "wb"))
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, path = create_new(temporary)
+    return path, _locked(os.fdopen(fd, "wb"))
 
 
 def _locked(handle: BinaryIO) -> BinaryIO:
@@ -125,9 +155,10 @@ def _alive(pid: int) -> bool:
 def create_once(path: Path, data: bytes) -> None:
     """Create ``path`` complete (as ``atomic_write``) unless it exists: a file another process
     created meanwhile, and maybe filled since, is never replaced."""
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{id(data)}.new"
+    tmp: Path | None = None
     try:
-        with open(tmp, "wb") as handle:
+        tmp, handle = _create(path.parent, path.name, "new")
+        with handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -141,6 +172,7 @@ def create_once(path: Path, data: bytes) -> None:
     except OSError as exc:
         raise StoreError(f"cannot write {path}: {exc.strerror}") from None
     finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
     fsync_dir(path.parent)

@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 import anyio
 
 from ..digest import Digest, Verifier
-from ..durable import fsync_dir
+from ..durable import create_new, fsync_dir
 from ..errors import ArchiveError, PlatformNotFound, TransferError
 from ..manifest import Descriptor, ImageManifest, Manifest, Platform
 from ..reference import parse
@@ -49,8 +49,6 @@ from .layout import INDEX_MEDIA_TYPE, LAYOUT_VERSION, REF_NAME
 FORMATS = ("docker", "oci")
 WRITE_BATCH = 1 << 20  # bytes gathered before one write (+hash) in a worker thread
 _BLOCK = 512
-# O_EXCL: a new file or nothing (and never through a symlink, whatever stands at the name).
-_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 T = TypeVar("T")
 
 
@@ -61,13 +59,7 @@ def _compact(doc: Any) -> bytes:
 def create_beside(path: Path) -> tuple[int, Path]:
     """A new, empty file of a random name in ``path``'s directory, and its fd."""
     stem = path.name[:200]  # room for the random part within NAME_MAX
-    for _ in range(16):
-        temp = path.with_name(f"{stem}.{secrets.token_hex(8)}.partial")
-        try:
-            return os.open(temp, _NEW, 0o666), temp
-        except FileExistsError:
-            continue  # someone else's: never touched
-    raise FileExistsError(f"no free temporary name beside {path}")
+    return create_new(lambda: path.with_name(f"{stem}.{secrets.token_hex(8)}.partial"))
 
 
 class TarWriter:
