@@ -186,6 +186,42 @@ def test_following_gcs_hint_repairs_the_store_and_gc_runs_again(
     assert set(stored_blobs(store)) == {b.digest for b in info.blobs} | {info.digest}
 
 
+def test_gc_leaves_a_directory_under_blobs_alone_says_so_and_collects_the_rest(
+    registry: Registry, images: BuiltImages, store: Path
+) -> None:
+    info = images.images["small"]
+    _pull(registry, store, "small", images)
+    blobs = store / "blobs" / "sha256"
+    named = blobs / ("d" * 64)  # named as a blob, but a directory (with something inside)
+    named.mkdir()
+    (named / "inside").write_bytes(b"not ours")
+    beside = store / "blobs" / "junk"  # a file where an algorithm's directory goes
+    beside.write_bytes(b"junk")
+    partial_dir = store / ".xfer" / "partials" / "sha256-dir"
+    partial_dir.mkdir()
+    garbage = blobs / ("e" * 64)  # unreferenced: still collected
+    garbage.write_bytes(b"garbage")
+    fifo = blobs / ("f" * 64)
+    os.mkfifo(fifo)
+
+    run = xfer("gc", "--partials", store=store)
+    assert run.code == 0, run.err
+    assert "Traceback" not in run.err
+    warnings = run.err.strip().splitlines()
+    assert len(warnings) == 2 and all(w.startswith("xfer: warning:") for w in warnings), run.err
+    for path in (named, partial_dir):
+        assert any(str(path.relative_to(store)) in w and "directory" in w for w in warnings)
+        assert path.is_dir()  # left alone, with what it holds
+    assert (named / "inside").read_bytes() == b"not ours"
+    assert not garbage.exists() and not os.path.lexists(fifo) and not beside.exists()
+    assert "removed 3 blobs" in run.out
+    report = xfer("gc", "--partials", "--json", store=store).json_lines()[-1]
+    assert sorted(report["left"]) == sorted(str(p.relative_to(store)) for p in (named, partial_dir))
+    assert xfer("images", store=store).code == 0
+    files = {f"sha256:{p.name}" for p in blobs.iterdir() if p.is_file()}
+    assert files == {b.digest for b in info.blobs} | {info.digest}
+
+
 # ---- 10: a damaged blob is replaced --------------------------------------------------------------
 
 

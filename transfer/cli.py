@@ -524,6 +524,8 @@ async def cmd_gc(args: argparse.Namespace) -> int:
     report = await anyio.to_thread.run_sync(
         lambda: api.gc(_settings(args), all_partials=args.partials)
     )
+    for name in report.left:
+        _warning(f"gc left {name} alone: it is a directory, not a blob or a partial download")
     if args.json:
         print(json.dumps({"event": "gc", **report.__dict__}))
     elif not args.quiet:

@@ -88,9 +88,13 @@ def _is_manifest(media_type: str) -> bool:
 
 
 def _stored(layout: Layout) -> list[tuple[Path, Digest | None]]:
-    """Every file under blobs/, with its digest when its name is a valid one."""
-    entries = []
+    """Every entry under blobs/ (of an algorithm's directory, or beside them), with its digest
+    when its name is a valid one."""
+    entries: list[tuple[Path, Digest | None]] = []
     for algorithm_dir in sorted((layout.root / "blobs").glob("*")):
+        if not algorithm_dir.is_dir():
+            entries.append((algorithm_dir, None))  # a file where an algorithm's directory goes
+            continue
         for path in sorted(algorithm_dir.iterdir()):
             try:
                 digest: Digest | None = Digest.parse(f"{algorithm_dir.name}:{path.name}")
@@ -181,6 +185,9 @@ class GcReport:
     bytes_freed: int
     partials_removed: int
     partial_bytes_freed: int
+    # Directories found where blobs or partials go, relative to the store: never ours to empty
+    # (a blob is a file; verify names them too), so gc leaves them and says so.
+    left: tuple[str, ...] = ()
 
 
 def collect(layout: Layout, *, all_partials: bool = False, now: float | None = None) -> GcReport:
@@ -200,20 +207,35 @@ def collect(layout: Layout, *, all_partials: bool = False, now: float | None = N
                 f"again (or xfer rm it) and run gc again",
             )
         keep = found.blobs
+        left: list[str] = []
         for path, digest in _stored(layout):
             if digest is not None and digest in keep:
                 continue
-            size = path.lstat().st_size
-            path.unlink()
-            removed, freed = removed + 1, freed + size
+            size = _unlink_unless_directory(path, layout, left)
+            if size is not None:
+                removed, freed = removed + 1, freed + size
         partial_dir = layout.work / "partials"
         for path in sorted(partial_dir.glob("*")) if partial_dir.is_dir() else []:
-            stat = path.lstat()
-            if all_partials or now - stat.st_mtime > STALE_PARTIAL_SECONDS:
-                path.unlink()
-                partials += 1
-                partial_bytes += stat.st_size
+            with contextlib.suppress(FileNotFoundError):
+                if all_partials or now - path.lstat().st_mtime > STALE_PARTIAL_SECONDS:
+                    size = _unlink_unless_directory(path, layout, left)
+                    if size is not None:
+                        partials, partial_bytes = partials + 1, partial_bytes + size
         for lock in (layout.work / "locks").glob("sha*.lock"):
             with contextlib.suppress(OSError):
                 lock.unlink()
-    return GcReport(removed, freed, partials, partial_bytes)
+    return GcReport(removed, freed, partials, partial_bytes, tuple(left))
+
+
+def _unlink_unless_directory(path: Path, layout: Layout, left: list[str]) -> int | None:
+    """Remove ``path`` (a file, or a link, FIFO or device: never what it points at) and return
+    its size; a directory is added to ``left`` instead. None when nothing was removed."""
+    try:
+        st = path.lstat()
+        if stat.S_ISDIR(st.st_mode):
+            left.append(str(path.relative_to(layout.root)))
+            return None
+        path.unlink()
+    except FileNotFoundError:
+        return None
+    return st.st_size
