@@ -446,6 +446,59 @@ def test_the_next_run_removes_a_dead_writers_temporaries_but_not_a_held_one(
     assert not held.exists() and mine.exists()
 
 
+def test_gc_removes_a_dead_writers_create_once_leftovers_but_not_a_held_one(
+    registry: Registry, images: BuiltImages, store: Path
+) -> None:
+    """create_once (the store's first oci-layout and index.json) killed between writing its
+    temporary and removing it leaves ``.NAME.PID.N.new``: gone at the next store open, as
+    the .tmp of a dead writer."""
+    _pull(registry, store, "small", images)
+    dead = _dead_pid()
+    orphan = store / f".index.json.{dead}.140237.new"
+    orphan.write_bytes(b'{"schemaVersion":2,"manifests":[]}')
+    held = store / f".oci-layout.{dead}.140238.new"
+    held.write_bytes(b'{"imageLayoutVersion":"1.0.0"}')
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(held)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        run = xfer("gc", store=store)
+        assert run.code == 0, run.err
+        assert not orphan.exists()
+        assert held.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert xfer("gc", store=store).code == 0
+    assert not held.exists()
+
+
+def test_create_once_holds_a_lock_on_its_temporary_until_it_is_removed(tmp_path: Path) -> None:
+    from transfer import durable
+
+    seen: list[bool] = []
+    real = os.link
+
+    def link(src: str | Path, dst: str | Path) -> None:
+        probe = os.open(src, os.O_RDONLY)
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            seen.append(False)
+        except BlockingIOError:
+            seen.append(True)
+        finally:
+            os.close(probe)
+        real(src, dst)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(durable.os, "link", link)
+        durable.create_once(tmp_path / "f", b"data")
+    assert seen == [True]
+    assert (tmp_path / "f").read_bytes() == b"data"
+    assert [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
 def test_a_small_blob_write_holds_a_lock_on_its_temporary(tmp_path: Path) -> None:
     """What makes a temporary of a live writer on another machine recognisable."""
     from transfer import durable

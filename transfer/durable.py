@@ -111,7 +111,8 @@ def _locked(handle: BinaryIO) -> BinaryIO:
     return handle
 
 
-_TEMPORARY = re.compile(r"\..+\.(\d+)\.\d+\.tmp")
+# atomic_write's .tmp and create_once's .new
+_TEMPORARY = re.compile(r"\..+\.(\d+)\.\d+\.(?:tmp|new)")
 
 
 def remove_dead_temporaries(directory: Path) -> int:
@@ -154,14 +155,16 @@ def _alive(pid: int) -> bool:
 
 def create_once(path: Path, data: bytes) -> None:
     """Create ``path`` complete (as ``atomic_write``) unless it exists: a file another process
-    created meanwhile, and maybe filled since, is never replaced."""
+    created meanwhile, and maybe filled since, is never replaced. Its temporary
+    (``.NAME.PID.N.new``) stays locked until it is removed, so a writer killed in between
+    leaves one that ``remove_dead_temporaries`` recognises."""
     tmp: Path | None = None
+    handle: BinaryIO | None = None
     try:
         tmp, handle = _create(path.parent, path.name, "new")
-        with handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
         try:
             os.link(tmp, path)  # atomic, and fails where rename would replace
         except FileExistsError:
@@ -175,4 +178,6 @@ def create_once(path: Path, data: bytes) -> None:
         if tmp is not None:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+        if handle is not None:
+            handle.close()
     fsync_dir(path.parent)
