@@ -246,6 +246,11 @@ class RegistryClient:
         host reached by redirect is never answered with this registry's credentials.
         """
         url = path if path.startswith(("http://", "https://")) else None
+        # An absolute URL (an upload Location) on another origin gets nothing of ours: no
+        # Authorization, no cookie from the jar (which ignores ports), no answer to its 401.
+        foreign = url is not None and not redirects.same_origin(
+            httpx.URL(url), httpx.URL(self.base_url)
+        )
         refreshed = grown = False
         while True:
             request = self._http.build_request(
@@ -254,7 +259,11 @@ class RegistryClient:
                 headers=dict(headers or {}),
                 content=content,
             )
-            used = await self._authorize(request, scopes)
+            if foreign:
+                redirects.drop_secrets(request.headers)
+                used = None
+            else:
+                used = await self._authorize(request, scopes)
             # The answer's head is bounded as a whole (a trickled head never times a read out);
             # not a request streaming a body of its own (an upload): that one takes its time.
             answer = self.options.read_timeout * ANSWER_FACTOR
@@ -294,7 +303,15 @@ class RegistryClient:
             self._scheme_known = True
             if resp.status_code != 401:
                 return resp
-            if redirects.origin(resp.url) != redirects.origin(request.url):
+            if foreign:
+                await _close(resp)
+                raise Unauthorized(
+                    f"{what}: {redirects.where(request.url)}, where the registry sent it, asks "
+                    f"for credentials; those of {self.host} go to {self.host} only",
+                    host=self.host,
+                    status=401,
+                )
+            if not redirects.same_origin(resp.url, request.url):
                 return resp  # another host challenges: it gets nothing of ours (case 7)
             challenges = parse_challenges(resp.headers.get_list("www-authenticate"))
             if not challenges:
@@ -534,16 +551,24 @@ class RegistryClient:
         return (f"repository:{repository}:pull,push", *also)
 
     def _upload_url(self, location: str | None, what: str) -> str:
+        """The next request's URL; on another origin ``send`` gives it no credentials, and a
+        downgrade, a link-local address or another scheme is refused (the redirect rules)."""
         if not location:
             raise RegistryError(f"{what}: the registry gave no upload Location", host=self.host)
         # Relative or absolute, with or without query parameters: used as given (case 47).
         try:
             url = str(urljoin(self.base_url + "/", location))
-            httpx.URL(url)  # refuse what httpx cannot send, here, with the registry named
+            target = httpx.URL(url)  # refuse what httpx cannot send, here, with the registry named
         except (ValueError, httpx.InvalidURL):
             raise RegistryError(
                 f"{what}: the registry gave an unusable upload Location", host=self.host
             ) from None
+        refused = redirects.refusal(httpx.URL(self.base_url), target)
+        if refused:
+            raise RegistryError(
+                f"{what}: refused an upload Location on {redirects.where(target)}: {refused}",
+                host=self.host,
+            )
         return url
 
     async def mount_blob(self, repository: str, digest: Digest, source: str) -> str | None:

@@ -4,6 +4,11 @@ Blob GETs are redirected to CDNs and object stores on other hosts. httpx's own f
 ``Authorization`` across origins, but adds cookies from its jar (which ignores ports) and follows
 https → http; so xfer follows redirects itself: credentials and cookies only ever go back to the
 origin they came from, never downgraded to plain HTTP, never to a link-local (metadata) address.
+
+The same rules hold for every other URL a registry hands out: an upload ``Location`` (the
+client drops the secrets on another origin, and refuses what ``refusal`` names) and a tags
+``Link`` (refused unless on the registry's own origin). ``refusal`` judges the URL as written;
+the address actually connected to is the network layer's to judge.
 """
 
 from __future__ import annotations
@@ -25,6 +30,23 @@ _NUMERIC = re.compile(r"(?:0[xX][0-9a-fA-F]*|[0-9]+)(?:\.(?:0[xX][0-9a-fA-F]*|[0
 
 def origin(url: httpx.URL) -> tuple[str, str, int]:
     return url.scheme, url.host, url.port or _DEFAULT_PORTS.get(url.scheme, 0)
+
+
+def same_origin(a: httpx.URL, b: httpx.URL) -> bool:
+    return origin(a) == origin(b)
+
+
+def where(url: httpx.URL) -> str:
+    """``host[:port]`` of a URL for a message: never its path or query (a presigned URL's query
+    is a credential, case 9), never its user information."""
+    host = f"[{url.host}]" if ":" in url.host else url.host or "?"
+    return f"{host}:{url.port}" if url.port else host
+
+
+def drop_secrets(headers: httpx.Headers) -> None:
+    """Remove what must only ever reach the origin it belongs to."""
+    for name in SENSITIVE_HEADERS:
+        headers.pop(name, None)
 
 
 def host_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -59,7 +81,8 @@ def is_link_local(host: str) -> bool:
 
 
 def refusal(source: httpx.URL, target: httpx.URL) -> str | None:
-    """Why a request must not go from ``source`` to ``target`` (a redirect, a token realm)."""
+    """Why a request must not go from ``source`` to ``target`` (a redirect, a token realm, an
+    upload Location, a next page)."""
     if target.scheme not in ("http", "https"):
         return f"{target.scheme or 'no'} scheme"
     if source.scheme == "https" and target.scheme == "http":
@@ -80,9 +103,8 @@ def redirected(request: httpx.Request, status: int, target: httpx.URL) -> httpx.
     headers = httpx.Headers(request.headers)
     for name in ("host", "content-length", "transfer-encoding"):
         headers.pop(name, None)
-    if origin(target) != origin(request.url):
-        for name in SENSITIVE_HEADERS:
-            headers.pop(name, None)
+    if not same_origin(target, request.url):
+        drop_secrets(headers)
     return httpx.Request(method, target, headers=headers, extensions=request.extensions)
 
 
