@@ -492,8 +492,17 @@ def _token_or_error(status: int, body: bytes, key: TokenKey) -> _Token:
 
 
 async def _read_capped(resp: httpx.Response, cap: int, host: str) -> bytes:
+    # Raw bytes only: the request asked for identity, and a body compressed anyway would be
+    # inflated whole, chunk by chunk, before the cap could stop it (a gzip bomb as a token).
+    encoding = resp.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise AuthError(
+            f"token answer from {host} is {encoding[:40]}-encoded although only identity was "
+            "accepted",
+            host=host,
+        )
     chunks = bytearray()
-    async for chunk in resp.aiter_bytes():
+    async for chunk in resp.aiter_raw():
         chunks += chunk
         if len(chunks) > cap:
             raise AuthError(f"token answer from {host} is larger than {cap} bytes", host=host)

@@ -777,6 +777,14 @@ def _error_body(resp: httpx.Response, pace: Pace) -> bytes:
 
 
 async def _read_capped(resp: httpx.Response, cap: int, what: str, host: str) -> bytes:
+    """The raw body, at most ``cap`` bytes; a body the server encoded anyway is refused: its
+    raw bytes are not the document, and decoding it would trust a server that ignored us."""
+    encoding = resp.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise RegistryError(
+            f"{what}: the answer is {encoding[:40]}-encoded although only identity was accepted",
+            host=host,
+        )
     length = resp.headers.get("content-length")
     if length and length.isdigit() and int(length) > cap:
         raise SizeMismatch(f"{what} is {length} bytes, more than the {cap} allowed", host=host)
@@ -861,7 +869,10 @@ def _client_options(options: TransportOptions) -> dict[str, Any]:
         ),
         "max_redirects": MAX_REDIRECTS,
         "trust_env": True,
-        "headers": {"User-Agent": "xfer/0.1"},
+        # Bodies are read raw (a manifest is hashed over its exact bytes, a blob over what it
+        # is), so no request may invite a compressed answer: httpx would ask for gzip, deflate
+        # and zstd. One default for every request, so no new request can forget it.
+        "headers": {"User-Agent": "xfer/0.1", "Accept-Encoding": "identity"},
     }
 
 
