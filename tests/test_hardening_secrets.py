@@ -15,20 +15,28 @@ every header it received.
 from __future__ import annotations
 
 import base64
+import select
 import subprocess
 import sys
+import threading
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Unpack
+from urllib.parse import parse_qs, urlsplit
 
+import anyio
 import pytest
 
 from fixtures.faultproxy import Fault, FaultOptions, FaultProxy, HeaderList
 from fixtures.images import BuiltImages
-from fixtures.leakbait import Answer, LeakBait, Seen, challenge
+from fixtures.leakbait import Answer, LeakBait, Seen, challenge, tag_page
 from fixtures.registry import Registry
+from fixtures.tokenserver import CertAuthority
 from tests.helpers import Run, index_refs, stored_blobs, xfer, xfer_env
+from transfer.client import RegistryClient, TransportOptions
+from transfer.errors import RegistryError
 
 SECRET = "secret"  # alice's password on every test registry
 LOGIN = ("--creds", f"alice:{SECRET}")
@@ -85,11 +93,64 @@ class AddHeaders(Fault):
         ]
 
 
+# ---- 1. pagination stays on the registry's origin --------------------------------------------
+
+
 @pytest.fixture
 def challenger() -> Iterator[LeakBait]:
     """Another host that answers everything with a 401 Basic challenge, recording headers."""
     with LeakBait(handlers=[challenge("Basic")]) as bait:
         yield bait
+
+
+def _foreign_link(to: LeakBait, repository: str) -> AddHeaders:
+    link = f'<{to.url}/v2/{repository}/tags/list?n=1000&last=1>; rel="next"'
+    return AddHeaders({"Link": link}, match="/tags/list", times=None)
+
+
+@pytest.mark.parametrize("auth", ["basic", "bearer"])
+def test_a_tags_link_to_another_host_is_refused_and_no_credential_goes_there(
+    auth: str,
+    basic_registry: Registry,
+    token_registry: Registry,
+    challenger: LeakBait,
+) -> None:
+    registry, repository = (
+        (basic_registry, "test/small") if auth == "basic" else (token_registry, "private/small")
+    )
+    with FaultProxy(registry.url) as front:
+        front.add(_foreign_link(challenger, repository))
+        run = xfer("tags", *LOGIN, f"{front.host}/{repository}")
+        listed = front.requests("GET", "/tags/list")
+    line = _error_line(run)
+    assert challenger.host in line and "next" in line
+    # The registry itself got the credentials (there was something to leak) ...
+    scheme = "Basic " if auth == "basic" else "Bearer "
+    assert any(r.request_headers.get("authorization", "").startswith(scheme) for r in listed)
+    # ... and the other host got no request at all, so none carrying a secret.
+    assert not challenger.carrying()
+    assert challenger.seen() == []
+
+
+def test_a_tags_link_from_https_to_http_is_refused_as_a_downgrade(
+    challenger: LeakBait, tmp_path: Path
+) -> None:
+    ca = CertAuthority("leak-bait CA")
+    cert = ca.write_leaf(tmp_path, "bait", hosts=["127.0.0.1"], server=True)
+    link = f"http://{challenger.host}/v2/x/tags/list?n=1000&last=a"
+
+    def registry(seen: Seen) -> Answer:
+        if seen.headers.get("authorization") != BASIC:
+            return Answer(401, {"WWW-Authenticate": 'Basic realm="registry"'})
+        return tag_page(["a"], link=link)
+
+    with LeakBait(handlers=[registry], tls=(cert.cert, cert.key)) as bait:
+        ca_file = ca.write_ca(tmp_path / "ca.pem")
+        run = xfer("tags", "--ca-file", ca_file, *LOGIN, f"{bait.host}/x")
+        assert bait.carrying("authorization")  # the https registry was given the password
+    line = _error_line(run)
+    assert "downgrade" in line and challenger.host in line
+    assert challenger.seen() == []
 
 
 # ---- 2. upload Locations ---------------------------------------------------------------------
@@ -157,6 +218,100 @@ def test_a_hostile_upload_location_is_refused_cleanly(
     line = _error_line(run)
     assert named in line and "upload" in line
     assert "X-Amz-Signature" not in line  # the query of a Location may be a credential
+
+
+# ---- 6. tags: streamed, bounded ---------------------------------------------------------------
+
+
+def _pages(body_tags: list[str], seen_links: list[str]) -> LeakBait:
+    """Endless tag pages, each with a next link never given before."""
+
+    def handler(seen: Seen) -> Answer | None:
+        if "/tags/list" not in seen.target:
+            return None
+        seen_links.append(seen.target)
+        return tag_page(body_tags, link=f"/v2/x/tags/list?n=1000&last=p{len(seen_links)}")
+
+    return LeakBait(handlers=[handler])
+
+
+def test_endless_big_tag_pages_stop_at_the_tag_cap_in_flat_memory() -> None:
+    # ~3.9 MiB pages of 280,000 tags each, each with a next link never given before: 2.6 GB
+    # in 9 s when every page was kept; streamed, the run stops at the million-tag cap.
+    tags = [f"t{i:09d}" for i in range(280_000)]
+    links: list[str] = []
+    with _pages(tags, links) as bait:
+        command = [sys.executable, "-m", "transfer", "tags", f"{bait.host}/x"]
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-c", _WATCH, *command],
+            env=xfer_env(),
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        elapsed = time.monotonic() - started
+    code, peak, killed = map(int, done.stdout.split())
+    assert not killed, f"xfer tags grew past 600 MB or ran for {elapsed:.0f} s"
+    line = _error_line(Run(code, "", done.stderr))
+    assert "1000000 tags" in line.replace(",", "")
+    assert len(links) <= 4  # 280,000 a page: the cap is crossed on the fourth
+    assert elapsed < 60
+    assert peak < 150 << 20, f"peak RSS {peak >> 20} MiB"
+
+
+def test_a_repeated_next_link_stops_the_listing() -> None:
+    requests: list[str] = []
+
+    def loop(seen: Seen) -> Answer:
+        requests.append(seen.target)
+        return tag_page(["a", "b"], link="/v2/x/tags/list?n=2&last=b")
+
+    with LeakBait(handlers=[loop]) as bait:
+        run = xfer("tags", f"{bait.host}/x", timeout=60)
+    line = _error_line(run)
+    assert "repeat" in line and bait.host in line
+    assert len(requests) == 2  # the first page, then the link; asked again = a loop
+
+
+def test_a_listing_stops_at_the_page_cap() -> None:
+    links: list[str] = []
+    with _pages(["a"], links) as bait:
+
+        async def listing() -> list[str]:
+            async with RegistryClient(bait.host, options=TransportOptions(plain_http=True)) as c:
+                return await c.list_tags("x", max_pages=25)
+
+        with pytest.raises(RegistryError) as caught:
+            anyio.run(listing)
+    assert "25 pages" in str(caught.value)
+    assert len(links) == 25
+
+
+def test_tags_are_printed_as_each_page_arrives() -> None:
+    printed = threading.Event()
+    waited: list[bool] = []
+
+    def pages(seen: Seen) -> Answer:
+        last = parse_qs(urlsplit(seen.target).query).get("last")
+        if not last:
+            return tag_page(["first-1", "first-2"], link="/v2/x/tags/list?n=2&last=first-2")
+        # The second page is served only once the first one's tags were printed.
+        waited.append(printed.wait(15))
+        return tag_page(["second-1"])
+
+    with LeakBait(handlers=[pages]) as bait:
+        command = [sys.executable, "-m", "transfer", "tags", f"{bait.host}/x"]
+        child = subprocess.Popen(command, env=xfer_env(), stdout=subprocess.PIPE, text=True)
+        assert child.stdout is not None
+        ready, _, _ = select.select([child.stdout], [], [], 15)
+        first = child.stdout.readline().strip() if ready else ""
+        printed.set()
+        rest = child.stdout.read().split()
+        assert child.wait(30) == 0
+    assert first == "first-1"
+    assert rest == ["first-2", "second-1"]
+    assert waited == [True]
 
 
 # ---- 14. compression --------------------------------------------------------------------------

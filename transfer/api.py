@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -409,11 +409,26 @@ async def _read_blob(client: RegistryClient, ref: Reference, desc: Descriptor) -
 
 
 async def tags(repository: str, settings: Settings | None = None) -> list[str]:
-    """Every tag of a repository, following the registry's pagination."""
+    """Every tag of a repository, following the registry's pagination (at most a million)."""
     settings = settings or Settings()
     ref = parse_repository(repository)
     async with settings.client(ref) as client:
         return await client.list_tags(ref.repository)
+
+
+async def tag_pages(
+    repository: str, settings: Settings | None = None
+) -> AsyncGenerator[list[str], None]:
+    """A repository's tags page by page as the registry sends them: only one page is held at
+    a time (``xfer tags`` prints each as it arrives). Close it (``contextlib.aclosing``) when
+    stopping early."""
+    settings = settings or Settings()
+    ref = parse_repository(repository)
+    client = settings.client(ref)
+    async with client, contextlib.aclosing(client.tag_pages(ref.repository)) as pages:
+        async for page in pages:
+            yield page
+            del page  # one page held at a time, also while the next is fetched
 
 
 async def login(host: str, credentials: Credentials, settings: Settings | None = None) -> str:

@@ -589,8 +589,14 @@ async def cmd_verify(args: argparse.Namespace) -> int:
 
 
 async def cmd_tags(args: argparse.Namespace) -> int:
-    for tag in await api.tags(args.repository, _settings(args)):
-        _say(tag)
+    # Each page is printed (and flushed) as it arrives: a long listing starts at once and never
+    # holds more than one page. Tags are the registry's text: escaped, as every result line.
+    async with contextlib.aclosing(api.tag_pages(args.repository, _settings(args))) as pages:
+        async for page in pages:
+            if page:
+                sys.stdout.write("".join(f"{printable(tag)}\n" for tag in page))
+                sys.stdout.flush()
+            del page  # not held while the next one is read
     return 0
 
 

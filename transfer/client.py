@@ -7,14 +7,16 @@ token or basic credentials; the challenge is remembered so later scopes skip the
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import functools
+import hashlib
 import ipaddress
 import json
 import re
 import ssl
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +56,12 @@ from .throttle import Throttle
 from .tls import certificate_problem, ssl_context
 
 MAX_ERROR_BODY = 64 << 10  # registry error bodies beyond this are not read (reliability case 4)
+# tags/list: a page is asked for 1000 tags (~130 KB at the longest names); 4 MiB leaves room for
+# registries that ignore ``n`` and add a manifest map (GCR) without letting one page of tiny
+# names cost more than ~60 MB once parsed. Endless pages stop at the page or the tag count.
+MAX_TAGS_PAGE = 4 << 20
+MAX_TAG_PAGES = 10_000
+MAX_TAGS = 1_000_000
 MAX_REDIRECTS = redirects.MAX_REDIRECTS
 READ_CHUNK = 1 << 20
 BLOCKING_MIN = 4 << 20  # bodies at least this large are read in a worker thread (body.py)
@@ -709,31 +717,94 @@ class RegistryClient:
 
     # ---- tags ---------------------------------------------------------------------------------
 
-    async def list_tags(self, repository: str, page_size: int = 1000) -> list[str]:
-        tags: list[str] = []
+    async def tag_pages(
+        self,
+        repository: str,
+        page_size: int = 1000,
+        *,
+        max_pages: int = MAX_TAG_PAGES,
+        max_tags: int = MAX_TAGS,
+    ) -> AsyncGenerator[list[str], None]:
+        """Each page of a repository's tags as it arrives, following the registry's ``Link``.
+
+        Only one page is held at a time. A next link on another origin is refused (the spec
+        makes it relative to the registry; elsewhere it would carry our credentials); a link
+        already followed (a loop), more than ``max_pages`` pages or ``max_tags`` tags end the
+        listing with an error instead of running forever.
+        """
+        what = f"tags of {self.host}/{repository}"
         path: str | None = f"/v2/{repository}/tags/list?n={page_size}"
-        pages = 0
-        while path and pages < 10_000:
-            pages += 1
-            what = f"tags of {self.host}/{repository}"
+        followed: set[bytes] = set()  # digests of the links: a hostile link may be long
+        total = 0
+        while path:
+            seen = hashlib.sha256(path.encode()).digest()
+            if seen in followed:
+                raise RegistryError(
+                    f"{what}: the next-page link repeats a page already listed (a loop)",
+                    host=self.host,
+                )
+            if len(followed) == max_pages:
+                raise RegistryError(f"{what}: more than {max_pages:,} pages", host=self.host)
+            followed.add(seen)
             resp = await self.send(
                 "GET", path, scopes=(f"repository:{repository}:pull",), what=what
             )
             if resp.status_code != 200:
                 raise await self._fail(resp, what)
             try:
-                body = await _read_capped(resp, 16 << 20, what, self.host)
+                body = await _read_capped(resp, MAX_TAGS_PAGE, what, self.host)
             finally:
                 await resp.aclose()
-            try:
-                page = json.loads(body).get("tags") or []
-            except (ValueError, AttributeError):
-                raise RegistryError(f"{what}: the answer is not JSON", host=self.host) from None
-            tags.extend(str(t) for t in page)
-            path = _next_link(resp.headers.get("link"), str(resp.url))
-            if path and path.startswith(self.base_url):
-                path = path[len(self.base_url) :]
+            page = _tags_of(body, what, self.host)
+            total += len(page)
+            if total > max_tags:
+                raise RegistryError(f"{what}: more than {max_tags:,} tags", host=self.host)
+            yield page
+            del page, body  # the next page is fetched and parsed without this one held
+            path = self._next_page(resp, what)
+
+    def _next_page(self, resp: httpx.Response, what: str) -> str | None:
+        """The path of the next page, which must be on the registry's own origin."""
+        link = _next_link(resp.headers.get("link"), str(resp.url))
+        if link is None:
+            return None
+        try:
+            target = httpx.URL(link)
+        except httpx.InvalidURL:
+            raise RegistryError(
+                f"{what}: the next-page link is not a URL", host=self.host
+            ) from None
+        refused = redirects.refusal(resp.url, target)
+        if refused is None and not redirects.same_origin(target, httpx.URL(self.base_url)):
+            refused = "another origin than the registry"
+        if refused:
+            raise RegistryError(
+                f"{what}: refused a next-page link to {redirects.where(target)}: {refused}",
+                host=self.host,
+            )
+        return target.raw_path.decode("ascii")
+
+    async def list_tags(
+        self, repository: str, page_size: int = 1000, *, max_pages: int = MAX_TAG_PAGES
+    ) -> list[str]:
+        """Every tag of a repository (at most MAX_TAGS), for callers that need them all."""
+        tags: list[str] = []
+        async with contextlib.aclosing(
+            self.tag_pages(repository, page_size, max_pages=max_pages)
+        ) as pages:
+            async for page in pages:
+                tags += page
         return tags
+
+
+def _tags_of(body: bytes, what: str, host: str) -> list[str]:
+    try:
+        tags = json.loads(body).get("tags") or []
+    except (ValueError, AttributeError):
+        raise RegistryError(f"{what}: the answer is not JSON", host=host) from None
+    if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
+        raise RegistryError(f"{what}: the answer's tags are not a list of names", host=host)
+    return tags
 
 
 async def _body(
