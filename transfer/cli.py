@@ -593,9 +593,11 @@ async def cmd_tags(args: argparse.Namespace) -> int:
     # holds more than one page. Tags are the registry's text: escaped, as every result line.
     async with contextlib.aclosing(api.tag_pages(args.repository, _settings(args))) as pages:
         async for page in pages:
-            if page:
-                sys.stdout.write("".join(f"{printable(tag)}\n" for tag in page))
-                sys.stdout.flush()
+            for start in range(0, len(page), 4096):  # a page's escaped copy is not held whole
+                sys.stdout.write(
+                    "".join(f"{printable(tag)}\n" for tag in page[start : start + 4096])
+                )
+            sys.stdout.flush()
             del page  # not held while the next one is read
     return 0
 
