@@ -220,6 +220,28 @@ def test_a_hostile_upload_location_is_refused_cleanly(
     assert "X-Amz-Signature" not in line  # the query of a Location may be a credential
 
 
+def test_an_upload_location_from_https_to_http_is_refused_as_a_downgrade(
+    registry: Registry, images: BuiltImages, challenger: LeakBait, tmp_path: Path
+) -> None:
+    ca = CertAuthority("leak-bait CA")
+    cert = ca.write_leaf(tmp_path, "bait", hosts=["127.0.0.1"], server=True)
+
+    def uploads(seen: Seen) -> Answer | None:
+        if seen.method == "POST" and "/blobs/uploads/" in seen.target:
+            return Answer(202, {"Location": f"http://{challenger.host}/v2/leak/upload/1"})
+        return None
+
+    info = images.images["small"]
+    # An https registry (the real one behind a TLS front) that hands out a plain-http Location.
+    with LeakBait(registry.url, handlers=[uploads], tls=(cert.cert, cert.key)) as front:
+        ca_file = ca.write_ca(tmp_path / "ca.pem")
+        source = f"{registry.host}/{info.ref}"
+        run = xfer("copy", "--ca-file", ca_file, *LOGIN, source, f"{front.host}/leak/tls:1")
+    line = _error_line(run)
+    assert "downgrade" in line and challenger.host in line
+    assert challenger.seen() == []
+
+
 # ---- 6. tags: streamed, bounded ---------------------------------------------------------------
 
 

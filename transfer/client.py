@@ -571,7 +571,11 @@ class RegistryClient:
             raise RegistryError(
                 f"{what}: the registry gave an unusable upload Location", host=self.host
             ) from None
-        refused = redirects.refusal(httpx.URL(self.base_url), target)
+        registry = httpx.URL(self.base_url)
+        # The registry's own origin is where it already is: only another one is judged.
+        refused = (
+            None if redirects.same_origin(target, registry) else redirects.refusal(registry, target)
+        )
         if refused:
             raise RegistryError(
                 f"{what}: refused an upload Location on {redirects.where(target)}: {refused}",
@@ -774,10 +778,8 @@ class RegistryClient:
             raise RegistryError(
                 f"{what}: the next-page link is not a URL", host=self.host
             ) from None
-        refused = redirects.refusal(resp.url, target)
-        if refused is None and not redirects.same_origin(target, httpx.URL(self.base_url)):
-            refused = "another origin than the registry"
-        if refused:
+        if not redirects.same_origin(target, httpx.URL(self.base_url)):
+            refused = redirects.refusal(resp.url, target) or "another origin than the registry"
             raise RegistryError(
                 f"{what}: refused a next-page link to {redirects.where(target)}: {refused}",
                 host=self.host,
