@@ -192,6 +192,70 @@ def test_two_saves_to_one_file_at_once_leave_one_complete_archive(
     assert [p.name for p in archive.parent.iterdir()] == [archive.name]
 
 
+_HOLD = """
+import fcntl, sys, time
+handle = open(sys.argv[1], "r+b")
+fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_the_next_save_to_a_file_removes_what_a_killed_save_left_but_not_a_live_ones(
+    registry: Registry, images: BuiltImages, store: Path, tmp_path: Path
+) -> None:
+    refs = _fill_store(store, images, "small")
+    out = tmp_path / "out"
+    out.mkdir()
+    archive = out / "image.tar"
+    # A save read at a capped rate, killed with SIGKILL once its temporary holds a MiB.
+    source = f"docker://{registry.host}/test/large:1"
+    save = [sys.executable, "-m", "transfer", "save", "-q", "--plain-http", "--limit-rate", "2M"]
+    child = subprocess.Popen(
+        [*save, source, "-o", str(archive)],
+        env=xfer_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            found = [p for p in out.iterdir() if p.name.endswith(".partial")]
+            if found and found[0].stat().st_size > 1 << 20:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the save never wrote a MiB")
+    finally:
+        child.kill()
+        child.wait()
+    (killed,) = found
+    assert killed.exists() and not archive.exists()
+    # Another save to the same FILE, still writing (its pid is dead here, as another host's
+    # would look on a shared disk; its lock is held): kept.
+    held = out / f"image.tar.{child.pid}.{'ab' * 8}.partial"
+    held.write_bytes(b"x" * 1000)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(held)], stdout=subprocess.PIPE, text=True
+    )
+    other = out / f"other.tar.{child.pid}.{'cd' * 8}.partial"  # another FILE's: not ours
+    other.write_bytes(b"y")
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        run = xfer("save", "-q", refs["small"], "-o", archive, store=store)
+        assert run.code == 0, run.err
+        assert sorted(p.name for p in out.iterdir()) == sorted(
+            [archive.name, held.name, other.name]
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    assert xfer("save", "-q", refs["small"], "-o", archive, store=store).code == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted([archive.name, other.name])
+    loaded = xfer("load", "-q", archive, store=tmp_path / "fresh")
+    assert loaded.code == 0, loaded.err
+
+
 @pytest.mark.parametrize("kind", ["fifo", "directory"])
 def test_load_of_an_archive_that_is_a_fifo_or_a_directory_fails_at_once_naming_it(
     tmp_path: Path, kind: str

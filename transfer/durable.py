@@ -104,28 +104,34 @@ def _create(directory: Path, name: str, suffix: str) -> tuple[Path, BinaryIO]:
 
 
 def _locked(handle: BinaryIO) -> BinaryIO:
-    # Uncontended (the name is this writer's own): one system call. Where the filesystem has
-    # no locks, the pid in the name still tells.
-    with contextlib.suppress(OSError):
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    lock_own(handle.fileno())
     return handle
+
+
+def lock_own(fd: int) -> None:
+    """Mark a new temporary as its writer's (until closed): see remove_dead_temporaries.
+    Uncontended (the name is this writer's own): one system call. Where the filesystem has
+    no locks, the pid in the name still tells."""
+    with contextlib.suppress(OSError):
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 # atomic_write's .tmp and create_once's .new
 _TEMPORARY = re.compile(r"\..+\.(\d+)\.\d+\.(?:tmp|new)")
 
 
-def remove_dead_temporaries(directory: Path) -> int:
-    """Remove the temporaries in ``directory`` that no live writer holds: their pid is no
-    process here, and their lock is free (a writer on another host sharing the store holds
-    it). Returns how many were removed."""
+def remove_dead_temporaries(directory: Path, pattern: re.Pattern[str] = _TEMPORARY) -> int:
+    """Remove the temporaries in ``directory`` (names matching ``pattern``, whose first group
+    is the writer's pid) that no live writer holds: their pid is no process here, and their
+    lock is free (a writer on another host sharing the store holds it). Returns how many
+    were removed."""
     removed = 0
     try:
         entries = list(os.scandir(directory))
     except (FileNotFoundError, NotADirectoryError):
         return 0
     for entry in entries:
-        match = _TEMPORARY.fullmatch(entry.name)
+        match = pattern.fullmatch(entry.name)
         if match is None or _alive(int(match[1])):
             continue
         try:

@@ -14,11 +14,13 @@ the index's first image).
 One tar, written front to back (``concurrent = False``): each blob goes in once, however many
 images share it, streamed through in batches and hashed as it is written; a blob whose bytes do
 not match its digest is cut off again (the file is truncated back to where its member began).
-Everything goes to a new file of a random name beside FILE (``FILE.RANDOM.partial``), created
-exclusively and never through a symlink, so nothing planted at a name we could be expected to use
-is written through, and two writers of one FILE never share a file; ``finish()`` renames it onto
-FILE only after the index documents are written and the file is synced (the last writer to
-finish wins, whole); ``aclose()`` without ``finish()`` removes it.
+Everything goes to a new file of a random name beside FILE (``FILE.PID.RANDOM.partial``),
+created exclusively and never through a symlink, so nothing planted at a name we could be
+expected to use is written through, and two writers of one FILE never share a file; ``finish()``
+renames it onto FILE only after the index documents are written and the file is synced (the last
+writer to finish wins, whole); ``aclose()`` without ``finish()`` removes it. Its writer holds a
+lock on it until then, so the next save to FILE can remove what a killed one left (a dead pid
+and a free lock), as the store removes a dead writer's temporaries.
 Tar headers are fixed (mtime 0, uid/gid 0, no user names, 0644 files, 0755 directories) and
 the member order follows the copy, so the same images give the same bytes every time.
 """
@@ -28,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import tarfile
 from collections.abc import Callable
@@ -38,7 +41,7 @@ from typing import Any, TypeVar
 import anyio
 
 from ..digest import Digest, Verifier
-from ..durable import create_new, fsync_dir
+from ..durable import create_new, fsync_dir, lock_own, remove_dead_temporaries
 from ..errors import ArchiveError, PlatformNotFound, TransferError
 from ..manifest import Descriptor, ImageManifest, Manifest, Platform
 from ..reference import parse
@@ -57,9 +60,17 @@ def _compact(doc: Any) -> bytes:
 
 
 def create_beside(path: Path) -> tuple[int, Path]:
-    """A new, empty file of a random name in ``path``'s directory, and its fd."""
-    stem = path.name[:200]  # room for the random part within NAME_MAX
-    return create_new(lambda: path.with_name(f"{stem}.{secrets.token_hex(8)}.partial"))
+    """A new, empty file ``FILE.PID.RANDOM.partial`` in ``path``'s directory, and its fd,
+    locked by this writer until closed; first removes those of ``path`` a dead writer left
+    (a save killed with SIGKILL: nothing else would ever remove them)."""
+    stem = path.name[:200]  # room for the pid and the random part within NAME_MAX
+    pid = os.getpid()
+    remove_dead_temporaries(
+        path.parent, re.compile(rf"{re.escape(stem)}\.(\d+)\.[0-9a-f]{{16}}\.partial")
+    )
+    fd, temp = create_new(lambda: path.with_name(f"{stem}.{pid}.{secrets.token_hex(8)}.partial"))
+    lock_own(fd)
+    return fd, temp
 
 
 class TarWriter:
@@ -106,14 +117,17 @@ class TarWriter:
         self.position = position
 
     def finish(self) -> None:
+        """Complete and sync the file; it stays open (and locked) until renamed, then
+        ``close()``."""
         self._write(bytes(2 * _BLOCK))  # the end-of-archive marker
         self.handle.flush()
         os.fsync(self.handle.fileno())
-        self.handle.close()
 
-    def abort(self) -> None:
+    def close(self) -> None:
         with contextlib.suppress(OSError):
             self.handle.close()
+
+    abort = close
 
 
 def _blob_name(digest: Digest) -> str:
@@ -238,8 +252,9 @@ class ArchiveDestination:
             await self._io(tar.add, name, data)
         await self._io(tar.finish)
         await self._io(os.replace, tar.temp, self.path)
-        await self._io(fsync_dir, self.path.parent)
         self._finished = True
+        tar.close()
+        await self._io(fsync_dir, self.path.parent)
 
     async def aclose(self) -> None:
         if self._finished or self._tar is None:
