@@ -74,9 +74,12 @@ def stored_blobs(store: Path) -> dict[str, int]:
 
 
 def index_refs(store: Path) -> dict[str, str]:
-    """ref.name annotation → manifest digest, from the store's index.json."""
+    """ref.name annotation → manifest digest, from the store's index.json. For an entry that
+    points at the OCI view of a Docker image, the original's digest (what xfer reads)."""
     index = json.loads((store / "index.json").read_text())
     return {
-        m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"]
+        m["annotations"]["org.opencontainers.image.ref.name"]: m["annotations"].get(
+            "dev.xfer.original.digest", m["digest"]
+        )
         for m in index["manifests"]
     }

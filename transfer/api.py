@@ -18,7 +18,7 @@ from .auth import Credentials, registry_host, remove_credentials, save_credentia
 from .client import RegistryClient, TransportOptions
 from .config import RegistryConfig
 from .config import load as load_registry_config
-from .copy import CopyOptions, CopyResult, copy_image
+from .copy import CopyOptions, CopyResult, copy_image, describe_absent
 from .digest import Digest
 from .endpoints import Destination, Source
 from .endpoints.address import ARCHIVE_TRANSPORTS, Address, parse_address
@@ -258,7 +258,10 @@ async def load(
     (``docker save IMAGE-ID`` writes ``"RepoTags": null``) is stored under the digest of its
     manifest, the result's ``reference``; ``NAME@DIGEST`` then finds it, as push and save."""
     settings = settings or Settings()
-    options = CopyOptions(platform=platform, jobs=settings.jobs, retry=settings.retry)
+    # An archive exported for one platform keeps the whole index: load what it holds.
+    options = CopyOptions(
+        platform=platform, allow_absent=True, jobs=settings.jobs, retry=settings.retry
+    )
     layout = settings.layout()
     results = []
     from .endpoints.archive_read import ArchiveImageSource, open_archive
@@ -285,6 +288,13 @@ async def load(
                     layout.set_reference(digest, result.manifest)
                     emit(Message(f"{file}: an image without a name is stored as {digest}"))
                     result = replace(result, reference=digest)
+                if result.absent:
+                    emit(
+                        Message(
+                            f"{result.reference}: {file} holds only part of index "
+                            f"{result.digest}; absent: {describe_absent(result.absent)}"
+                        )
+                    )
                 results.append(result)
     return results
 
@@ -454,10 +464,11 @@ def images(settings: Settings | None = None) -> list[ImageEntry]:
     settings = settings or Settings()
     layout = settings.layout()
     entries = []
-    for desc in layout.read_index():
-        name = desc.annotations.get(REF_NAME)
+    for entry in layout.read_index():
+        name = entry.annotations.get(REF_NAME)
         if not name:
             continue
+        desc = layout.resolve(entry)  # a Docker image's own digest, not its OCI view's
         entries.append(ImageEntry(name, desc.digest, desc.media_type, _image_size(layout, desc)))
     return entries
 

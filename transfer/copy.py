@@ -16,8 +16,8 @@ from typing import Any
 import anyio
 
 from .digest import Digest
-from .endpoints import Destination, Source
-from .errors import IntegrityError, ManifestError, TransferError, first_error
+from .endpoints import Destination, PartialSource, Source
+from .errors import IntegrityError, ManifestError, PlatformNotFound, TransferError, first_error
 from .manifest import (
     MAX_INDEX_DEPTH,
     Descriptor,
@@ -46,6 +46,9 @@ FOREIGN_TYPES = frozenset(
 @dataclass(frozen=True)
 class CopyOptions:
     platform: Platform | None = None  # None: the whole index (copy keeps the source's digest)
+    # Copy an index whose source lacks some children (a one-platform export): what is there,
+    # under the index's own digest, the rest named in the result. Otherwise that is an error.
+    allow_absent: bool = False
     jobs: int = 8
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     bounds: GraphBounds = field(default_factory=GraphBounds)  # what one index graph may hold
@@ -60,6 +63,7 @@ class CopyResult:
     blobs_transferred: int
     blobs_skipped: int
     seconds: float
+    absent: tuple[Descriptor, ...] = ()  # children of the index the source did not hold
 
     @property
     def digest(self) -> Digest:
@@ -71,6 +75,7 @@ class _Plan:
     top: Manifest
     children: list[Manifest]  # manifests below the top one, deepest first
     images: list[ImageManifest]
+    absent: list[Descriptor] = field(default_factory=list)  # children the source lacks
 
     def blobs(self) -> list[Descriptor]:
         seen: dict[Digest, Descriptor] = {}
@@ -99,7 +104,24 @@ async def resolve(
     budget.admit(first.descriptor())
     plan = _Plan(first, [], [])
     await _walk(source, first, plan, policy, emit, budget, {}, depth=1)
+    if plan.absent and not options.allow_absent:
+        raise ManifestError(
+            f"{source.name} lacks {describe_absent(plan.absent)} of index {first.digest}",
+            digest=str(first.digest),
+            hint="copy one platform it holds (xfer copy --platform OS/ARCH), or fetch the rest",
+        )
     return first, plan
+
+
+def describe_absent(children: Iterable[Descriptor]) -> str:
+    """``linux/arm64 (sha256:…), …``: the children an index names that a source lacks."""
+    return ", ".join(f"{d.platform or 'no platform'} ({d.digest})" for d in children)
+
+
+def _absent(source: Source, index: Manifest) -> set[Digest]:
+    if isinstance(source, PartialSource):
+        return {d.digest for d in source.absent(index)}
+    return set()
 
 
 async def _select(
@@ -108,6 +130,12 @@ async def _select(
     manifest = index
     for _ in range(MAX_INDEX_DEPTH):
         desc = manifest.index().select(platform)
+        if desc.digest in _absent(source, manifest):
+            raise PlatformNotFound(
+                f"{source.name} lacks the {desc.platform} image ({desc.digest}) of index "
+                f"{manifest.digest}",
+                digest=str(desc.digest),
+            )
         manifest = await _child(source, desc, policy, emit)
         if not manifest.is_index:
             return manifest
@@ -127,7 +155,11 @@ async def _walk(
     """Every manifest below ``index``, each digest fetched and kept once (children before the
     indexes that list them), within the budget's bounds."""
     budget.enter(depth)
+    absent = _absent(source, index)
     for desc in index.index().manifests:
+        if desc.digest in absent:
+            plan.absent.append(desc)
+            continue
         if not budget.admit(desc):  # listed before: the same bytes, already walked
             known = fetched.get(desc.digest)
             if known is not None:
@@ -207,6 +239,7 @@ async def copy_image(
         blobs_transferred=len(missing),
         blobs_skipped=len(skipped),
         seconds=round(time.monotonic() - started, 3),
+        absent=tuple(plan.absent),
     )
     emit(
         ImageDone(

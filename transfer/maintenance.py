@@ -1,9 +1,12 @@
 """Keeping the store honest: what is reachable, what is corrupt, what can go.
 
 Reachability starts at ``index.json`` and walks indexes and manifests down to configs and
-layers. ``gc`` holds the store exclusively (pulls hold it shared), so a blob written by a pull
-that has not yet tagged its image is never mistaken for garbage. A manifest that cannot be read
-(damaged, missing) hides what its image uses, so gc then deletes nothing at all.
+layers; an entry that points at the OCI view of a Docker image also reaches the original it
+names (``transfer.ociview``), and the children an entry records as absent (an index loaded from
+a one-platform export) are not reported missing. ``gc`` holds the store exclusively (pulls
+hold it shared), so a blob written by a pull that has not yet tagged its image is never
+mistaken for garbage. A manifest that cannot be read (damaged, missing) hides what its image
+uses, so gc then deletes nothing at all.
 
 A pull trusts a stored blob of the right size (one ``lstat``: it is asked for every blob of
 every pull), so a damaged one is never fetched again by itself: ``verify --repair`` removes the
@@ -22,7 +25,7 @@ from pathlib import Path
 
 from .copy import FOREIGN_TYPES
 from .digest import Digest
-from .endpoints.layout import REF_NAME, Layout
+from .endpoints.layout import ABSENT, REF_NAME, Layout
 from .errors import InvalidDigest, StoreError, TransferError
 from .localfile import open_regular
 from .manifest import MAX_MANIFEST_BYTES, Descriptor, Index, Manifest
@@ -51,11 +54,18 @@ def reachable(layout: Layout, roots: list[Descriptor] | None = None) -> Reachabl
     found = Reachable()
     tops = layout.read_index() if roots is None else roots
     stack = [(desc, desc.annotations.get(REF_NAME) or str(desc.digest)) for desc in tops]
+    # Children an index entry records as deliberately not stored are not damage.
+    absent = {text for d in tops for text in d.annotations.get(ABSENT, "").split(",") if text}
     while stack:
         desc, reference = stack.pop()
         if desc.digest in found.blobs:
             continue
+        if str(desc.digest) in absent and not layout.has_blob(desc):
+            continue
         found.blobs[desc.digest] = desc
+        original = layout.resolve(desc)  # an OCI view's Docker original is kept with it
+        if original.digest != desc.digest:
+            stack.append((original, reference))
         if desc.media_type and not _is_manifest(desc.media_type):
             continue
         try:

@@ -44,6 +44,18 @@ class Source(Protocol):
 
 
 @runtime_checkable
+class PartialSource(Protocol):
+    """A source that may hold an index without all of its children: an archive exported for
+    one platform (``ctr images export``, Docker 25's ``docker save``), or a store it was loaded
+    into. It says which children it lacks, so a copy can name them instead of failing on the
+    first missing file."""
+
+    def absent(self, index: Manifest) -> list[Descriptor]:
+        """The children of ``index`` whose manifests this source does not hold."""
+        ...
+
+
+@runtime_checkable
 class Destination(Protocol):
     """Where an image is written to."""
 

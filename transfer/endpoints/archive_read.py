@@ -41,6 +41,7 @@ from ..manifest import (
     ImageConfig,
     Manifest,
 )
+from ..ociview import ORIGINAL, original_type
 from ..reference import parse
 from .layout import REF_NAME
 from .tarindex import Member, TarIndex
@@ -204,11 +205,31 @@ class OciArchive(_Archive):
             raise ArchiveError(f"archive {self.path}: index.json has no manifests list")
         try:
             self._entries = [
-                Descriptor.from_json(e, what=f"{self.path}: index.json manifests[{i}]")
+                self._original(
+                    tar, Descriptor.from_json(e, what=f"{self.path}: index.json manifests[{i}]")
+                )
                 for i, e in enumerate(entries)
             ]
         except ManifestError as exc:
             raise ArchiveError(exc.message) from None
+
+    def _original(self, tar: TarIndex, desc: Descriptor) -> Descriptor:
+        """An entry pointing at an OCI view (``xfer save --format oci`` of a Docker image):
+        the Docker original it names, when the archive holds it, so a load keeps its digest.
+        Its bytes are verified against that digest when read, like any manifest's."""
+        text = desc.annotations.get(ORIGINAL)
+        if text is None:
+            return desc
+        try:
+            digest = Digest.parse(text)
+        except TransferError:
+            return desc
+        name = self._blob_name(Descriptor("", digest, 0))
+        if name not in tar:
+            return desc
+        annotations = {k: v for k, v in desc.annotations.items() if k != ORIGINAL}
+        size = tar.member(name).size
+        return Descriptor(original_type(desc.media_type), digest, size, (), annotations)
 
     def _blob_name(self, desc: Descriptor) -> str:
         return f"blobs/{desc.digest.algorithm}/{desc.digest.encoded}"
@@ -243,6 +264,14 @@ class OciArchive(_Archive):
         manifest = _verified_manifest(self.path, raw, desc, digest)
         self._check_blobs(tar, manifest)
         return manifest
+
+    def absent(self, index: Manifest) -> list[Descriptor]:
+        """Children of ``index`` the archive holds no manifest for: an export of one platform
+        keeps the whole index but only that platform's blobs."""
+        tar = self._tar
+        if tar is None:
+            return []
+        return [d for d in index.index().manifests if self._blob_name(d) not in tar]
 
     def _find(self, identifier: str | Digest) -> Descriptor | None:
         if isinstance(identifier, Digest):
@@ -477,6 +506,11 @@ class ArchiveImageSource:
 
     async def get_manifest(self, identifier: str | Digest) -> Manifest:
         return await self.archive.get_manifest(identifier)
+
+    def absent(self, index: Manifest) -> list[Descriptor]:
+        if isinstance(self.archive, OciArchive):
+            return self.archive.absent(index)
+        return []  # docker's manifest.json has no indexes
 
     def open_blob(
         self, desc: Descriptor, offset: int = 0, end: int | None = None

@@ -4,7 +4,11 @@ Formats (``format``):
   None      what ``docker save`` writes since Docker 25: an OCI image layout (``oci-layout``,
             ``index.json``, ``blobs/sha256/HEX``) plus docker's ``manifest.json`` pointing into
             ``blobs/``, so ``docker load`` takes it and it also reads as ``oci-archive:``.
-  "oci"     the OCI image layout alone (what skopeo's ``oci-archive:`` writes).
+  "oci"     the OCI image layout alone (what skopeo's ``oci-archive:`` writes). A Docker
+            schema 2 image is named in index.json through its OCI view, the original beside it
+            (``transfer.ociview``): OCI readers then find it, and ``xfer load`` keeps the
+            original digest. The default format keeps Docker's types in index.json, as Docker
+            25 does, so containerd and docker record the registry's digest.
   "docker"  ``manifest.json`` with the configs and layers alone, no OCI index (older docker save).
 
 Docker's ``manifest.json`` describes single-platform images only: for an index, the OCI part
@@ -44,6 +48,7 @@ from ..digest import Digest, Verifier
 from ..durable import create_new, fsync_dir, lock_own, remove_dead_temporaries
 from ..errors import ArchiveError, PlatformNotFound, TransferError
 from ..manifest import Descriptor, ImageManifest, Manifest, Platform
+from ..ociview import ORIGINAL, needs_view, views
 from ..reference import parse
 from . import Opener, Progress
 from .archive_read import CONTAINERD_NAME, normalised
@@ -151,6 +156,7 @@ class ArchiveDestination:
         self._written: set[Digest] = set()
         self._manifests: dict[Digest, Manifest] = {}
         self._tagged: list[tuple[str, Manifest]] = []  # (name, top manifest), in save order
+        self._views: dict[Digest, Manifest] = {}  # Docker original → its OCI view ("oci" only)
         self._finished = False
         self._broken = False
 
@@ -229,7 +235,21 @@ class ArchiveDestination:
             await self._io(tar.add, name, manifest.raw)
             self._written.add(manifest.digest)
         if tag is not None:
+            if self.format == "oci" and needs_view(manifest):
+                await self._put_views(manifest)
             self._tagged = [(n, m) for n, m in self._tagged if n != tag] + [(tag, manifest)]
+
+    async def _put_views(self, manifest: Manifest) -> None:
+        """The plain OCI archive is for OCI readers (skopeo, podman, umoci): a Docker image is
+        named through its OCI view, its original kept beside it (``transfer.ociview``)."""
+        tar = await self._writer()
+        for view in views(manifest, lambda desc: self._manifests.get(desc.digest)):
+            if view.digest not in self._written:
+                name = _blob_name(view.digest)
+                await self._directories(tar, name)
+                await self._io(tar.add, name, view.raw)
+                self._written.add(view.digest)
+            self._views[manifest.digest] = view
 
     async def commit(self) -> None:
         return None  # the archive is complete only when finish() has written its index
@@ -271,6 +291,10 @@ class ArchiveDestination:
             annotations = {REF_NAME: name}
             if normalised(name) == name:  # a full reference: what containerd and docker read
                 annotations = {CONTAINERD_NAME: name, REF_NAME: name}
+            view = self._views.get(manifest.digest)
+            if view is not None:
+                annotations[ORIGINAL] = str(manifest.digest)
+                manifest = view
             entries.append(manifest.descriptor(annotations=annotations).to_json())
         return _compact({"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": entries})
 

@@ -7,6 +7,11 @@ there only by atomic rename after its size and digest were verified (reliability
 A partial download is plain bytes in ``.xfer/partials/<alg>-<hex>``. Resuming re-hashes that
 prefix and asks the source for the rest, so a resume survives Ctrl-C, kill -9 and reboots with
 no journal to corrupt. One file lock per blob makes concurrent xfer processes share the work.
+
+index.json is what other tools read, so it names only what OCI readers understand: a Docker
+schema 2 image's entry points at its OCI view and names the original (``transfer.ociview``),
+which ``find`` returns, so xfer pushes and saves the bytes whose digest a registry knows. An
+index stored without some children (``xfer load`` of a one-platform export) says which.
 """
 
 from __future__ import annotations
@@ -34,10 +39,15 @@ from ..fetch import RangePolicy, fill
 from ..ingest import Ingest
 from ..localfile import open_regular, read_capped, read_upto
 from ..manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest
+from ..ociview import ORIGINAL, needs_view, original_type, views
 from ..space import Claim, free_bytes
 from . import Opener, Progress
 
 REF_NAME = "org.opencontainers.image.ref.name"
+# On an index.json entry: the children of an index that were deliberately not stored (it came
+# from an archive exported for some platforms only), comma-separated digests. verify does not
+# call them missing; a copy of the whole index names them (see ``LayoutSource.absent``).
+ABSENT = "dev.xfer.absent"
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
 INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
 READ_CHUNK = 1 << 20
@@ -316,10 +326,27 @@ class Layout:
             raise StoreError(f"{path} is not a valid OCI index: {exc}") from None
 
     def find(self, name: str) -> Descriptor | None:
+        """The manifest ``name`` stands for, as xfer reads it: a Docker original, not its view."""
         for desc in self.read_index():
             if desc.annotations.get(REF_NAME) == name:
-                return desc
+                return self.resolve(desc)
         return None
+
+    def resolve(self, desc: Descriptor) -> Descriptor:
+        """An index.json entry that points at an OCI view (``transfer.ociview``): the Docker
+        original it names, when that is stored; any other entry as it is."""
+        text = desc.annotations.get(ORIGINAL)
+        if text is None:
+            return desc
+        try:
+            digest = Digest.parse(text)
+            st = self.blob_path(digest).lstat()
+        except (TransferError, OSError):
+            return desc  # not ours, or damaged: the view itself is still a readable image
+        if not stat.S_ISREG(st.st_mode):
+            return desc
+        annotations = {k: v for k, v in desc.annotations.items() if k != ORIGINAL}
+        return Descriptor(original_type(desc.media_type), digest, st.st_size, (), annotations)
 
     def get_manifest(self, desc: Descriptor) -> Manifest:
         raw = self.read_blob(desc, cap=MAX_MANIFEST_BYTES)
@@ -337,10 +364,29 @@ class Layout:
     def set_reference(
         self, name: str, manifest: Manifest, extra: dict[str, str] | None = None
     ) -> None:
-        """Point ``name`` at a manifest whose blobs are all stored already."""
-        desc = manifest.descriptor(annotations={**(extra or {}), REF_NAME: name})
+        """Point ``name`` at a manifest whose blobs are all stored already (for an index: the
+        children that are not are recorded as absent)."""
+        annotations = {**(extra or {}), REF_NAME: name}
+        absent = self.absent(manifest) if manifest.is_index else []
+        if absent:
+            annotations[ABSENT] = ",".join(str(d.digest) for d in absent)
+        entry = manifest
+        if needs_view(manifest):
+            # OCI-only readers (skopeo's oci:, umoci) see the view; xfer reads the original.
+            for view in views(manifest, self._stored_manifest):
+                self.put_bytes(view.descriptor(), view.raw)
+                entry = view
+            annotations[ORIGINAL] = str(manifest.digest)
+        desc = entry.descriptor(annotations=annotations)
         with self._index_locked() as entries:
             entries[:] = [e for e in entries if e.annotations.get(REF_NAME) != name] + [desc]
+
+    def _stored_manifest(self, desc: Descriptor) -> Manifest | None:
+        return self.get_manifest(desc) if self.has_blob(desc) else None
+
+    def absent(self, index: Manifest) -> list[Descriptor]:
+        """The children of ``index`` whose manifests the layout does not hold."""
+        return [d for d in index.index().manifests if not self.has_blob(d)]
 
     def remove_reference(self, name: str) -> bool:
         with self._index_locked() as entries:
@@ -473,6 +519,9 @@ class LayoutSource:
                 hint="xfer images lists what it holds",
             )
         return self.layout.get_manifest(found)
+
+    def absent(self, index: Manifest) -> list[Descriptor]:
+        return self.layout.absent(index)
 
     def open_blob(
         self, desc: Descriptor, offset: int = 0, end: int | None = None
