@@ -190,3 +190,28 @@ def test_the_original_config_type_is_dockers(images: BuiltImages) -> None:
     doc = json.loads(info.raw)
     assert doc["config"]["mediaType"] == DOCKER_CONFIG
     assert all(layer["mediaType"].startswith("application/vnd.docker.") for layer in doc["layers"])
+
+
+def test_an_original_annotation_that_the_view_does_not_match_is_not_followed(
+    registry: Registry, images: BuiltImages, store: Path
+) -> None:
+    """A layout written by another tool may name any blob as the original: xfer follows the
+    annotation only to a manifest whose view is exactly the entry, else one name would be one
+    image to skopeo and another to xfer."""
+    info, other = images.images["docker"], images.images["small"]
+    ref = f"{registry.host}/{info.ref}"
+    assert xfer("pull", ref, store=store).code == 0
+    # A Docker manifest of another image, stored, and named as the original of this entry.
+    doc = json.loads(other.raw)
+    doc["mediaType"] = DOCKER_MANIFEST
+    liar = canonical_json(doc)
+    blob = store / "blobs" / "sha256" / sha256(liar).removeprefix("sha256:")
+    blob.write_bytes(liar)
+    index_path = store / "index.json"
+    index = json.loads(index_path.read_text())
+    index["manifests"][0]["annotations"][ORIGINAL] = sha256(liar)
+    index_path.write_text(json.dumps(index))
+
+    shown = xfer("inspect", f"store:{ref}", "--raw", store=store)
+    assert shown.code == 0, shown.err
+    assert json.loads(shown.out) == json.loads(read_blob(store, _entry(store, ref)["digest"]))

@@ -55,7 +55,8 @@ from transfer.client import TransportOptions
 from transfer.digest import Digest
 from transfer.fetch import WRITE_BATCH
 from transfer.ingest import Ingest
-from transfer.manifest import Descriptor
+from transfer.manifest import Descriptor, Manifest
+from transfer.ociview import image_view, needs_view
 from transfer.progress import Event, Retry
 from transfer.retry import RetryPolicy
 
@@ -84,7 +85,11 @@ def _ref(proxy: FaultProxy, info: ImageInfo) -> str:
 
 
 def _expected_blobs(info: ImageInfo) -> set[str]:
-    return {b.digest for b in info.blobs} | {info.digest}
+    """The image's blobs and manifest, and for a Docker image the OCI view the store names
+    it through (tests/test_ociview.py)."""
+    manifest = Manifest.from_bytes(info.raw)
+    view = {str(image_view(manifest).digest)} if needs_view(manifest) else set()
+    return {b.digest for b in info.blobs} | {info.digest} | view
 
 
 def _error_line(run: Run) -> str:

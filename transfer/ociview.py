@@ -117,3 +117,31 @@ def views(manifest: Manifest, read: Callable[[Descriptor], Manifest | None]) -> 
             children[desc.digest] = view = image_view(child)
             out.append(view)
     return [*out, index_view(manifest, children)]
+
+
+def is_view_of(
+    view: Manifest, original: Manifest, read: Callable[[Descriptor], Manifest | None]
+) -> bool:
+    """Is ``view`` exactly what ``views`` makes of ``original``? An annotation alone proves
+    nothing in a layout or archive another tool wrote: trusting it unchecked would let one
+    name mean one image to OCI readers and another to xfer. For a list, each child of the
+    view is either the original child's view or, where that child was not held, itself."""
+    if not needs_view(original):
+        return False
+    if not original.is_index:
+        return image_view(original).digest == view.digest
+    if not view.is_index:
+        return False
+    theirs = view.index().manifests
+    mine = original.index().manifests
+    if len(theirs) != len(mine):
+        return False
+    children: dict[Digest, Manifest] = {}
+    for own, shown in zip(mine, theirs, strict=True):
+        if shown.digest == own.digest:
+            continue
+        child = read(own) if own.media_type == DOCKER_MANIFEST else None
+        if child is None:
+            return False
+        children[own.digest] = image_view(child)
+    return index_view(original, children).digest == view.digest

@@ -41,7 +41,7 @@ from ..manifest import (
     ImageConfig,
     Manifest,
 )
-from ..ociview import ORIGINAL, original_type
+from ..ociview import ORIGINAL, is_view_of, original_type
 from ..reference import parse
 from .layout import REF_NAME
 from .tarindex import Member, TarIndex
@@ -215,8 +215,8 @@ class OciArchive(_Archive):
 
     def _original(self, tar: TarIndex, desc: Descriptor) -> Descriptor:
         """An entry pointing at an OCI view (``xfer save --format oci`` of a Docker image):
-        the Docker original it names, when the archive holds it, so a load keeps its digest.
-        Its bytes are verified against that digest when read, like any manifest's."""
+        the Docker original it names, when the archive holds it and the view is exactly what
+        xfer makes of it, so a load keeps the original's digest."""
         text = desc.annotations.get(ORIGINAL)
         if text is None:
             return desc
@@ -229,7 +229,22 @@ class OciArchive(_Archive):
             return desc
         annotations = {k: v for k, v in desc.annotations.items() if k != ORIGINAL}
         size = tar.member(name).size
-        return Descriptor(original_type(desc.media_type), digest, size, (), annotations)
+        original = Descriptor(original_type(desc.media_type), digest, size, (), annotations)
+
+        def read(wanted: Descriptor) -> Manifest | None:
+            member = self._blob_name(wanted)
+            if member not in tar:
+                return None
+            raw = tar.read_small(member, MAX_MANIFEST_BYTES)
+            return Manifest.from_bytes(raw, wanted.media_type, expected=wanted.digest)
+
+        try:
+            view, own = read(desc), read(original)
+            if view is not None and own is not None and is_view_of(view, own, read):
+                return original
+        except TransferError:
+            pass  # a damaged view or original: the entry is read as it is, and checked then
+        return desc
 
     def _blob_name(self, desc: Descriptor) -> str:
         return f"blobs/{desc.digest.algorithm}/{desc.digest.encoded}"

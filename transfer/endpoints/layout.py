@@ -39,7 +39,7 @@ from ..fetch import RangePolicy, fill
 from ..ingest import Ingest
 from ..localfile import open_regular, read_capped, read_upto
 from ..manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest
-from ..ociview import ORIGINAL, needs_view, original_type, views
+from ..ociview import ORIGINAL, is_view_of, needs_view, original_type, views
 from ..space import Claim, free_bytes
 from . import Opener, Progress
 
@@ -346,7 +346,13 @@ class Layout:
         if not stat.S_ISREG(st.st_mode):
             return desc
         annotations = {k: v for k, v in desc.annotations.items() if k != ORIGINAL}
-        return Descriptor(original_type(desc.media_type), digest, st.st_size, (), annotations)
+        original = Descriptor(original_type(desc.media_type), digest, st.st_size, (), annotations)
+        try:
+            if is_view_of(self.get_manifest(desc), self.get_manifest(original), self._stored):
+                return original
+        except TransferError:
+            pass
+        return desc
 
     def get_manifest(self, desc: Descriptor) -> Manifest:
         raw = self.read_blob(desc, cap=MAX_MANIFEST_BYTES)
@@ -373,7 +379,7 @@ class Layout:
         entry = manifest
         if needs_view(manifest):
             # OCI-only readers (skopeo's oci:, umoci) see the view; xfer reads the original.
-            for view in views(manifest, self._stored_manifest):
+            for view in views(manifest, self._stored):
                 self.put_bytes(view.descriptor(), view.raw)
                 entry = view
             annotations[ORIGINAL] = str(manifest.digest)
@@ -381,7 +387,7 @@ class Layout:
         with self._index_locked() as entries:
             entries[:] = [e for e in entries if e.annotations.get(REF_NAME) != name] + [desc]
 
-    def _stored_manifest(self, desc: Descriptor) -> Manifest | None:
+    def _stored(self, desc: Descriptor) -> Manifest | None:
         return self.get_manifest(desc) if self.has_blob(desc) else None
 
     def absent(self, index: Manifest) -> list[Descriptor]:
