@@ -85,6 +85,9 @@ def test_a_copy_of_the_partial_index_fails_naming_the_platform_and_one_platform_
     copied = xfer("copy", "--platform", "linux/amd64", f"store:{REF}", target, store=store)
     assert copied.code == 0, copied.err
     assert inspect_raw(target) == amd64.raw
+    pushed = xfer("push", "--platform", "linux/amd64", REF, target + "-pushed", store=store)
+    assert pushed.code == 0, pushed.err
+    assert inspect_raw(target + "-pushed") == amd64.raw
     wrong = xfer("copy", "--platform", "linux/arm64", f"store:{REF}", target, store=store)
     assert wrong.code == 1 and "lacks the linux/arm64 image" in wrong.err
 

@@ -108,7 +108,7 @@ async def resolve(
         raise ManifestError(
             f"{source.name} lacks {describe_absent(plan.absent)} of index {first.digest}",
             digest=str(first.digest),
-            hint="copy one platform it holds (xfer copy --platform OS/ARCH), or fetch the rest",
+            hint="send one platform it holds (--platform OS/ARCH), or fetch the rest first",
         )
     return first, plan
 
