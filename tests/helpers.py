@@ -7,9 +7,10 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -83,3 +84,76 @@ def index_refs(store: Path) -> dict[str, str]:
         )
         for m in index["manifests"]
     }
+
+
+# Runs argv[5:] as its child and writes the child's exit code, peak RSS (KiB), CPU seconds and
+# whether it was killed to argv[1]. A small process of its own: a child's ru_maxrss starts from
+# its parent's RSS at the fork (kept across exec), and pytest holds a few hundred MiB late in
+# the suite. The child gets a CPU limit (argv[2], 0: none: a runaway is killed by SIGXCPU), and
+# is killed past a peak (argv[3] bytes, 0: none) or a wall time (argv[4] seconds).
+_LAUNCHER = """
+import os, resource, subprocess, sys, time
+report, cpu, rss_limit, wall = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+def limit():
+    if cpu:
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+child = subprocess.Popen(sys.argv[5:], preexec_fn=limit)
+page = os.sysconf("SC_PAGE_SIZE")
+started, killed = time.monotonic(), False
+while True:
+    pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+    if pid:
+        break
+    rss = 0
+    if rss_limit:
+        try:
+            rss = int(open(f"/proc/{child.pid}/statm").read().split()[1]) * page
+        except (OSError, ValueError, IndexError):
+            pass
+    if not killed and (rss > rss_limit > 0 or time.monotonic() - started > wall):
+        child.kill()
+        killed = True
+    time.sleep(0.02)
+with open(report, "w") as out:
+    code = os.waitstatus_to_exitcode(status)
+    out.write(f"{code} {usage.ru_maxrss} {usage.ru_utime + usage.ru_stime} {int(killed)}")
+"""
+
+
+class Measured(NamedTuple):
+    done: subprocess.CompletedProcess[str]  # the command's own exit code and output
+    peak_mib: float  # its own peak RSS, not counting the test process's memory
+    cpu_seconds: float  # user + system
+    killed: bool  # by the wall-time or the RSS watchdog
+
+
+def peak_rss(
+    command: list[str],
+    *,
+    timeout: float,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    cpu_limit: int = 0,
+    rss_limit: int = 0,
+    stdout: int = subprocess.PIPE,
+) -> Measured:
+    """Run ``command`` from a small launcher; its result and its own peak RSS in MiB.
+
+    Past ``timeout`` seconds (or ``rss_limit`` bytes) the command is killed and ``killed`` is
+    set; ``cpu_limit`` seconds of CPU is its RLIMIT_CPU."""
+    with tempfile.NamedTemporaryFile("r") as report:
+        launcher = [sys.executable, "-c", _LAUNCHER, report.name]
+        launcher += [str(cpu_limit), str(rss_limit), str(timeout), *command]
+        outer = subprocess.run(
+            launcher,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=cwd,
+            timeout=timeout + 30,  # the launcher kills the command at timeout itself
+        )
+        assert outer.returncode == 0, outer.stderr  # the launcher's own failure
+        code, peak_kib, cpu, killed = report.read().split()
+    done = subprocess.CompletedProcess(command, int(code), outer.stdout, outer.stderr)
+    return Measured(done, int(peak_kib) / 1024, float(cpu), killed == "1")

@@ -8,11 +8,7 @@ that sends a byte now and then never keeps a request alive past a bound derived 
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +27,7 @@ from fixtures.images import (
 from fixtures.pushimage import RegistryPusher
 from fixtures.registry import Registry
 from fixtures.tokenserver import ALICE, TokenServer
-from tests.helpers import Run, stored_blobs, xfer, xfer_env
+from tests.helpers import Run, peak_rss, stored_blobs, xfer, xfer_env
 from transfer.digest import Digest
 from transfer.errors import ManifestError
 from transfer.manifest import Descriptor, GraphBounds, GraphBudget
@@ -86,39 +82,14 @@ def _push_index(
     return digest, len(raw)
 
 
-# Runs the CLI as its child and writes that child's peak RSS (KiB) to argv[1]. A process's peak
-# counts the memory of whoever forked it up to its exec, so the CLI is started from this small
-# interpreter rather than from pytest, which holds a few hundred MiB by the end of the suite.
-_MEASURE = """
-import resource, subprocess, sys
-code = subprocess.call([sys.executable, "-m", "transfer", *sys.argv[2:]])
-with open(sys.argv[1], "w") as out:
-    out.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
-sys.exit(code)
-"""
-
-
-def _run_measured(*args: str | Path, timeout: float) -> tuple[Run, int]:
-    """Run the CLI; returns its result and its own peak RSS in KiB."""
-    with tempfile.TemporaryDirectory() as work:
-        peak = Path(work) / "peak"
-        command = [sys.executable, "-c", _MEASURE, str(peak), *map(str, args)]
-        # A session of its own: on a timeout the CLI is killed with its measuring parent.
-        process = subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=xfer_env(),
-            start_new_session=True,
-        )
-        try:
-            out, err = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-            raise AssertionError(f"xfer {' '.join(map(str, args))} ran over {timeout} s") from None
-        return Run(process.returncode, out, err), int(peak.read_text())
+def _run_measured(*args: str | Path, timeout: float) -> tuple[Run, float]:
+    """Run the CLI; returns its result and its own peak RSS in MiB."""
+    done, peak_mib, _, killed = peak_rss(
+        [sys.executable, "-m", "transfer", *map(str, args)], env=xfer_env(), timeout=timeout
+    )
+    if killed:
+        raise AssertionError(f"xfer {' '.join(map(str, args))} ran over {timeout} s")
+    return Run(done.returncode, done.stdout, done.stderr), peak_mib
 
 
 # --- item 4: index fan-out ---------------------------------------------------------------------
@@ -137,7 +108,7 @@ def test_an_index_fanning_out_n_squared_fetches_each_distinct_manifest_once(
     mark = empty_registry.mark()
     layout = tmp_path / "layout"
     # N x N = 40,000 paths to one image: fetching each path took minutes before.
-    run, peak_kib = _run_measured(
+    run, peak_mib = _run_measured(
         "copy", f"{empty_registry.host}/{repo}:1", f"oci:{layout}:out", timeout=60
     )
     assert run.code == 0, run.err
@@ -149,7 +120,7 @@ def test_an_index_fanning_out_n_squared_fetches_each_distinct_manifest_once(
         gets
     )
     # Three manifests kept, not 40,000: the run stays near a plain copy's size (~45 MiB).
-    assert peak_kib < 120 * 1024, f"peak RSS {peak_kib // 1024} MiB"
+    assert peak_mib < 120, f"peak RSS {peak_mib:.0f} MiB"
 
 
 def test_an_index_graph_over_the_size_bound_fails_cleanly_before_fetching_it(

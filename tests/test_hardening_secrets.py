@@ -34,7 +34,7 @@ from fixtures.images import BuiltImages
 from fixtures.leakbait import Answer, LeakBait, Seen, challenge, tag_page
 from fixtures.registry import Registry
 from fixtures.tokenserver import CertAuthority
-from tests.helpers import Run, index_refs, stored_blobs, xfer, xfer_env
+from tests.helpers import Run, index_refs, peak_rss, stored_blobs, xfer, xfer_env
 from transfer.client import RegistryClient, TransportOptions
 from transfer.errors import RegistryError
 
@@ -54,27 +54,13 @@ def _error_line(run: Run) -> str:
     return lines[0]
 
 
-# Runs a command and prints its exit code, its peak RSS and whether the watchdog killed it.
-# A small process of its own, because a child's ru_maxrss starts from its parent's RSS at the
-# fork (kept across exec), and the test process is far bigger than the limit asserted.
-_WATCH = """
-import os, subprocess, sys, time
-child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
-started, killed = time.monotonic(), False
-while True:
-    pid, status, usage = os.wait4(child.pid, os.WNOHANG)
-    if pid:
-        break
-    try:
-        rss = int(open(f"/proc/{child.pid}/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        rss = 0
-    if not killed and (rss > 600 << 20 or time.monotonic() - started > 120):
-        child.kill()  # a watchdog: the old code grew without bound
-        killed = True
-    time.sleep(0.02)
-print(os.waitstatus_to_exitcode(status), usage.ru_maxrss << 10, int(killed))
-"""
+def _watched(command: list[str]) -> tuple[int, str, float, bool]:
+    """Exit code, stderr, own peak RSS (MiB) of ``command``, and whether the watchdog killed it
+    (past 600 MB or 120 s: the old code grew without bound)."""
+    done, peak_mib, _, killed = peak_rss(
+        command, env=xfer_env(), timeout=120, rss_limit=600 << 20, stdout=subprocess.DEVNULL
+    )
+    return done.returncode, done.stderr, peak_mib, killed
 
 
 class AddHeaders(Fault):
@@ -265,21 +251,14 @@ def test_endless_big_tag_pages_stop_at_the_tag_cap_in_flat_memory() -> None:
     with _pages(tags, links) as bait:
         command = [sys.executable, "-m", "transfer", "tags", f"{bait.host}/x"]
         started = time.monotonic()
-        done = subprocess.run(
-            [sys.executable, "-c", _WATCH, *command],
-            env=xfer_env(),
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
+        code, err, peak, killed = _watched(command)
         elapsed = time.monotonic() - started
-    code, peak, killed = map(int, done.stdout.split())
     assert not killed, f"xfer tags grew past 600 MB or ran for {elapsed:.0f} s"
-    line = _error_line(Run(code, "", done.stderr))
+    line = _error_line(Run(code, "", err))
     assert "1000000 tags" in line.replace(",", "")
     assert len(links) <= 4  # 280,000 a page: the cap is crossed on the fourth
     assert elapsed < 60
-    assert peak < 150 << 20, f"peak RSS {peak >> 20} MiB"
+    assert peak < 150, f"peak RSS {peak:.0f} MiB"
 
 
 def test_a_repeated_next_link_stops_the_listing() -> None:
@@ -385,14 +364,7 @@ def test_a_token_answer_compressed_anyway_is_refused_without_inflating_it() -> N
 
         bait.handlers.append(registry)
         command = [sys.executable, "-m", "transfer", "pull", "--retries", "0", f"{bait.host}/x:1"]
-        done = subprocess.run(
-            [sys.executable, "-c", _WATCH, *command],
-            env=xfer_env(),
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
-    code, peak, killed = map(int, done.stdout.split())
-    assert not killed and peak < 150 << 20, f"peak RSS {peak >> 20} MiB"
-    line = _error_line(Run(code, "", done.stderr))
+        code, err, peak, killed = _watched(command)
+    assert not killed and peak < 150, f"peak RSS {peak:.0f} MiB"
+    line = _error_line(Run(code, "", err))
     assert "gzip-encoded" in line and bait.host in line
