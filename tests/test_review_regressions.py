@@ -19,12 +19,11 @@ from fixtures.images import BuiltImages
 from fixtures.registry import Registry
 from tests.helpers import xfer, xfer_env
 from transfer import api, cli, maintenance
-from transfer.client import RangeIgnored
 from transfer.copy import CopyOptions, copy_image
 from transfer.digest import Digest
 from transfer.durable import atomic_write
 from transfer.endpoints.layout import Layout, LayoutDestination
-from transfer.errors import NetworkError, StoreError, TooManyRequests
+from transfer.errors import NetworkError, RangeIgnored, StoreError, TooManyRequests
 from transfer.fetch import RangePolicy
 from transfer.ingest import Ingest
 from transfer.manifest import OCI_CONFIG, OCI_MANIFEST, Descriptor, Manifest

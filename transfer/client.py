@@ -44,6 +44,8 @@ from .errors import (
     ManifestError,
     NetworkError,
     NotFound,
+    RangeError,
+    RangeIgnored,
     RegistryError,
     SizeMismatch,
     TooManyRequests,
@@ -77,16 +79,6 @@ class TransportOptions:
     connect_timeout: float = 30.0
     read_timeout: float = 60.0  # a stalled socket fails after this and the blob resumes
     max_connections: int = 32
-
-
-class RangeError(TransferError):
-    """The server's answer to a Range request cannot be appended: restart the blob from 0."""
-
-    retryable = True
-
-
-class RangeIgnored(TransferError):
-    """A bounded Range request was answered with the whole blob: no parallel ranges here."""
 
 
 def is_loopback(host: str) -> bool:

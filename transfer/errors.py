@@ -10,6 +10,8 @@
     │   ├── NotFound                 404 / MANIFEST_UNKNOWN / BLOB_UNKNOWN / NAME_UNKNOWN
     │   └── TooManyRequests          429 (retryable, may carry Retry-After)
     ├── NetworkError                 connection refused/reset/timeout (retryable)
+    ├── RangeError                   a Range answer that cannot be appended (retryable, from 0)
+    ├── RangeIgnored                 a bounded Range answered whole: no parallel ranges there
     ├── IntegrityError               bytes that do not match what was promised
     │   ├── DigestMismatch           expected digest ≠ computed digest
     │   └── SizeMismatch             byte count ≠ descriptor size, or over a cap
@@ -113,6 +115,19 @@ class TooManyRequests(RegistryError):
 
 class NetworkError(TransferError):
     retryable = True
+
+
+class RangeError(TransferError):
+    """The server's answer to a Range request cannot be appended: restart the blob from 0."""
+
+    retryable = True
+
+
+class RangeIgnored(TransferError):
+    """A bounded Range request was answered with the whole blob: no parallel ranges here.
+
+    Not retryable: it is about the source, not the attempt; the caller falls back to one stream.
+    """
 
 
 class IntegrityError(TransferError):

@@ -26,9 +26,8 @@ import anyio.abc
 import anyio.from_thread
 
 from .body import BlobBody
-from .client import RangeIgnored
 from .endpoints import Opener, Progress
-from .errors import NetworkError, SizeMismatch, first_error
+from .errors import NetworkError, RangeIgnored, SizeMismatch, first_error
 from .ingest import Chunk, Ingest, Staging
 
 WRITE_BATCH = 1 << 20  # bytes gathered before one write (+hash) in a worker thread

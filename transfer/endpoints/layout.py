@@ -31,10 +31,9 @@ from typing import Any
 
 import anyio
 
-from ..client import RangeError
 from ..digest import Digest, Verifier
 from ..durable import atomic_write, create_once, fsync_dir, remove_dead_temporaries
-from ..errors import IntegrityError, NetworkError, StoreError, TransferError
+from ..errors import IntegrityError, NetworkError, RangeError, StoreError, TransferError
 from ..fetch import RangePolicy, fill
 from ..ingest import Ingest
 from ..localfile import open_regular, read_capped, read_upto

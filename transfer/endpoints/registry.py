@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import anyio
 
-from ..client import RangeError, RangeIgnored, RegistryClient
+from ..client import RegistryClient
 from ..digest import Digest, Verifier
-from ..errors import NetworkError, TransferError, UsageError
+from ..errors import NetworkError, RangeError, RangeIgnored, TransferError, UsageError
 from ..manifest import Descriptor, Manifest
 from ..progress import Emit, Message, ignore
 from ..reference import Reference
