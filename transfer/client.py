@@ -16,7 +16,14 @@ import json
 import re
 import ssl
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Container,
+    Iterable,
+    Mapping,
+)
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -383,9 +390,24 @@ class RegistryClient:
         """``GET /v2/`` through the auth flow: the credentials are good, or this raises."""
         what = f"login to {self.host}"
         resp = await self.send("GET", "/v2/", scopes=(), what=what)
-        if resp.status_code != 200:
-            raise await self._fail(resp, what)
-        await resp.aclose()
+        await self._expect(resp, (200,), what)
+
+    async def _expect(
+        self,
+        resp: httpx.Response,
+        ok: Container[int],
+        what: str,
+        *,
+        reference: str | None = None,
+        keep_body: bool = False,
+    ) -> None:
+        """The one check of an answer's status: any other than ``ok`` raises its typed error
+        (the error body read, bounded); the answer is closed either way, unless its body is
+        still to be read (``keep_body``: then the caller closes it)."""
+        if resp.status_code not in ok:
+            raise await self._fail(resp, what, reference)
+        if not keep_body:
+            await _close(resp)
 
     async def _fail(
         self, resp: httpx.Response, what: str, reference: str | None = None
@@ -423,8 +445,7 @@ class RegistryClient:
             headers={"Accept": ACCEPT},
             what=what,
         )
-        if resp.status_code != 200:
-            raise await self._fail(resp, what, reference)
+        await self._expect(resp, (200,), what, reference=reference, keep_body=True)
         try:
             raw = await _read_capped(resp, MAX_MANIFEST_BYTES, what, self.host)
         finally:
@@ -451,8 +472,7 @@ class RegistryClient:
         await resp.aclose()
         if resp.status_code == 404:
             return None
-        if resp.status_code != 200:
-            raise await self._fail(resp, f"manifest {self.host}/{repository}:{identifier}")
+        await self._expect(resp, (200,), f"manifest {self.host}/{repository}:{identifier}")
         header = resp.headers.get("docker-content-digest")
         if not header:
             return None
@@ -476,11 +496,10 @@ class RegistryClient:
             "HEAD", f"/v2/{repository}/blobs/{digest}", scopes=scopes, follow_redirects=True
         )
         await resp.aclose()
-        if resp.status_code == 200:
-            return True
         if resp.status_code == 404:
             return False
-        raise await self._fail(resp, f"blob {digest}")
+        await self._expect(resp, (200,), f"blob {digest}")
+        return True
 
     @asynccontextmanager
     async def open_blob(
@@ -584,9 +603,7 @@ class RegistryClient:
             scopes=self._push_scopes(repository, f"repository:{source}:pull"),
             what=what,
         )
-        if resp.status_code not in (201, 202):
-            raise await self._fail(resp, what)
-        await resp.aclose()
+        await self._expect(resp, (201, 202), what)
         if resp.status_code == 201:
             return None
         return self._upload_url(resp.headers.get("location"), what)
@@ -599,18 +616,14 @@ class RegistryClient:
             scopes=self._push_scopes(repository),
             what=what,
         )
-        if resp.status_code != 202:
-            raise await self._fail(resp, what)
-        await resp.aclose()
+        await self._expect(resp, (202,), what)
         return self._upload_url(resp.headers.get("location"), what)
 
     async def upload_offset(self, repository: str, location: str) -> tuple[str, int]:
         """How much of an upload the registry holds (its ``Range: 0-N``), and where to go on."""
         what = f"upload status at {self.host}/{repository}"
         resp = await self.send("GET", location, scopes=self._push_scopes(repository), what=what)
-        if resp.status_code not in (200, 204):
-            raise await self._fail(resp, what)
-        await resp.aclose()
+        await self._expect(resp, (200, 204), what)
         held = resp.headers.get("range", "")
         match = re.fullmatch(r"(?:bytes=)?0-(\d+)", held.strip())
         # `0-N` holds N+1 bytes, but distribution also answers `0-0` for an empty upload (and
@@ -647,9 +660,7 @@ class RegistryClient:
         if resp.status_code == 416:
             await resp.aclose()
             raise RangeError(f"{what}: the registry holds a different offset", host=self.host)
-        if resp.status_code != 202:
-            raise await self._fail(resp, what)
-        await resp.aclose()
+        await self._expect(resp, (202,), what)
         return self._upload_url(resp.headers.get("location") or location, what)
 
     async def finish_upload(self, repository: str, location: str, digest: Digest) -> None:
@@ -665,12 +676,12 @@ class RegistryClient:
             headers={"Content-Length": "0"},
             what=what,
         )
-        if resp.status_code not in (201, 204):
-            error = await self._fail(resp, what)
+        try:
+            await self._expect(resp, (201, 204), what)
+        except RegistryError as error:
             if error.code == "DIGEST_INVALID":  # we hashed what we sent: it arrived corrupt
-                raise DigestMismatch(str(error), host=self.host, digest=str(digest))
-            raise error
-        await resp.aclose()
+                raise DigestMismatch(str(error), host=self.host, digest=str(digest)) from None
+            raise
 
     async def cancel_upload(self, repository: str, location: str) -> None:
         """Best effort: a failed upload should not linger at the registry (case 48)."""
@@ -700,9 +711,7 @@ class RegistryClient:
                 status=413,
                 digest=str(manifest.digest),
             )
-        if resp.status_code not in (200, 201, 202):
-            raise await self._fail(resp, what)
-        await resp.aclose()
+        await self._expect(resp, (200, 201, 202), what)
         echoed = resp.headers.get("docker-content-digest")
         if echoed and echoed != str(manifest.digest):
             raise DigestMismatch(
@@ -745,8 +754,7 @@ class RegistryClient:
             resp = await self.send(
                 "GET", path, scopes=(f"repository:{repository}:pull",), what=what
             )
-            if resp.status_code != 200:
-                raise await self._fail(resp, what)
+            await self._expect(resp, (200,), what, keep_body=True)
             try:
                 body = await _read_capped(resp, MAX_TAGS_PAGE, what, self.host)
             finally:
