@@ -30,7 +30,8 @@ from fixtures.tokenserver import ALICE, TokenServer
 from tests.helpers import Run, peak_rss, stored_blobs, xfer, xfer_env
 from transfer.digest import Digest
 from transfer.errors import ManifestError
-from transfer.manifest import Descriptor, GraphBounds, GraphBudget
+from transfer.graph import GraphBounds, GraphBudget
+from transfer.manifest import Descriptor
 
 FAN_OUT = 200
 # One byte every half second: every single read succeeds well inside --timeout.

@@ -17,30 +17,14 @@ import anyio
 
 from .digest import Digest
 from .endpoints import Destination, PartialSource, Source
-from .errors import IntegrityError, ManifestError, PlatformNotFound, TransferError, first_error
-from .manifest import (
-    MAX_INDEX_DEPTH,
-    Descriptor,
-    GraphBounds,
-    GraphBudget,
-    ImageManifest,
-    Manifest,
-    Platform,
-)
+from .errors import IntegrityError, ManifestError, TransferError, first_error
+from .graph import GraphBounds, Rules, image_blobs, walk
+from .manifest import Descriptor, ImageManifest, Manifest, Platform
 from .progress import BlobDone, BlobProgress, BlobStart, Emit, ImageDone, ImageStart, ignore
 from .retry import RetryPolicy, retrying
 
 SMALL_BLOB = 1 << 20  # blobs up to this size ...
 SMALL_JOBS = 4  # ... go this many times --jobs at once
-# Layers that registries must not redistribute (Windows base layers): skipped as docker does.
-FOREIGN_TYPES = frozenset(
-    {
-        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
-        "application/vnd.oci.image.layer.nondistributable.v1.tar",
-        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -78,13 +62,7 @@ class _Plan:
     absent: list[Descriptor] = field(default_factory=list)  # children the source lacks
 
     def blobs(self) -> list[Descriptor]:
-        seen: dict[Digest, Descriptor] = {}
-        for image in self.images:
-            for desc in image.blobs():
-                if desc.media_type in FOREIGN_TYPES and desc.urls:
-                    continue
-                seen.setdefault(desc.digest, desc)
-        return list(seen.values())
+        return image_blobs(self.images)
 
 
 async def resolve(
@@ -95,22 +73,26 @@ async def resolve(
     first = await retrying(
         f"manifest {source.name}", lambda: source.get_manifest(identifier), policy, emit
     )
-    if not first.is_index:
-        return first, _Plan(first, [], [first.image()])
-    if options.platform is not None:
-        chosen = await _select(source, first, options.platform, policy, emit)
+
+    async def get(desc: Descriptor) -> Manifest:
+        return await retrying(
+            f"manifest {desc.digest}", lambda: source.get_manifest(desc.digest), policy, emit
+        )
+
+    rules = Rules(platform=options.platform, bounds=options.bounds, absent=_absent(source))
+    graph = await walk(source.name, [first], get, rules)
+    if options.platform is not None or not first.is_index:
+        chosen = graph.images[0]  # the platform's image, from an index or the image itself
         return first, _Plan(chosen, [], [chosen.image()])
-    budget = GraphBudget(options.bounds, source.name)
-    budget.admit(first.descriptor())
-    plan = _Plan(first, [], [])
-    await _walk(source, first, plan, policy, emit, budget, {}, depth=1)
-    if plan.absent and not options.allow_absent:
+    if graph.absent and not options.allow_absent:
         raise ManifestError(
-            f"{source.name} lacks {describe_absent(plan.absent)} of index {first.digest}",
+            f"{source.name} lacks {describe_absent(graph.absent)} of index {first.digest}",
             digest=str(first.digest),
             hint="send one platform it holds (--platform OS/ARCH), or fetch the rest first",
         )
-    return first, plan
+    # Every manifest below the top one, children before the indexes that list them.
+    images = [m.image() for m in graph.images]
+    return first, _Plan(first, graph.manifests[:-1], images, graph.absent)
 
 
 def describe_absent(children: Iterable[Descriptor]) -> str:
@@ -118,75 +100,12 @@ def describe_absent(children: Iterable[Descriptor]) -> str:
     return ", ".join(f"{d.platform or 'no platform'} ({d.digest})" for d in children)
 
 
-def _absent(source: Source, index: Manifest) -> set[Digest]:
-    if isinstance(source, PartialSource):
-        return {d.digest for d in source.absent(index)}
-    return set()
-
-
-async def _select(
-    source: Source, index: Manifest, platform: Platform, policy: RetryPolicy, emit: Emit
-) -> Manifest:
-    manifest = index
-    for _ in range(MAX_INDEX_DEPTH):
-        desc = manifest.index().select(platform)
-        if desc.digest in _absent(source, manifest):
-            raise PlatformNotFound(
-                f"{source.name} lacks the {desc.platform} image ({desc.digest}) of index "
-                f"{manifest.digest}",
-                digest=str(desc.digest),
-            )
-        manifest = await _child(source, desc, policy, emit)
-        if not manifest.is_index:
-            return manifest
-    raise ManifestError(f"{source.name}: indexes nested deeper than {MAX_INDEX_DEPTH}")
-
-
-async def _walk(
-    source: Source,
-    index: Manifest,
-    plan: _Plan,
-    policy: RetryPolicy,
-    emit: Emit,
-    budget: GraphBudget,
-    fetched: dict[Digest, Manifest],
-    depth: int,
-) -> None:
-    """Every manifest below ``index``, each digest fetched and kept once (children before the
-    indexes that list them), within the budget's bounds."""
-    budget.enter(depth)
-    absent = _absent(source, index)
-    for desc in index.index().manifests:
-        if desc.digest in absent:
-            plan.absent.append(desc)
-            continue
-        if not budget.admit(desc):  # listed before: the same bytes, already walked
-            known = fetched.get(desc.digest)
-            if known is not None:
-                _check_descriptor(source, desc, known)
-            continue
-        child = await _child(source, desc, policy, emit)
-        fetched[desc.digest] = child
-        if child.is_index:
-            await _walk(source, child, plan, policy, emit, budget, fetched, depth + 1)
-        else:
-            plan.images.append(child.image())
-        plan.children.append(child)
-
-
-async def _child(source: Source, desc: Descriptor, policy: RetryPolicy, emit: Emit) -> Manifest:
-    manifest = await retrying(
-        f"manifest {desc.digest}", lambda: source.get_manifest(desc.digest), policy, emit
-    )
-    _check_descriptor(source, desc, manifest)
-    return manifest
-
-
-def _check_descriptor(source: Source, desc: Descriptor, manifest: Manifest) -> None:
-    if manifest.media_type != desc.media_type or len(manifest.raw) != desc.size:
-        raise ManifestError(
-            f"{source.name}: manifest {desc.digest} does not match its descriptor in the index"
-        )
+def _absent(source: Source) -> Callable[[Manifest], set[Digest]] | None:
+    """The children of an index a source that may hold only part of it lacks."""
+    if not isinstance(source, PartialSource):
+        return None
+    partial = source
+    return lambda index: {d.digest for d in partial.absent(index)}
 
 
 async def copy_image(

@@ -23,10 +23,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .copy import FOREIGN_TYPES
 from .digest import Digest
 from .endpoints.layout import ABSENT, REF_NAME, Layout
 from .errors import InvalidDigest, StoreError, TransferError
+from .graph import FOREIGN_TYPES
 from .localfile import open_regular
 from .manifest import MAX_MANIFEST_BYTES, Descriptor, Index, Manifest
 

@@ -392,67 +392,6 @@ def _media_type(doc: Mapping[str, Any], content_type: str | None, what: str) -> 
     return media_type
 
 
-# --- index graphs ------------------------------------------------------------------------------
-
-# An index of indexes is legal; deeper nesting is an attack (reliability case 25).
-MAX_INDEX_DEPTH = 2
-# Real indexes list tens of manifests; these bound what a hostile graph can make a walk fetch
-# and keep: each distinct manifest counts once, however often it is listed.
-MAX_GRAPH_MANIFESTS = 10_000
-MAX_GRAPH_BYTES = 64 << 20  # sum of the sizes the descriptors declare (and are checked against)
-
-
-@dataclass(frozen=True)
-class GraphBounds:
-    manifests: int = MAX_GRAPH_MANIFESTS
-    bytes: int = MAX_GRAPH_BYTES
-    depth: int = MAX_INDEX_DEPTH
-
-
-class GraphBudget:
-    """One walk of an index graph: admits each manifest digest once, within ``bounds``.
-
-    A digest listed again (by the same index or another) is collapsed, not fetched or counted
-    again, so an index listing another N times, which lists one image N times, costs three
-    manifests rather than N squared. The bounds are checked on what descriptors declare,
-    before anything is fetched; ``name`` (the reference walked) heads every error.
-    """
-
-    def __init__(self, bounds: GraphBounds, name: str) -> None:
-        self.bounds = bounds
-        self.name = name
-        self.seen: set[Digest] = set()
-        self.total = 0
-
-    def admit(self, desc: Descriptor) -> bool:
-        """True the first time ``desc``'s digest is seen; raises past a bound."""
-        if desc.digest in self.seen:
-            return False
-        if len(self.seen) >= self.bounds.manifests:
-            raise ManifestError(
-                f"{self.name}: the index graph lists more than {self.bounds.manifests} "
-                "distinct manifests",
-                reference=self.name,
-            )
-        if self.total + desc.size > self.bounds.bytes:
-            raise ManifestError(
-                f"{self.name}: the index graph's manifests declare {self.total + desc.size} "
-                f"bytes or more, over the {self.bounds.bytes} byte limit",
-                reference=self.name,
-            )
-        self.seen.add(desc.digest)
-        self.total += desc.size
-        return True
-
-    def enter(self, depth: int) -> None:
-        """An index at ``depth`` (the top one is 1) is about to be walked."""
-        if depth > self.bounds.depth:
-            raise ManifestError(
-                f"{self.name}: indexes nested deeper than {self.bounds.depth}",
-                reference=self.name,
-            )
-
-
 # --- image config ------------------------------------------------------------------------------
 
 
