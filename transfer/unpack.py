@@ -40,7 +40,8 @@ from .digest import Digest
 from .endpoints.address import parse_address
 from .endpoints.layout import REF_NAME, Layout
 from .errors import DigestMismatch, Interrupted, ManifestError, StoreError, UsageError
-from .manifest import MAX_CONFIG_BYTES, ImageConfig, ImageManifest, Manifest, Platform
+from .graph import Rules, walk_sync
+from .manifest import MAX_CONFIG_BYTES, Descriptor, ImageConfig, ImageManifest, Manifest, Platform
 from .progress import Emit, Message, ignore
 from .reference import parse
 from .safepath import READ_DIR, Parts, Root, clean, lstat_at, on_the_way, remove_at
@@ -51,7 +52,6 @@ DEFAULT_MAX_SIZE = 32 << 30
 MAX_ENTRIES = 1 << 21
 # Parent directories remembered as reached through symlinks (a tuple of names each).
 MAX_RESOLVED = 4096
-MAX_INDEX_DEPTH = 2
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 _SETID = stat.S_ISUID | stat.S_ISGID
@@ -117,20 +117,18 @@ def find_image(
         )
     if found is None:
         raise StoreError(f"no image {name} in {layout.root}", reference=name)
-    manifest = layout.get_manifest(found)
-    for _ in range(MAX_INDEX_DEPTH):
-        if not manifest.is_index:
-            break
-        child = manifest.index().select(platform)
-        if not layout.has_blob(child):
+    top = layout.get_manifest(found)
+
+    def get(desc: Descriptor) -> Manifest:
+        if not layout.has_blob(desc):
             raise StoreError(
                 f"{name} for {platform} is not in {layout.root}",
                 reference=name,
                 hint=f"xfer pull --platform {platform} {name}" if in_store else None,
             )
-        manifest = layout.get_manifest(child)
-    if manifest.is_index:
-        raise ManifestError(f"{name}: indexes nested deeper than {MAX_INDEX_DEPTH}")
+        return layout.get_manifest(desc)
+
+    manifest = walk_sync(name, [top], get, Rules(platform=platform)).images[0]
     image = manifest.image()
     config = ImageConfig.from_bytes(layout.read_blob(image.config, cap=MAX_CONFIG_BYTES))
     if len(config.diff_ids) != len(image.layers):
