@@ -46,7 +46,8 @@ import anyio
 
 from ..digest import Digest, Verifier
 from ..durable import create_new, fsync_dir, lock_own, remove_dead_temporaries
-from ..errors import ArchiveError, PlatformNotFound, TransferError
+from ..errors import ArchiveError, ManifestError, TransferError
+from ..graph import Rules, walk_sync
 from ..manifest import Descriptor, ImageManifest, Manifest, Platform
 from ..ociview import ORIGINAL, needs_view, views
 from ..reference import parse
@@ -324,22 +325,23 @@ class ArchiveDestination:
         return _blob_name(desc.digest)
 
     def _platform_image(self, top: Manifest) -> tuple[ImageManifest, Digest]:
-        """The image manifest.json describes for ``top``: for an index, this platform's."""
-        manifest = top
-        for _ in range(2):
-            if not manifest.is_index:
-                return manifest.image(), manifest.digest
-            children = [d for d in manifest.index().manifests if d.digest in self._manifests]
-            try:
-                chosen = replace(manifest.index(), manifests=tuple(children)).select(
-                    Platform.current()
-                )
-            except PlatformNotFound:
-                if not children:
-                    break
-                chosen = children[0]
-            manifest = self._manifests[chosen.digest]
-        raise ArchiveError(f"{top.digest}: no image of this index was written to {self.path}")
+        """The image manifest.json describes for ``top``: for an index, this platform's, else
+        its first child written."""
+        rules = Rules(
+            platform=Platform.current(),
+            fallback=True,
+            absent=lambda index: {
+                d.digest for d in index.index().manifests if d.digest not in self._manifests
+            },
+        )
+        try:
+            graph = walk_sync(self.name, [top], lambda desc: self._manifests[desc.digest], rules)
+        except ManifestError:  # no child written, or nested too deep
+            raise ArchiveError(
+                f"{top.digest}: no image of this index was written to {self.path}"
+            ) from None
+        chosen = graph.images[0]
+        return chosen.image(), chosen.digest
 
 
 def _repo_tag(name: str) -> str | None:
