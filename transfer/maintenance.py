@@ -25,10 +25,10 @@ from pathlib import Path
 
 from .digest import Digest
 from .endpoints.layout import ABSENT, REF_NAME, Layout
-from .errors import InvalidDigest, StoreError, TransferError
-from .graph import FOREIGN_TYPES
+from .errors import InvalidDigest, StoreError
+from .graph import Edge, Rules, is_foreign, walk_sync
 from .localfile import open_regular
-from .manifest import MAX_MANIFEST_BYTES, Descriptor, Index, Manifest
+from .manifest import Descriptor, Manifest
 
 STALE_PARTIAL_SECONDS = 24 * 3600  # partials untouched this long are not worth resuming
 
@@ -50,37 +50,28 @@ class Reachable:
 
 
 def reachable(layout: Layout, roots: list[Descriptor] | None = None) -> Reachable:
-    """Every blob reachable from ``roots`` (default: every image of index.json)."""
-    found = Reachable()
+    """Every blob reachable from ``roots`` (default: every image of index.json). The walk has
+    no bounds (a store legitimately holds many manifests) and goes past a manifest it cannot
+    read, recording it: what that one uses is unknown."""
     tops = layout.read_index() if roots is None else roots
-    stack = [(desc, desc.annotations.get(REF_NAME) or str(desc.digest)) for desc in tops]
     # Children an index entry records as deliberately not stored are not damage.
-    absent = {text for d in tops for text in d.annotations.get(ABSENT, "").split(",") if text}
-    while stack:
-        desc, reference = stack.pop()
-        if desc.digest in found.blobs:
-            continue
-        if str(desc.digest) in absent and not layout.has_blob(desc):
-            continue
-        found.blobs[desc.digest] = desc
-        original = layout.resolve(desc)  # an OCI view's Docker original is kept with it
-        if original.digest != desc.digest:
-            stack.append((original, reference))
-        if desc.media_type and not _is_manifest(desc.media_type):
-            continue
-        try:
-            raw = layout.read_blob(desc, cap=MAX_MANIFEST_BYTES)
-            manifest = Manifest.from_bytes(raw, desc.media_type, expected=desc.digest)
-            parsed = manifest.parse()
-        except TransferError as exc:
-            found.problems.append(str(exc))
-            found.unreadable.append(Unreadable(desc.digest, reference, str(exc)))
-            continue
-        if isinstance(parsed, Index):
-            stack.extend((child, reference) for child in parsed.manifests)
-        else:
-            for blob in parsed.blobs():
-                found.blobs.setdefault(blob.digest, blob)
+    recorded = {text for d in tops for text in d.annotations.get(ABSENT, "").split(",") if text}
+
+    def absent(index: Manifest) -> set[Digest]:
+        children = index.index().manifests
+        return {d.digest for d in children if str(d.digest) in recorded and not layout.has_blob(d)}
+
+    def original(desc: Descriptor) -> list[tuple[Edge, Descriptor]]:
+        found = layout.resolve(desc)  # an OCI view's Docker original is kept with it
+        return [(Edge.ORIGINAL, found)] if found.digest != desc.digest else []
+
+    rules = Rules(bounds=None, keep_going=True, read_unknown=False, absent=absent)
+    graph = walk_sync(str(layout.root), tops, layout.get_manifest, rules, original)
+    found = Reachable(blobs=dict(graph.reached))
+    for lost in graph.unreadable:
+        reference = lost.root.annotations.get(REF_NAME) or str(lost.root.digest)
+        found.problems.append(str(lost.error))
+        found.unreadable.append(Unreadable(lost.desc.digest, reference, str(lost.error)))
     return found
 
 
@@ -91,10 +82,6 @@ def users(layout: Layout, digests: set[Digest]) -> list[str]:
         if digests & set(reachable(layout, [top]).blobs):
             names.append(top.annotations.get(REF_NAME) or str(top.digest))
     return names
-
-
-def _is_manifest(media_type: str) -> bool:
-    return "manifest" in media_type or "image.index" in media_type
 
 
 def _stored(layout: Layout) -> list[tuple[Path, Digest | None]]:
@@ -170,7 +157,7 @@ def _verify(layout: Layout, repair: bool) -> VerifyReport:
     lacking: set[Digest] = set()
     for digest, desc in found.blobs.items():
         path = layout.blob_path(digest)
-        if desc.media_type in FOREIGN_TYPES and desc.urls:
+        if is_foreign(desc):
             continue  # never fetched, by any copy (as docker does)
         if not path.exists():
             problems.append(f"blob {digest} is missing (referenced, {desc.size} bytes)")
