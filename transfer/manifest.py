@@ -241,7 +241,7 @@ class Index:
         raise PlatformNotFound(f"no image for {platform} in the index; offered: {offered}")
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # Parsers disagree on which duplicate wins, so one digest could mean two different images.
     out: dict[str, Any] = {}
     for key, value in pairs:
@@ -261,7 +261,7 @@ def _load_object(raw: bytes, what: str, cap: int) -> dict[str, Any]:
     try:
         doc = json.loads(
             raw.decode("utf-8"),
-            object_pairs_hook=_reject_duplicates,
+            object_pairs_hook=reject_duplicates,
             parse_constant=_reject_constant,
         )
     except UnicodeDecodeError as e:

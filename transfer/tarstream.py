@@ -21,6 +21,7 @@ from typing import IO, BinaryIO, Protocol, Self, cast
 
 import zstandard
 
+from .compression import SNIFF_BYTES, sniff
 from .digest import Digest, Verifier
 from .errors import ManifestError, SizeMismatch, StoreError
 from .localfile import open_regular
@@ -31,8 +32,6 @@ CHUNK = 1 << 20
 # zstd's own default decoder limit (128 MiB): a frame asking for a bigger window is refused
 # rather than allocated.
 ZSTD_MAX_WINDOW = 1 << 27
-GZIP_MAGIC = b"\x1f\x8b"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _HEADER_TYPES = frozenset(
     {
         tarfile.XHDTYPE,
@@ -82,14 +81,6 @@ def compression(media_type: str, what: str) -> str:
     raise ManifestError(f"{what}: unsupported layer media type {media_type!r}")
 
 
-def sniff(head: bytes) -> str:
-    if head.startswith(GZIP_MAGIC):
-        return "gzip"
-    if head.startswith(ZSTD_MAGIC):
-        return "zstd"
-    return "tar"
-
-
 class _Blob(io.RawIOBase):
     """The layer blob as stored: its size and digest are checked while it is read."""
 
@@ -137,7 +128,7 @@ class LayerStream(io.RawIOBase):
         self._handle = _open_blob(path, what)
         self._blob = _Blob(self._handle, desc, what)
         try:
-            found = sniff(os.pread(self._handle.fileno(), 4, 0))
+            found = sniff(os.pread(self._handle.fileno(), SNIFF_BYTES, 0))
             if found != self.kind:
                 raise ManifestError(
                     f"{what}: media type {desc.media_type} says {self.kind} but the data is {found}"

@@ -28,6 +28,7 @@ from typing import Any
 
 import anyio
 
+from ..compression import sniff
 from ..digest import Digest
 from ..errors import ArchiveError, IntegrityError, ManifestError, TransferError
 from ..manifest import (
@@ -40,6 +41,7 @@ from ..manifest import (
     Descriptor,
     ImageConfig,
     Manifest,
+    reject_duplicates,
 )
 from ..ociview import ORIGINAL, is_view_of, original_type
 from ..reference import parse
@@ -150,14 +152,8 @@ def normalised(name: str) -> str | None:
 
 
 def _json(raw: bytes, what: str) -> Any:
-    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        keys = [k for k, _ in pairs]
-        if len(set(keys)) != len(keys):
-            raise ValueError("duplicate key")
-        return dict(pairs)
-
     try:
-        return json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicates)
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=reject_duplicates)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ArchiveError(f"{what} is not valid JSON: {exc}") from None
 
@@ -451,7 +447,7 @@ class DockerArchive(_Archive):
                 f"archive {self.path}: {name} does not hold the bytes its name claims "
                 f"(got {digest})"
             )
-        kind = _compression(head)
+        kind = sniff(head)
         if kind in ("bzip2", "xz"):
             raise ArchiveError(
                 f"archive {self.path}: layer {name} is {kind}-compressed (unsupported)"
@@ -463,18 +459,6 @@ class DockerArchive(_Archive):
             )
         self._members[digest] = name
         return Descriptor(DOCKER_LAYER_TAR, digest, member.size), kind
-
-
-def _compression(head: bytes) -> str:
-    if head.startswith(b"\x1f\x8b"):
-        return "gzip"
-    if head.startswith(b"\x28\xb5\x2f\xfd"):
-        return "zstd"
-    if head.startswith(b"BZh"):
-        return "bzip2"
-    if head.startswith(b"\xfd7zXZ"):
-        return "xz"
-    return "tar"
 
 
 def _layer_type(kind: str, oci: bool) -> str:

@@ -26,6 +26,7 @@ from typing import Any
 
 import anyio
 
+from ..compression import SNIFF_BYTES, sniff
 from ..errors import ArchiveError, StoreError
 from ..localfile import open_regular
 from ..tarheader import BoundedPaxInfo
@@ -36,7 +37,6 @@ MAX_LINK_HOPS = 8
 READ_CHUNK = 1 << 20
 HASH_CHUNK = 4 << 20
 _BLOCK = 512
-_COMPRESSED = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd", b"BZh": "bzip2", b"\xfd7zXZ": "xz"}
 
 
 @dataclass(frozen=True)
@@ -187,13 +187,12 @@ def _scan(path: Path, fd: int) -> dict[str, Member | _Link | None]:
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         raise ArchiveError(f"archive {path} is not a regular file")
-    head = os.pread(fd, 8, 0)
-    for magic, kind in _COMPRESSED.items():
-        if head.startswith(magic):
-            raise ArchiveError(
-                f"archive {path} is {kind}-compressed",
-                hint="decompress it first (members are read in place, not extracted)",
-            )
+    kind = sniff(os.pread(fd, SNIFF_BYTES, 0))
+    if kind != "tar":
+        raise ArchiveError(
+            f"archive {path} is {kind}-compressed",
+            hint="decompress it first (members are read in place, not extracted)",
+        )
     members: dict[str, Member | _Link | None] = {}
     with os.fdopen(os.dup(fd), "rb") as raw:
         try:
