@@ -5,11 +5,15 @@ from __future__ import annotations
 import bz2
 import gzip
 import lzma
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import zstandard
 
 from transfer.compression import SNIFF_BYTES, sniff
+from transfer.digest import Digest
+from transfer.errors import ManifestError
 
 TAR_HEAD = b"etc/passwd" + bytes(90)  # a tar header starts with a member name
 
@@ -28,3 +32,22 @@ TAR_HEAD = b"etc/passwd" + bytes(90)  # a tar header starts with a member name
 )
 def test_sniff_names_the_compression_from_the_first_bytes(data: bytes, kind: str) -> None:
     assert sniff(data[:SNIFF_BYTES]) == kind
+
+
+@pytest.mark.parametrize(("compress", "kind"), [(bz2.compress, "bzip2"), (lzma.compress, "xz")])
+def test_a_layer_typed_as_plain_tar_whose_bytes_are_compressed_is_named_as_such(
+    tmp_path: Path, compress: Callable[[bytes], bytes], kind: str
+) -> None:
+    from transfer.manifest import Descriptor
+    from transfer.tarstream import Budget, LayerStream
+
+    data = compress(bytes(10240))  # an empty tar, compressed in a way layers never are
+    path = tmp_path / "layer"
+    path.write_bytes(data)
+    desc = Descriptor("application/vnd.oci.image.layer.v1.tar", Digest.of(data), len(data))
+    with pytest.raises(ManifestError, match=f"says tar but the data is {kind}"):
+        LayerStream(str(path), desc, Digest.of(bytes(10240)), Budget(1 << 20), _no_check, "layer 1")
+
+
+def _no_check() -> None:
+    return None

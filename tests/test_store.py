@@ -260,3 +260,50 @@ def test_a_damaged_blob_read_from_the_store_fails_at_once_naming_it(
     assert not [e for e in run.json_lines() if e.get("event") == "retry"]
     error = run.err.strip().splitlines()[-1]
     assert victim.digest in error and f"its copy in {store} is damaged" in error
+
+
+def test_gc_keeps_what_a_manifest_uses_when_its_bytes_are_also_another_images_layer(
+    tmp_path: Path,
+) -> None:
+    """One digest may be reached as a layer of one image and as a manifest listed by an index
+    (a layer that is byte for byte another image's manifest). Reached as a layer first, it was
+    never read as the manifest, so gc deleted the config and layer that manifest uses."""
+    from transfer import maintenance
+    from transfer.manifest import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, Descriptor, Manifest
+
+    layout = Layout(tmp_path / "store")
+    gzip_layer = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+    def put(media_type: str, data: bytes) -> Descriptor:
+        desc = Descriptor(media_type, Digest.of(data), len(data))
+        layout.put_bytes(desc, data)
+        return desc
+
+    def manifest(doc: dict[str, Any]) -> Manifest:
+        raw = json.dumps({"schemaVersion": 2, **doc}).encode()
+        put(doc["mediaType"], raw)
+        return Manifest.from_bytes(raw)
+
+    config = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
+    inner = manifest(
+        {
+            "mediaType": OCI_MANIFEST,
+            "config": put(OCI_CONFIG, config).to_json(),
+            "layers": [put(gzip_layer, b"the inner image's layer").to_json()],
+        }
+    )
+    index = manifest({"mediaType": OCI_INDEX, "manifests": [inner.descriptor().to_json()]})
+    twin = Descriptor(gzip_layer, inner.digest, len(inner.raw))  # the same bytes, as a layer
+    other = manifest(
+        {
+            "mediaType": OCI_MANIFEST,
+            "config": put(OCI_CONFIG, config.replace(b"amd64", b"arm64")).to_json(),
+            "layers": [twin.to_json()],
+        }
+    )
+    layout.set_reference("example.com/index:1", index)
+    layout.set_reference("example.com/other:1", other)  # walked first: the last entry
+    used = set(inner.image().blobs())
+    assert used <= set(maintenance.reachable(layout).blobs.values())
+    maintenance.collect(layout)
+    assert all(layout.has_blob(desc) for desc in used)
