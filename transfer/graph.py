@@ -204,7 +204,8 @@ class Rules:
     # ``Graph.unreadable`` and the walk goes on (gc, verify), instead of raising (copy).
     keep_going: bool = False
     # An index entry of a type that does not look like a manifest: read it anyway (a copy
-    # carries every entry), or keep it as a blob (the store's reachability).
+    # carries every entry), or keep it as a blob (the store's reachability); a root of such a
+    # type is then unreadable (an image whose blobs are unknown), never a mere blob.
     read_unknown: bool = True
 
 
@@ -304,6 +305,16 @@ class _Walker:
             return None
         if not rules.read_unknown and not is_manifest_type(desc.media_type):
             self.graph.reached.setdefault(desc.digest, desc)
+            if desc is root:  # a root is an image: of a type we cannot read, its blobs are unknown
+                self._unreadable(
+                    desc,
+                    root,
+                    ManifestError(
+                        f"{self.name}: the image {desc.digest} is of type {desc.media_type!r}, "
+                        "not a manifest's",
+                        digest=str(desc.digest),
+                    ),
+                )
             return None
         if self.budget is not None:
             self.budget.admit(desc)
@@ -314,9 +325,7 @@ class _Walker:
             try:
                 manifest = yield ("manifest", desc)
             except TransferError as exc:
-                if not rules.keep_going:
-                    raise
-                self.graph.unreadable.append(Unreadable(desc, root, exc))
+                self._unreadable(desc, root, exc)
                 return None
             self.read[desc.digest] = manifest
         if not self._check(desc, root, manifest):
@@ -349,11 +358,15 @@ class _Walker:
         try:
             check_descriptor(self.name, desc, manifest)
         except ManifestError as exc:
-            if not self.rules.keep_going:
-                raise
-            self.graph.unreadable.append(Unreadable(desc, root, exc))
+            self._unreadable(desc, root, exc)
             return False
         return True
+
+    def _unreadable(self, desc: Descriptor, root: Descriptor, exc: TransferError) -> None:
+        """Record ``desc`` as a manifest whose uses are unknown, or raise unless keep_going."""
+        if not self.rules.keep_going:
+            raise exc
+        self.graph.unreadable.append(Unreadable(desc, root, exc))
 
 
 async def walk(

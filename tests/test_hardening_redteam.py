@@ -1,0 +1,101 @@
+"""A red-team pass's findings, one section each: a blob that is also a manifest meeting gc, an
+archive naming one image many times, a layer listed many times, deeply nested JSON from every
+parser, server text in ``--debug``, link-local addresses in disguise, files opened under the
+store."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fixtures import hostile as h
+from transfer.endpoints.layout import Layout
+from transfer.errors import StoreError
+from transfer.maintenance import collect, reachable, verify
+
+REF_NAME = "org.opencontainers.image.ref.name"
+
+
+def _blob(root: Path, digest: str) -> Path:
+    return root / "blobs" / "sha256" / digest.removeprefix("sha256:")
+
+
+def _put(root: Path, doc: dict[str, Any]) -> tuple[str, int]:
+    raw = json.dumps(doc).encode()
+    digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+    _blob(root, digest).write_bytes(raw)
+    return digest, len(raw)
+
+
+def _index(root: Path) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads((root / "index.json").read_text())
+    return doc
+
+
+def _image_blobs(root: Path, manifest_digest: str) -> list[str]:
+    manifest = json.loads(_blob(root, manifest_digest).read_bytes())
+    return [manifest["config"]["digest"], *(x["digest"] for x in manifest["layers"])]
+
+
+# ---- 1: a digest reached as a blob and as a manifest --------------------------------------------
+
+
+def _store_with_b_as_a_layer_of_a(root: Path) -> str:
+    """Image B, and image A one of whose "layers" is B's manifest (a hostile registry's A
+    makes B's manifest look already present). B is listed first, so a walk meets it as A's
+    layer before it meets it as an image. B's manifest digest."""
+    h.write_image(root, "localhost/b:1", [h.layer([h.file("b.txt", "I am B")])])
+    b = _index(root)["manifests"][0]
+    h.write_image(root, "localhost/a:1", [h.layer([h.file("a.txt", "A")])])
+    index = _index(root)
+    entry_a = next(e for e in index["manifests"] if e["annotations"][REF_NAME].endswith("a:1"))
+    manifest_a = json.loads(_blob(root, entry_a["digest"]).read_bytes())
+    manifest_a["layers"].append(
+        {"mediaType": h.LAYER_TYPES["tar"], "digest": b["digest"], "size": b["size"]}
+    )
+    config = json.loads(_blob(root, manifest_a["config"]["digest"]).read_bytes())
+    config["rootfs"]["diff_ids"].append(b["digest"])
+    digest, size = _put(root, config)
+    manifest_a["config"].update(digest=digest, size=size)
+    digest, size = _put(root, manifest_a)
+    entry_a.update(digest=digest, size=size)
+    index["manifests"].sort(key=lambda e: e["annotations"][REF_NAME] != "localhost/a:1")
+    (root / "index.json").write_text(json.dumps(index))
+    return str(b["digest"])
+
+
+@pytest.mark.parametrize("order", ["a-first", "b-first"])
+def test_gc_keeps_an_image_whose_manifest_another_lists_as_a_layer(
+    tmp_path: Path, order: str
+) -> None:
+    root = tmp_path / "store"
+    b = _store_with_b_as_a_layer_of_a(root)
+    if order == "b-first":
+        index = _index(root)
+        index["manifests"].reverse()
+        (root / "index.json").write_text(json.dumps(index))
+    layout = Layout(root)
+    assert set(_image_blobs(root, b)) <= {str(d) for d in reachable(layout).blobs}
+    collect(layout)
+    for digest in _image_blobs(root, b):
+        assert _blob(root, digest).is_file(), f"gc removed {digest} of image B"
+    assert verify(layout).problems == ()
+
+
+def test_gc_deletes_nothing_when_a_root_is_not_a_manifest_type(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    h.write_image(root, "localhost/odd:1", [h.layer([h.file("odd.txt", "odd")])])
+    index = _index(root)
+    index["manifests"][0]["mediaType"] = "application/octet-stream"
+    (root / "index.json").write_text(json.dumps(index))
+    blobs = _image_blobs(root, index["manifests"][0]["digest"])
+    layout = Layout(root)
+    with pytest.raises(StoreError, match=r"gc deleted nothing.*application/octet-stream"):
+        collect(layout)
+    for digest in blobs:
+        assert _blob(root, digest).is_file(), f"gc removed {digest}"
+    assert any("application/octet-stream" in p for p in verify(layout).problems)
