@@ -21,7 +21,6 @@ from collections.abc import (
     AsyncIterable,
     AsyncIterator,
     Container,
-    Iterable,
     Mapping,
 )
 from contextlib import asynccontextmanager
@@ -32,7 +31,7 @@ from urllib.parse import urljoin
 import anyio
 import httpx
 
-from . import pool, redirects
+from . import authflow, pool, redirects
 from .auth import (
     Challenge,
     Credentials,
@@ -258,7 +257,7 @@ class RegistryClient:
         foreign = url is not None and not redirects.same_origin(
             httpx.URL(url), httpx.URL(self.base_url)
         )
-        refreshed = grown = False
+        retried = authflow.Retried()
         while True:
             request = self._http.build_request(
                 method,
@@ -320,55 +319,29 @@ class RegistryClient:
                 )
             if not redirects.same_origin(resp.url, request.url):
                 return resp  # another host challenges: it gets nothing of ours (case 7)
-            challenges = parse_challenges(resp.headers.get_list("www-authenticate"))
-            if not challenges:
+            step = authflow.next_step(
+                parse_challenges(resp.headers.get_list("www-authenticate")),
+                scopes,
+                _sent(request, used),
+                retried,
+                host=self.host,
+                has_username=bool(self.credentials and self.credentials.username),
+            )
+            action = step.action
+            if isinstance(action, authflow.GiveUp):
                 return resp
             try:
-                challenge = self._choose(challenges)
+                if isinstance(action, authflow.Refuse):
+                    raise Unauthorized(action.message, host=self.host, status=401, hint=action.hint)
+                if action.challenge.scheme == "bearer":
+                    self._check_realm(action.challenge.realm)
             except TransferError:
                 await _close(resp)
                 raise
-            wanted = scopes
-            extra = challenge.params.get("scope")
-            if challenge.params.get("error") == "insufficient_scope" and extra:
-                wanted = tuple(dict.fromkeys((*scopes, *extra.split(" "))))
-            # One retry per reason, so a registry that keeps refusing ends in a clean failure:
-            # the first challenge, a refused (expired, revoked) token, a wider scope asked for.
-            if "authorization" not in request.headers:
-                refreshed = True  # the token fetched now is fresh: no second refresh for it
-            elif wanted != scopes:
-                if grown:
-                    return resp
-                grown = True
-            elif used is not None and not refreshed:
-                refreshed = True
+            if isinstance(action, authflow.Refetch) and used is not None:
                 self.tokens.invalidate(*used)
-            else:
-                return resp  # Basic refused, or a fresh token refused
             await _close(resp)
-            self._challenge, scopes = challenge, wanted
-
-    def _choose(self, challenges: Iterable[Challenge]) -> Challenge:
-        offered = list(challenges)
-        for scheme in ("bearer", "basic"):
-            for challenge in offered:
-                if challenge.scheme == scheme:
-                    if scheme == "basic" and not (self.credentials and self.credentials.username):
-                        raise Unauthorized(
-                            f"registry {self.host} requires a username and password",
-                            host=self.host,
-                            status=401,
-                            hint="use xfer login or --creds",
-                        )
-                    if scheme == "bearer":
-                        self._check_realm(challenge.realm)
-                    return challenge
-        names = ", ".join(c.scheme for c in offered) or "none"
-        raise Unauthorized(
-            f"registry {self.host} asks for an unsupported authentication scheme ({names})",
-            host=self.host,
-            status=401,
-        )
+            self._challenge, scopes, retried = action.challenge, action.scopes, step.retried
 
     def _check_realm(self, realm: str) -> None:
         """A token realm gets our password: not over a downgrade, not to link-local (case 8)."""
@@ -892,6 +865,13 @@ def _digest_or_none(identifier: str) -> Digest | None:
         return Digest.parse(identifier)
     except InvalidDigest:
         raise ManifestError(f"invalid manifest digest {identifier!r}") from None
+
+
+def _sent(request: httpx.Request, used: tuple[TokenKey, str] | None) -> authflow.Sent:
+    """What a refused request carried: a token of ours, Basic, or nothing."""
+    if "authorization" not in request.headers:
+        return "none"
+    return "bearer" if used is not None else "basic"
 
 
 def _speaks_no_tls(exc: httpx.ConnectError) -> bool:
