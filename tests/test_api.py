@@ -56,7 +56,8 @@ def test_tags_follow_link_headers_across_pages() -> None:
 
     import anyio
 
-    from transfer.client import RegistryClient, TransportOptions
+    from transfer.client import RegistryClient
+    from transfer.transport import TransportOptions
 
     everything = [f"v{i}" for i in range(7)]
     seen: list[str] = []

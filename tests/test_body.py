@@ -18,13 +18,14 @@ from fixtures.faultproxy import FaultProxy, IgnoreRange
 from fixtures.images import BuiltImages, ImageInfo
 from fixtures.registry import Registry
 from transfer.body import BlobBody, _direct_ok
-from transfer.client import BLOCKING_MIN, RegistryClient, TransportOptions
+from transfer.client import BLOCKING_MIN, RegistryClient
 from transfer.digest import Digest
 from transfer.errors import SizeMismatch
 from transfer.fetch import RangePolicy, fill
 from transfer.ingest import Ingest
 from transfer.manifest import Descriptor
 from transfer.throttle import Throttle
+from transfer.transport import TransportOptions
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from fixtures.faultproxy import FaultProxy, Status
 from fixtures.images import BuiltImages, seed
 from fixtures.registry import Registry, free_port
 from tests.helpers import index_refs, xfer
-from transfer.client import TransportOptions
 from transfer.config import (
     HostConfig,
     Mirror,
@@ -26,6 +25,7 @@ from transfer.config import (
 )
 from transfer.errors import UsageError
 from transfer.reference import parse
+from transfer.transport import TransportOptions
 
 # ---- config.toml ------------------------------------------------------------------------------
 

@@ -35,8 +35,9 @@ from fixtures.leakbait import Answer, LeakBait, Seen, challenge, tag_page
 from fixtures.registry import Registry
 from fixtures.tokenserver import CertAuthority
 from tests.helpers import Run, index_refs, peak_rss, stored_blobs, xfer, xfer_env
-from transfer.client import RegistryClient, TransportOptions
+from transfer.client import RegistryClient
 from transfer.errors import RegistryError
+from transfer.transport import TransportOptions
 
 SECRET = "secret"  # alice's password on every test registry
 LOGIN = ("--creds", f"alice:{SECRET}")

@@ -51,7 +51,6 @@ from tests.resilience_helpers import (
     wait_for,
 )
 from transfer import api
-from transfer.client import TransportOptions
 from transfer.digest import Digest
 from transfer.fetch import WRITE_BATCH
 from transfer.ingest import Ingest
@@ -59,6 +58,7 @@ from transfer.manifest import Descriptor, Manifest
 from transfer.ociview import image_view, needs_view
 from transfer.progress import Event, Retry
 from transfer.retry import RetryPolicy
+from transfer.transport import TransportOptions
 
 MiB = 1 << 20
 HUGE_SIZE = 256 * MiB  # one layer of this many random bytes: parallel Range requests

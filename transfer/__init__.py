@@ -30,7 +30,6 @@ from .api import (
     verify,
 )
 from .auth import Credentials
-from .client import TransportOptions
 from .config import RegistryConfig
 from .copy import CopyOptions, CopyResult, copy_image
 from .digest import Digest
@@ -38,6 +37,7 @@ from .errors import TransferError
 from .manifest import Descriptor, Manifest, Platform
 from .reference import Reference, parse
 from .retry import RetryPolicy
+from .transport import TransportOptions
 
 __all__ = [
     "CopyOptions",

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import anyio
 
 from .auth import Credentials, registry_host, remove_credentials, save_credentials
-from .client import RegistryClient, TransportOptions
+from .client import RegistryClient
 from .config import RegistryConfig
 from .config import load as load_registry_config
 from .copy import CopyOptions, CopyResult, copy_image, describe_absent
@@ -31,6 +31,7 @@ from .progress import Emit, Message, ignore
 from .reference import DOCKER_HUB, DOCKER_HUB_API, Reference, parse, parse_repository
 from .retry import RetryPolicy
 from .throttle import Throttle
+from .transport import TransportOptions
 
 if TYPE_CHECKING:  # imported where used: a pull should not pay for tar, zstd or gc code
     from .maintenance import GcReport, VerifyReport

@@ -18,7 +18,6 @@ import anyio
 
 from . import api
 from .auth import Credentials
-from .client import TransportOptions
 from .copy import SMALL_JOBS, CopyResult
 from .errors import StoreError, TransferError, UsageError, printable
 from .fetch import RangePolicy
@@ -35,6 +34,7 @@ from .progress import (
 )
 from .retry import RetryPolicy
 from .throttle import Throttle, parse_rate
+from .transport import TransportOptions
 
 PROG = "xfer"
 

@@ -1,17 +1,17 @@
-"""The distribution HTTP API over one shared ``httpx.AsyncClient`` per registry host.
+"""The distribution HTTP API of one registry host: manifests, blobs, uploads, tags.
 
 One client per host keeps connections alive across every manifest and blob of a run (skopeo opens
-a new TCP connection for each request). Authentication happens here: a 401 is answered once with a
-token or basic credentials; the challenge is remembered so later scopes skip the 401 round trip.
+a new TCP connection for each request). The connections, trust and scheme probe are transport.py's;
+what answers a 401 is decided by authflow.py (a token or basic credentials, a refused token
+replaced once, a wider scope fetched once), and the challenge is remembered so later scopes skip
+the 401 round trip. Every answer's status is checked in one place (``_expect``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import email.utils
-import functools
 import hashlib
-import ipaddress
 import json
 import re
 import ssl
@@ -24,14 +24,13 @@ from collections.abc import (
     Mapping,
 )
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin
 
 import anyio
 import httpx
 
-from . import authflow, pool, redirects
+from . import authflow, redirects
 from .auth import (
     Challenge,
     Credentials,
@@ -40,7 +39,7 @@ from .auth import (
     find_credentials,
     parse_challenges,
 )
-from .body import ANSWER_FACTOR, BlobBody, Pace, Window
+from .body import BlobBody, Pace, Window
 from .digest import Digest
 from .errors import (
     AuthError,
@@ -61,7 +60,7 @@ from .errors import (
 )
 from .manifest import ACCEPT, MAX_MANIFEST_BYTES, Descriptor, Manifest
 from .throttle import Throttle
-from .tls import certificate_problem, ssl_context
+from .transport import HostTransport, TransportOptions
 
 MAX_ERROR_BODY = 64 << 10  # registry error bodies beyond this are not read (reliability case 4)
 # tags/list: a page is asked for 1000 tags (~130 KB at the longest names); 4 MiB leaves room for
@@ -70,35 +69,8 @@ MAX_ERROR_BODY = 64 << 10  # registry error bodies beyond this are not read (rel
 MAX_TAGS_PAGE = 4 << 20
 MAX_TAG_PAGES = 10_000
 MAX_TAGS = 1_000_000
-MAX_REDIRECTS = redirects.MAX_REDIRECTS
 READ_CHUNK = 1 << 20
 BLOCKING_MIN = 4 << 20  # bodies at least this large are read in a worker thread (body.py)
-
-
-@dataclass(frozen=True)
-class TransportOptions:
-    plain_http: bool = False
-    insecure: bool = False
-    ca_file: str | None = None
-    ca_files: tuple[str, ...] = ()  # more CAs (certs.d, config); all add to the system trust
-    client_cert: tuple[str, str] | None = None  # (certificate, key)
-    connect_timeout: float = 30.0
-    read_timeout: float = 60.0  # a stalled socket fails after this and the blob resumes
-    max_connections: int = 32
-
-
-def is_loopback(host: str) -> bool:
-    name = host
-    if name.startswith("["):
-        name = name[1 : name.find("]")]
-    elif name.count(":") == 1:
-        name = name.split(":")[0]
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
@@ -175,16 +147,8 @@ class RegistryClient:
         self.throttle = throttle
         self.options = options or TransportOptions()
         self.credentials = credentials if credentials is not None else find_credentials(host)
-        self._http = http or _make_http(self.options, host)
-        self._owns_http = http is None
-        # Big blob bodies go through a blocking client, read in worker threads (body.py); not
-        # when the caller supplied the asynchronous client (there is no blocking twin of it).
-        self._blocking_http: httpx.Client | None = None
-        self._scheme = "http" if self.options.plain_http else "https"
-        # HTTPS first, plain HTTP only if TLS is not spoken: docker's rule for loopback and for
-        # registries the user marked insecure.
-        fallback = is_loopback(host) or self.options.insecure
-        self._scheme_known = self.options.plain_http or not fallback
+        self.transport = HostTransport(host, self.options, http)
+        self._http = self.transport.http
         self._challenge: Challenge | None = None
         self.tokens = TokenCache(self._http, self.credentials)
 
@@ -195,19 +159,11 @@ class RegistryClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        if self._blocking_http is not None:
-            self._blocking_http.close()
-        if self._owns_http:
-            await self._http.aclose()
-
-    def _blocking(self) -> httpx.Client:
-        if self._blocking_http is None:
-            self._blocking_http = _make_blocking(self.options, self.host)
-        return self._blocking_http
+        await self.transport.aclose()
 
     @property
     def base_url(self) -> str:
-        return f"{self._scheme}://{self.host}"
+        return self.transport.base_url
 
     # ---- the request core -------------------------------------------------------------------
 
@@ -270,43 +226,18 @@ class RegistryClient:
                 used = None
             else:
                 used = await self._authorize(request, scopes)
-            # The answer's head is bounded as a whole (a trickled head never times a read out);
-            # not a request streaming a body of its own (an upload): that one takes its time.
-            answer = self.options.read_timeout * ANSWER_FACTOR
-            bounded = content is None or isinstance(content, bytes | str)
-            try:
-                with anyio.fail_after(answer if bounded else None):
-                    if blocking:
-                        resp = await anyio.to_thread.run_sync(
-                            functools.partial(
-                                redirects.send_blocking,
-                                self._blocking(),
-                                request,
-                                follow=follow_redirects,
-                                what=what,
-                                host=self.host,
-                            ),
-                            abandon_on_cancel=True,  # nothing of ours is touched by it
-                        )
-                    else:
-                        resp = await redirects.send(
-                            self._http, request, follow=follow_redirects, what=what, host=self.host
-                        )
-            except TimeoutError:
-                raise NetworkError(
-                    f"{what}: too slow: no complete answer within {answer:g} s", host=self.host
-                ) from None
-            except httpx.ConnectError as exc:
-                if url is None and request.url.scheme != self._scheme:
-                    continue  # a concurrent request found out the scheme meanwhile: use it
-                if not self._scheme_known and _speaks_no_tls(exc):
-                    # docker's rule for loopback: HTTPS first, plain HTTP only if TLS is not spoken.
-                    self._scheme, self._scheme_known = "http", True
-                    continue
-                raise _connect_error(exc, self.host) from None
-            except (httpx.TransportError, ssl.SSLError) as exc:
-                raise _connect_error(exc, self.host, what) from None
-            self._scheme_known = True
+            resp = await self.transport.exchange(
+                request,
+                follow=follow_redirects,
+                what=what,
+                blocking=blocking,
+                relative=url is None,
+                # An upload streaming a body of its own takes its time; any other answer's head
+                # is bounded as a whole.
+                bounded=content is None or isinstance(content, bytes | str),
+            )
+            if resp is None:
+                continue  # the scheme was found out: build the request again on it
             if resp.status_code != 401:
                 return resp
             if foreign:
@@ -499,7 +430,7 @@ class RegistryClient:
             follow_redirects=True,
             what=what,
             # A capped rate is paced on the event loop; small bodies keep their connection.
-            blocking=self._owns_http and self.throttle is None and limit >= BLOCKING_MIN,
+            blocking=self.transport.owns_http and self.throttle is None and limit >= BLOCKING_MIN,
         )
         try:
             skip = 0
@@ -872,78 +803,3 @@ def _sent(request: httpx.Request, used: tuple[TokenKey, str] | None) -> authflow
     if "authorization" not in request.headers:
         return "none"
     return "bearer" if used is not None else "basic"
-
-
-def _speaks_no_tls(exc: httpx.ConnectError) -> bool:
-    """The TLS handshake failed because the server answered in plain HTTP or hung up.
-
-    A certificate that fails verification, or a server refusing our client certificate, is
-    never taken for "no TLS" (no downgrade on attack).
-    """
-    if certificate_problem(exc):
-        return False
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            return False
-        if isinstance(seen, ssl.SSLError):
-            text = str(seen).lower()
-            return any(
-                marker in text
-                for marker in ("wrong version number", "record layer failure", "unexpected eof")
-            )
-        if isinstance(seen, anyio.EndOfStream | ConnectionResetError):
-            return True  # the server closed the connection on our ClientHello
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-def _connect_error(exc: BaseException, host: str, what: str | None = None) -> NetworkError:
-    problem = certificate_problem(exc)
-    if problem:
-        error = NetworkError(f"cannot connect to {host}: {problem[0]}", host=host, hint=problem[1])
-        error.retryable = False  # no retry fixes a certificate
-        return error
-    if what is None:
-        return NetworkError(f"cannot connect to {host}: {reason(exc)}", host=host)
-    return NetworkError(f"{what}: {reason(exc)}", host=host)
-
-
-def _client_options(options: TransportOptions) -> dict[str, Any]:
-    """What the asynchronous and the blocking client share: trust, timeouts, pool, proxies."""
-    ca_files = ((options.ca_file,) if options.ca_file else ()) + options.ca_files
-    verify = ssl_context(ca_files, options.client_cert, verify=not options.insecure)
-    return {
-        "verify": verify,
-        "timeout": httpx.Timeout(options.read_timeout, connect=options.connect_timeout, pool=None),
-        "limits": httpx.Limits(
-            max_connections=options.max_connections,
-            max_keepalive_connections=options.max_connections,
-        ),
-        "max_redirects": MAX_REDIRECTS,
-        "trust_env": True,
-        # Bodies are read raw (a manifest is hashed over its exact bytes, a blob over what it
-        # is), so no request may invite a compressed answer: httpx would ask for gzip, deflate
-        # and zstd. One default for every request, so no new request can forget it.
-        "headers": {"User-Agent": "xfer/0.1", "Accept-Encoding": "identity"},
-    }
-
-
-def _make_http(options: TransportOptions, host: str | None = None) -> httpx.AsyncClient:
-    """The asynchronous client over xfer's own transport (pool.py); ``host``, the registry the
-    user named, may be at a link-local address (no host reached on a server's say-so may)."""
-    settings = _client_options(options)
-    # Proxies named by the environment get httpx's own transports (mounts) from these settings.
-    return httpx.AsyncClient(
-        **settings,
-        transport=pool.transport(settings["verify"], settings["limits"], registry=host),
-    )
-
-
-def _make_blocking(options: TransportOptions, host: str | None = None) -> httpx.Client:
-    """The blocking client whose big bodies are read in worker threads (body.py)."""
-    settings = _client_options(options)
-    return httpx.Client(
-        **settings,
-        transport=pool.blocking_transport(settings["verify"], settings["limits"], registry=host),
-    )

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from .auth import registry_host
-from .client import TransportOptions
 from .errors import UsageError
 from .reference import Reference
+from .transport import TransportOptions
 
 PullFrom = Literal["all", "digest-only", "tag-only"]
 _PULL_FROM = ("all", "digest-only", "tag-only")

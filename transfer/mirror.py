@@ -31,7 +31,6 @@ import yaml
 
 from .api import Settings, copy
 from .auth import Credentials
-from .client import TransportOptions
 from .copy import CopyResult
 from .digest import Digest
 from .endpoints.address import Address
@@ -39,6 +38,7 @@ from .errors import InvalidReference, TransferError, UsageError
 from .manifest import IMAGE_TYPES, Platform
 from .progress import Emit, Message, ignore
 from .reference import Reference, parse
+from .transport import TransportOptions
 
 MAX_CONFIG_BYTES = 4 << 20
 

@@ -1,0 +1,222 @@
+"""The connections to one registry host: the HTTP clients, trust and the scheme it speaks.
+
+- **Two clients per host.** An asynchronous client for every request, and a blocking twin,
+  made on first use, whose big blob bodies are read in worker threads (body.py). Both share
+  trust, timeouts, pool limits and proxies (``client_options``) over xfer's own transports
+  (pool.py).
+- **The scheme probe.** HTTPS first; plain HTTP only if the user said so (``--plain-http``) or,
+  for a loopback registry or one marked insecure, when the server is found not to speak TLS at
+  all (docker's rule). A certificate problem is never taken for "no TLS" (no downgrade on
+  attack).
+- **One exchange.** ``HostTransport.exchange`` sends one request (redirects followed by the
+  redirect rules), bounds the answer's head in time and turns connection failures into
+  NetworkError with the host named; authentication and status codes are the client's.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import httpx
+
+from . import pool, redirects
+from .body import ANSWER_FACTOR
+from .errors import NetworkError, reason
+from .tls import certificate_problem, ssl_context
+
+MAX_REDIRECTS = redirects.MAX_REDIRECTS
+
+
+@dataclass(frozen=True)
+class TransportOptions:
+    plain_http: bool = False
+    insecure: bool = False
+    ca_file: str | None = None
+    ca_files: tuple[str, ...] = ()  # more CAs (certs.d, config); all add to the system trust
+    client_cert: tuple[str, str] | None = None  # (certificate, key)
+    connect_timeout: float = 30.0
+    read_timeout: float = 60.0  # a stalled socket fails after this and the blob resumes
+    max_connections: int = 32
+
+
+def is_loopback(host: str) -> bool:
+    name = host
+    if name.startswith("["):
+        name = name[1 : name.find("]")]
+    elif name.count(":") == 1:
+        name = name.split(":")[0]
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def speaks_no_tls(exc: httpx.ConnectError) -> bool:
+    """The TLS handshake failed because the server answered in plain HTTP or hung up.
+
+    A certificate that fails verification, or a server refusing our client certificate, is
+    never taken for "no TLS" (no downgrade on attack).
+    """
+    if certificate_problem(exc):
+        return False
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return False
+        if isinstance(seen, ssl.SSLError):
+            text = str(seen).lower()
+            return any(
+                marker in text
+                for marker in ("wrong version number", "record layer failure", "unexpected eof")
+            )
+        if isinstance(seen, anyio.EndOfStream | ConnectionResetError):
+            return True  # the server closed the connection on our ClientHello
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def connect_error(exc: BaseException, host: str, what: str | None = None) -> NetworkError:
+    problem = certificate_problem(exc)
+    if problem:
+        error = NetworkError(f"cannot connect to {host}: {problem[0]}", host=host, hint=problem[1])
+        error.retryable = False  # no retry fixes a certificate
+        return error
+    if what is None:
+        return NetworkError(f"cannot connect to {host}: {reason(exc)}", host=host)
+    return NetworkError(f"{what}: {reason(exc)}", host=host)
+
+
+def client_options(options: TransportOptions) -> dict[str, Any]:
+    """What the asynchronous and the blocking client share: trust, timeouts, pool, proxies."""
+    ca_files = ((options.ca_file,) if options.ca_file else ()) + options.ca_files
+    verify = ssl_context(ca_files, options.client_cert, verify=not options.insecure)
+    return {
+        "verify": verify,
+        "timeout": httpx.Timeout(options.read_timeout, connect=options.connect_timeout, pool=None),
+        "limits": httpx.Limits(
+            max_connections=options.max_connections,
+            max_keepalive_connections=options.max_connections,
+        ),
+        "max_redirects": MAX_REDIRECTS,
+        "trust_env": True,
+        # Bodies are read raw (a manifest is hashed over its exact bytes, a blob over what it
+        # is), so no request may invite a compressed answer: httpx would ask for gzip, deflate
+        # and zstd. One default for every request, so no new request can forget it.
+        "headers": {"User-Agent": "xfer/0.1", "Accept-Encoding": "identity"},
+    }
+
+
+def make_http(options: TransportOptions, host: str | None = None) -> httpx.AsyncClient:
+    """The asynchronous client over xfer's own transport (pool.py); ``host``, the registry the
+    user named, may be at a link-local address (no host reached on a server's say-so may)."""
+    settings = client_options(options)
+    # Proxies named by the environment get httpx's own transports (mounts) from these settings.
+    return httpx.AsyncClient(
+        **settings,
+        transport=pool.transport(settings["verify"], settings["limits"], registry=host),
+    )
+
+
+def make_blocking(options: TransportOptions, host: str | None = None) -> httpx.Client:
+    """The blocking client whose big bodies are read in worker threads (body.py)."""
+    settings = client_options(options)
+    return httpx.Client(
+        **settings,
+        transport=pool.blocking_transport(settings["verify"], settings["limits"], registry=host),
+    )
+
+
+class HostTransport:
+    """The clients of one registry host and the scheme it speaks; closes what it made."""
+
+    def __init__(
+        self, host: str, options: TransportOptions, http: httpx.AsyncClient | None = None
+    ) -> None:
+        self.host = host
+        self.options = options
+        self.http = http or make_http(options, host)
+        # Big bodies go through the blocking twin only when the asynchronous client is ours:
+        # there is no blocking twin of a client the caller supplied.
+        self.owns_http = http is None
+        self._blocking: httpx.Client | None = None
+        self.scheme = "http" if options.plain_http else "https"
+        fallback = is_loopback(host) or options.insecure
+        self.scheme_known = options.plain_http or not fallback
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.scheme}://{self.host}"
+
+    def blocking(self) -> httpx.Client:
+        if self._blocking is None:
+            self._blocking = make_blocking(self.options, self.host)
+        return self._blocking
+
+    async def aclose(self) -> None:
+        if self._blocking is not None:
+            self._blocking.close()
+        if self.owns_http:
+            await self.http.aclose()
+
+    async def exchange(
+        self,
+        request: httpx.Request,
+        *,
+        follow: bool,
+        what: str,
+        blocking: bool = False,
+        relative: bool = True,
+        bounded: bool = True,
+    ) -> httpx.Response | None:
+        """Send ``request``; the response is streamed and must be closed by the caller.
+
+        None: the scheme was found out (or changed) meanwhile, so the request is to be built
+        again on ``base_url``. ``blocking``: sent by the blocking client in a worker thread, for
+        a body read there; ``relative``: the request is on ``base_url`` (not an absolute URL a
+        registry gave), so a scheme found out meanwhile applies to it; ``bounded``: the answer's
+        head must be complete within ``ANSWER_FACTOR`` x the read timeout (a trickled head never
+        times a read out), false for a request streaming a body of its own (an upload): that
+        one takes its time.
+        """
+        answer = self.options.read_timeout * ANSWER_FACTOR
+        try:
+            with anyio.fail_after(answer if bounded else None):
+                if blocking:
+                    resp = await anyio.to_thread.run_sync(
+                        functools.partial(
+                            redirects.send_blocking,
+                            self.blocking(),
+                            request,
+                            follow=follow,
+                            what=what,
+                            host=self.host,
+                        ),
+                        abandon_on_cancel=True,  # nothing of ours is touched by it
+                    )
+                else:
+                    resp = await redirects.send(
+                        self.http, request, follow=follow, what=what, host=self.host
+                    )
+        except TimeoutError:
+            raise NetworkError(
+                f"{what}: too slow: no complete answer within {answer:g} s", host=self.host
+            ) from None
+        except httpx.ConnectError as exc:
+            if relative and request.url.scheme != self.scheme:
+                return None  # a concurrent request found out the scheme meanwhile: use it
+            if not self.scheme_known and speaks_no_tls(exc):
+                # docker's rule for loopback: HTTPS first, plain HTTP only if TLS is not spoken.
+                self.scheme, self.scheme_known = "http", True
+                return None
+            raise connect_error(exc, self.host) from None
+        except (httpx.TransportError, ssl.SSLError) as exc:
+            raise connect_error(exc, self.host, what) from None
+        self.scheme_known = True
+        return resp
