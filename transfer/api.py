@@ -24,7 +24,7 @@ from .endpoints import Destination, Source
 from .endpoints.address import ARCHIVE_TRANSPORTS, Address, parse_address
 from .endpoints.layout import REF_NAME, Layout, LayoutDestination, LayoutSource
 from .endpoints.registry import MirrorSource, RegistryDestination, RegistrySource
-from .errors import StoreError, UsageError
+from .errors import ArchiveError, StoreError, UsageError
 from .fetch import RangePolicy
 from .manifest import MAX_CONFIG_BYTES, Descriptor, ImageConfig, Manifest, Platform
 from .progress import Emit, Message, ignore
@@ -36,6 +36,9 @@ from .transport import TransportOptions
 if TYPE_CHECKING:  # imported where used: a pull should not pay for tar, zstd or gc code
     from .maintenance import GcReport, VerifyReport
     from .unpack import UnpackOptions, UnpackResult
+
+# Names one archive may give its images: a real one has a few; each is an index.json entry.
+MAX_ARCHIVE_NAMES = 10_000
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -272,12 +275,20 @@ async def load(
         found = await archive.images()
         if chosen is not None and len(found) != 1:
             raise UsageError(f"--name names one image; {file} holds {len(found)}")
-        named: list[tuple[str | None, str | Digest]] = []
+        # Each distinct image is copied once, under its first name; its other names are set
+        # in one update of index.json (an archive may list one image thousands of times).
+        named: dict[str | Digest, list[str]] = {}
         for image in found:
             names = [chosen] if chosen is not None else image.names
-            named += [(n, image.identifier) for n in names] or [(None, image.identifier)]
+            named.setdefault(image.identifier, []).extend(names)
+        total = sum(len(names) for names in named.values())
+        if total > MAX_ARCHIVE_NAMES:
+            raise ArchiveError(
+                f"{file} holds {total} names, more than the {MAX_ARCHIVE_NAMES} one load takes"
+            )
         with layout.in_use():
-            for ref_name, identifier in named:
+            for identifier, names in named.items():
+                ref_name, others = (names[0], names[1:]) if names else (None, [])
                 label = ref_name or f"{file} (an image without a name)"
                 source = ArchiveImageSource(archive, label)
                 destination = LayoutDestination(layout, ref_name)
@@ -296,7 +307,9 @@ async def load(
                             f"{result.digest}; absent: {describe_absent(result.absent)}"
                         )
                     )
-                results.append(result)
+                if others:
+                    layout.set_references(others, result.manifest)
+                results += [result, *(replace(result, reference=n) for n in others)]
     return results
 
 

@@ -24,7 +24,7 @@ import os
 import stat
 import struct
 import sys
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -371,7 +371,15 @@ class Layout:
     ) -> None:
         """Point ``name`` at a manifest whose blobs are all stored already (for an index: the
         children that are not are recorded as absent)."""
-        annotations = {**(extra or {}), REF_NAME: name}
+        self.set_references([name], manifest, extra)
+
+    def set_references(
+        self, names: Sequence[str], manifest: Manifest, extra: dict[str, str] | None = None
+    ) -> None:
+        """``set_reference`` for every one of ``names``, in one update of index.json (an archive
+        may name one image thousands of times: one rewrite and fsync each was quadratic)."""
+        wanted = dict.fromkeys(names)
+        annotations = dict(extra or {})
         absent = self.absent(manifest) if manifest.is_index else []
         if absent:
             annotations[ABSENT] = ",".join(str(d.digest) for d in absent)
@@ -382,9 +390,9 @@ class Layout:
                 self.put_bytes(view.descriptor(), view.raw)
                 entry = view
             annotations[ORIGINAL] = str(manifest.digest)
-        desc = entry.descriptor(annotations=annotations)
+        named = [entry.descriptor(annotations={**annotations, REF_NAME: n}) for n in wanted]
         with self._index_locked() as entries:
-            entries[:] = [e for e in entries if e.annotations.get(REF_NAME) != name] + [desc]
+            entries[:] = [e for e in entries if e.annotations.get(REF_NAME) not in wanted] + named
 
     def _stored(self, desc: Descriptor) -> Manifest | None:
         return self.get_manifest(desc) if self.has_blob(desc) else None
