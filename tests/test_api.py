@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
+import threading
+import types
 from pathlib import Path
+
+import anyio
 
 import transfer
 from fixtures.images import BuiltImages
@@ -30,7 +36,7 @@ def test_pull_sync_returns_the_digest_and_streams_events(
     assert isinstance(events[0], ImageStart)
     assert isinstance(events[-1], ImageDone)
     assert {e.digest for e in events if isinstance(e, BlobDone)} == {b.digest for b in info.blobs}
-    assert [entry.reference for entry in transfer.images(transfer.Settings(store=store))] == [
+    assert [entry.reference for entry in transfer.images_sync(transfer.Settings(store=store))] == [
         f"{registry.host}/{info.ref}"
     ]
 
@@ -95,3 +101,82 @@ def test_tags_follow_link_headers_across_pages() -> None:
     finally:
         server.shutdown()
     assert len(seen) == 4  # 7 tags, 2 per page
+
+
+# The commands of the CLI, as the library offers them (``rm`` is ``remove``).
+COMMANDS = (
+    "pull push copy mirror save load unpack inspect tags images remove gc verify login logout"
+)
+
+
+def test_all_names_what_the_package_exports() -> None:
+    exported = {
+        name
+        for name, value in vars(transfer).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    assert len(transfer.__all__) == len(set(transfer.__all__))
+    assert set(transfer.__all__) == exported
+
+
+def test_every_command_is_async_with_a_sync_twin_of_the_same_signature() -> None:
+    coroutines = {
+        name
+        for name in transfer.__all__
+        if inspect.iscoroutinefunction(getattr(transfer, name))
+        and name != "copy_image"  # the engine: its endpoints are opened in one event loop
+    }
+    assert set(COMMANDS.split()) <= coroutines
+    for name in coroutines:
+        func, twin = getattr(transfer, name), getattr(transfer, f"{name}_sync")
+        assert f"{name}_sync" in transfer.__all__
+        assert not inspect.iscoroutinefunction(twin)
+        assert twin.__wrapped__ is func  # made by the one helper, not written by hand
+        assert inspect.signature(twin) == inspect.signature(func)
+        assert twin.__name__ == f"{name}_sync" and twin.__doc__
+
+
+def test_api_functions_stay_when_the_modules_of_their_names_load() -> None:
+    """``transfer.copy``, ``.mirror`` and ``.unpack`` are modules too: importing one (as the
+    first ``mirror`` or ``unpack`` call does) must not replace the function on the package,
+    or the second ``await transfer.unpack(...)`` calls a module."""
+    for name in ("copy", "mirror", "unpack"):
+        importlib.import_module(f"transfer.{name}")
+        assert getattr(transfer, name) is getattr(transfer.api, name)
+        assert inspect.iscoroutinefunction(getattr(transfer, name))
+
+
+def test_store_commands_run_off_the_event_loop(
+    registry: Registry, images: BuiltImages, store: Path
+) -> None:
+    """images, remove, gc and verify read the store in a worker thread: the caller's event
+    loop keeps running meanwhile."""
+    info = images.images["small"]
+    ref = f"{registry.host}/{info.ref}"
+    settings = transfer.Settings(store=store)
+    transfer.pull_sync(ref, settings)
+    loop_threads: set[int] = set()
+    work_threads: set[int] = set()
+    from transfer import maintenance
+
+    real_collect = maintenance.collect
+
+    def collect(*args: object, **kwargs: object) -> object:
+        work_threads.add(threading.get_ident())
+        return real_collect(*args, **kwargs)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        loop_threads.add(threading.get_ident())
+        assert [e.reference for e in await transfer.images(settings)] == [ref]
+        assert (await transfer.verify(settings)).problems == ()
+        assert await transfer.remove([ref], settings) == [ref]
+        maintenance.collect = collect  # type: ignore[assignment]
+        try:
+            report = await transfer.gc(settings)
+        finally:
+            maintenance.collect = real_collect
+        assert report.blobs_removed == len(info.blobs) + 1  # the layers, config and manifest
+        assert await transfer.images(settings) == []
+
+    anyio.run(main)
+    assert work_threads and not work_threads & loop_threads

@@ -187,3 +187,34 @@ def test_bad_destination_is_a_usage_error(tmp_path: Path) -> None:
     config = _write(tmp_path / "sync.yaml", "example.com:\n  images:\n    a: ['1']\n")
     run = xfer("mirror", config, "not a host")
     assert run.code == 2
+
+
+def test_mirror_is_in_the_python_api_async_and_sync(
+    registry: Registry, target_registry: Registry, images: BuiltImages, tmp_path: Path
+) -> None:
+    import anyio
+
+    import transfer
+
+    small, shared = images.images["small"], images.images["shared-a"]
+    config = _write(
+        tmp_path / "sync.yaml",
+        f"{registry.host}:\n  images:\n    test/small: ['1']\n    test/shared-a: ['1']\n",
+    )
+    settings = transfer.Settings(store=tmp_path / "store")
+    report = transfer.mirror_sync(config, f"{target_registry.host}/m", settings)
+    assert sorted(str(r.digest) for r in report.copied) == sorted([small.digest, shared.digest])
+    assert report.unchanged == [] and report.failed == [] and report.skipped == []
+    assert inspect_raw(f"{target_registry.host}/m/test/small:1") == small.raw
+
+    async def rerun() -> list[str]:
+        again = await transfer.mirror(str(config), f"{target_registry.host}/m", settings)
+        assert again.copied == []
+        return sorted(str(item.target) for item in again.unchanged)
+
+    assert anyio.run(rerun) == [
+        f"{target_registry.host}/m/test/shared-a:1",
+        f"{target_registry.host}/m/test/small:1",
+    ]
+    with pytest.raises(UsageError, match="cannot read mirror configuration"):
+        transfer.mirror_sync(tmp_path / "absent.yaml", target_registry.host, settings)

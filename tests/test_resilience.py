@@ -698,5 +698,5 @@ def test_soak_50_pulls_with_random_cuts_all_complete_and_verify(
     for store, ref, info in pulls:
         assert index_refs(store) == {ref: info.digest}
         assert set(stored_blobs(store)) == _expected_blobs(info)
-        assert api.verify(api.Settings(store=store)).problems == ()
+        assert api.verify_sync(api.Settings(store=store)).problems == ()
     verify_store(pulls[-1][0])  # and the CLI agrees, on one of them

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import anyio
 import pytest
@@ -29,6 +31,9 @@ from transfer.ingest import Ingest
 from transfer.manifest import OCI_CONFIG, OCI_MANIFEST, Descriptor, Manifest
 from transfer.progress import Event, ImageStart
 from transfer.retry import RetryPolicy, retrying
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 MiB = 1 << 20
 LAYER = "application/vnd.oci.image.layer.v1.tar"
@@ -278,6 +283,12 @@ def _store_with_one_image(store: Path, name: str) -> Manifest:
     return manifest
 
 
+def _elsewhere(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """A synchronous API call from inside a running event loop: in a thread of its own."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(func, *args, **kwargs).result()
+
+
 @pytest.mark.parametrize("target", ["oci:{tmp}/out", "oci-archive:{tmp}/out.tar"])
 def test_gc_cannot_delete_blobs_under_a_copy_reading_the_store(tmp_path: Path, target: str) -> None:
     """push / copy from store: read the store's blobs; an rm + gc meanwhile must wait."""
@@ -288,9 +299,10 @@ def test_gc_cannot_delete_blobs_under_a_copy_reading_the_store(tmp_path: Path, t
 
     def meanwhile(event: Event) -> None:
         if isinstance(event, ImageStart):  # the copy has read the manifest, not the blobs
-            api.remove([name], settings)
+            # As another process would: rm and gc with an event loop of their own.
+            _elsewhere(api.remove_sync, [name], settings)
             try:
-                report = api.gc(settings)
+                report = _elsewhere(api.gc_sync, settings)
                 gc_outcome.append(f"removed {report.blobs_removed}")
             except StoreError:
                 gc_outcome.append("refused")

@@ -577,15 +577,15 @@ def test_a_corrupt_stored_layer_is_detected(host: Host) -> None:
 
 _DIE_ON_THIRD_FILE = """
 import os, signal, sys
-import transfer.unpack as unpack
-original = unpack._Applier._file
+from transfer.unpack import _Applier
+original = _Applier._file
 seen = []
 def dying(self, *args):
     seen.append(1)
     if len(seen) == 3:
         os.kill(os.getpid(), signal.SIGKILL)
     return original(self, *args)
-unpack._Applier._file = dying
+_Applier._file = dying
 from transfer.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -609,8 +609,8 @@ def test_38_killed_mid_unpack_is_not_complete_and_a_rerun_redoes_it(host: Host) 
 
 _CTRL_C_ON_THIRD_FILE = """
 import os, signal, sys, time
-import transfer.unpack as unpack
-original = unpack._Applier._file
+from transfer.unpack import _Applier
+original = _Applier._file
 seen = []
 def interrupted(self, *args):
     seen.append(1)
@@ -618,7 +618,7 @@ def interrupted(self, *args):
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.5)  # the main thread takes the signal meanwhile
     return original(self, *args)
-unpack._Applier._file = interrupted
+_Applier._file = interrupted
 from transfer.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -1,7 +1,13 @@
 """xfer: moves container images between registries, the local store and archives.
 
-The async API mirrors the CLI; ``*_sync`` wrappers serve scripts.
+Every command of the CLI is an async function here (``pull``, ``push``, ``copy``, ``mirror``,
+``save``, ``load``, ``unpack``, ``inspect``, ``tags``, ``images``, ``remove``, ``gc``,
+``verify``, ``login``, ``logout``), and each has a synchronous twin for scripts (``pull_sync``,
+…), made by ``synchronous``.
 """
+
+import sys
+import types
 
 from .api import (
     ImageEntry,
@@ -10,24 +16,35 @@ from .api import (
     copy_sync,
     default_store,
     gc,
+    gc_sync,
     images,
+    images_sync,
     inspect,
+    inspect_sync,
     load,
     load_sync,
     login,
+    login_sync,
     logout,
+    logout_sync,
+    mirror,
+    mirror_sync,
     pull,
     pull_sync,
     push,
+    push_sync,
     remove,
+    remove_sync,
     save,
     save_sync,
+    synchronous,
     tag_pages,
     tags,
     tags_sync,
     unpack,
     unpack_sync,
     verify,
+    verify_sync,
 )
 from .auth import Credentials
 from .config import RegistryConfig
@@ -59,23 +76,52 @@ __all__ = [
     "copy_sync",
     "default_store",
     "gc",
+    "gc_sync",
     "images",
+    "images_sync",
     "inspect",
+    "inspect_sync",
     "load",
     "load_sync",
     "login",
+    "login_sync",
     "logout",
+    "logout_sync",
+    "mirror",
+    "mirror_sync",
     "parse",
     "pull",
     "pull_sync",
     "push",
+    "push_sync",
     "remove",
+    "remove_sync",
     "save",
     "save_sync",
+    "synchronous",
     "tag_pages",
     "tags",
     "tags_sync",
     "unpack",
     "unpack_sync",
     "verify",
+    "verify_sync",
 ]
+
+
+class _Package(types.ModuleType):
+    """The package keeps its API functions when a module of the same name is imported.
+
+    ``transfer.copy``, ``transfer.mirror`` and ``transfer.unpack`` are modules as well as
+    functions here; the import system sets a module on its package once it is first imported
+    (``mirror`` and ``unpack`` import theirs when first called), which made the second
+    ``await transfer.unpack(...)`` call a module. ``sys.modules`` still holds the modules.
+    """
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if isinstance(value, types.ModuleType) and name in __all__:
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -6,8 +6,9 @@ Every transfer is ``copy.copy_image`` between two endpoints; these functions onl
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -35,6 +36,7 @@ from .transport import TransportOptions
 
 if TYPE_CHECKING:  # imported where used: a pull should not pay for tar, zstd or gc code
     from .maintenance import GcReport, VerifyReport
+    from .mirror import MirrorReport
     from .unpack import UnpackOptions, UnpackResult
 
 # Names one archive may give its images: a real one has a few; each is an index.json entry.
@@ -468,14 +470,21 @@ async def login(host: str, credentials: Credentials, settings: Settings | None =
     return save_credentials(name, credentials)
 
 
-def logout(host: str) -> bool:
+async def logout(host: str) -> bool:
     """Forget a registry's credentials (helper ``erase``, config.json); False if none were kept."""
-    return remove_credentials(host)
+    return await anyio.to_thread.run_sync(remove_credentials, host)
 
 
-def images(settings: Settings | None = None) -> list[ImageEntry]:
+# The store's own commands read and write files (gc and verify re-hash the store): each runs in
+# a worker thread, so a host application's event loop goes on meanwhile.
+
+
+async def images(settings: Settings | None = None) -> list[ImageEntry]:
     """The store's images with their sizes (each blob counted once per image)."""
-    settings = settings or Settings()
+    return await anyio.to_thread.run_sync(_images, settings or Settings())
+
+
+def _images(settings: Settings) -> list[ImageEntry]:
     layout = settings.layout()
     entries = []
     for entry in layout.read_index():
@@ -494,9 +503,12 @@ def _image_size(layout: Layout, desc: Descriptor) -> int:
     return sum(blob.size for blob in reachable(layout, [desc]).blobs.values())
 
 
-def remove(references: list[str], settings: Settings | None = None) -> list[str]:
+async def remove(references: Sequence[str], settings: Settings | None = None) -> list[str]:
     """Drop references from the store; their blobs stay until ``gc`` (others may share them)."""
-    settings = settings or Settings()
+    return await anyio.to_thread.run_sync(_remove, references, settings or Settings())
+
+
+def _remove(references: Sequence[str], settings: Settings) -> list[str]:
     layout = settings.layout()
     removed = []
     for text in references:
@@ -508,23 +520,29 @@ def remove(references: list[str], settings: Settings | None = None) -> list[str]
     return removed
 
 
-def gc(settings: Settings | None = None, *, all_partials: bool = False) -> GcReport:
+async def gc(settings: Settings | None = None, *, all_partials: bool = False) -> GcReport:
     """Delete unreferenced blobs and stale partial downloads."""
+    return await anyio.to_thread.run_sync(_gc, settings or Settings(), all_partials)
+
+
+def _gc(settings: Settings, all_partials: bool) -> GcReport:
     from .maintenance import GcReport, collect
 
-    settings = settings or Settings()
     layout = settings.layout()
     if not layout.exists():
         return GcReport(0, 0, 0, 0)
     return collect(layout, all_partials=all_partials)
 
 
-def verify(settings: Settings | None = None, *, repair: bool = False) -> VerifyReport:
+async def verify(settings: Settings | None = None, *, repair: bool = False) -> VerifyReport:
     """Re-hash every blob of the store; report corrupt, linked and missing ones (and, with
     ``repair``, remove the damaged ones so that the next pull fetches them again)."""
+    return await anyio.to_thread.run_sync(_verify, settings or Settings(), repair)
+
+
+def _verify(settings: Settings, repair: bool) -> VerifyReport:
     from .maintenance import verify as verify_layout
 
-    settings = settings or Settings()
     layout = settings.layout()
     if not layout.exists():
         raise StoreError(f"there is no store at {layout.root}")
@@ -533,46 +551,6 @@ def verify(settings: Settings | None = None, *, repair: bool = False) -> VerifyR
 
 def config_platform(config: bytes) -> Platform:
     return ImageConfig.from_bytes(config).platform
-
-
-def run(func: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs) -> T:
-    """Run one async API call from synchronous code."""
-
-    async def main() -> T:
-        return await func(*args, **kwargs)
-
-    return anyio.run(main)
-
-
-def copy_sync(
-    source: str, destination: str, settings: Settings | None = None, **kwargs: Any
-) -> CopyResult:
-    """``copy`` for synchronous code."""
-    return run(copy, source, destination, settings, **kwargs)
-
-
-def pull_sync(reference: str, settings: Settings | None = None, **kwargs: Any) -> CopyResult:
-    """``pull`` for synchronous code (scripts): same arguments, runs its own event loop."""
-    return run(pull, reference, settings, **kwargs)
-
-
-def tags_sync(repository: str, settings: Settings | None = None) -> list[str]:
-    """``tags`` for synchronous code."""
-    return run(tags, repository, settings)
-
-
-def save_sync(
-    references: Sequence[str], output: str | Path, settings: Settings | None = None, **kwargs: Any
-) -> list[CopyResult]:
-    """``save`` for synchronous code."""
-    return run(save, references, output, settings, **kwargs)
-
-
-def load_sync(
-    file: str | Path, settings: Settings | None = None, **kwargs: Any
-) -> list[CopyResult]:
-    """``load`` for synchronous code."""
-    return run(load, file, settings, **kwargs)
 
 
 async def unpack(
@@ -595,8 +573,71 @@ async def unpack(
     )
 
 
-def unpack_sync(
-    reference: str, directory: str | Path, settings: Settings | None = None, **kwargs: Any
-) -> UnpackResult:
-    """``unpack`` for synchronous code."""
-    return run(unpack, reference, directory, settings, **kwargs)
+async def mirror(
+    config: str | Path,
+    destination: str,
+    settings: Settings | None = None,
+    *,
+    dest_settings: Settings | None = None,
+    scoped: bool = False,
+    platform: Platform | None = None,
+    emit: Emit = ignore,
+) -> MirrorReport:
+    """What the file ``config`` names (skopeo sync's YAML source format) → the registry
+    ``destination`` (``host[:port][/prefix]``), each image at ``DEST/<repository>:<tag>``
+    (``scoped``: ``DEST/<host>/<repository>``). Whole indexes by default, only ``platform``'s
+    image with it. A rerun copies only what changed. Credentials: ``settings``' are the
+    sources' (a source's own in the file win), ``dest_settings``' the target's (default: the
+    credential files only). One image that fails does not stop the others: the report lists
+    it, as it lists what was copied, what was unchanged and the tags no reference can name."""
+    from .mirror import mirror as mirror_config  # YAML and semver load only for a mirror
+
+    try:
+        text = await anyio.Path(config).read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read mirror configuration {config}: {exc.strerror}") from None
+    return await mirror_config(
+        text,
+        destination,
+        settings,
+        dest_settings=dest_settings,
+        scoped=scoped,
+        platform=platform,
+        emit=emit,
+    )
+
+
+# ---- the synchronous API ---------------------------------------------------------------------
+
+
+def synchronous(func: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
+    """The twin of an async API function for synchronous code (scripts): the same parameters
+    (and signature, for help() and type checkers), run in an event loop of its own."""
+
+    @functools.wraps(func)
+    def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        async def call() -> T:
+            return await func(*args, **kwargs)
+
+        return anyio.run(call)
+
+    run.__name__ = run.__qualname__ = f"{func.__name__}_sync"
+    run.__doc__ = f"``{func.__name__}`` for synchronous code: same arguments, its own event loop."
+    return run
+
+
+pull_sync = synchronous(pull)
+push_sync = synchronous(push)
+copy_sync = synchronous(copy)
+mirror_sync = synchronous(mirror)
+save_sync = synchronous(save)
+load_sync = synchronous(load)
+unpack_sync = synchronous(unpack)
+inspect_sync = synchronous(inspect)
+tags_sync = synchronous(tags)
+images_sync = synchronous(images)
+remove_sync = synchronous(remove)
+gc_sync = synchronous(gc)
+verify_sync = synchronous(verify)
+login_sync = synchronous(login)
+logout_sync = synchronous(logout)

@@ -304,22 +304,14 @@ def _print_digest(render: Renderer, result: CopyResult) -> int:
 
 
 async def cmd_mirror(args: argparse.Namespace) -> int:
-    from .mirror import mirror  # YAML and semver only load for this command
-
-    try:
-        text = Path(args.config).read_text()
-    except OSError as exc:
-        raise UsageError(
-            f"cannot read mirror configuration {args.config}: {exc.strerror}"
-        ) from None
     settings = _settings(args)
     dest_settings = replace(settings, credentials=None)
     if args.dest_creds:
         dest_settings = replace(settings, credentials=_creds(args.dest_creds, "--dest-creds"))
     render = _renderer(args, "copied")
     try:
-        report = await mirror(
-            text,
+        report = await api.mirror(
+            args.config,
             args.destination,
             settings,
             dest_settings=dest_settings,
@@ -442,7 +434,7 @@ def _creds(text: str, option: str) -> Credentials:
 
 
 async def cmd_images(args: argparse.Namespace) -> int:
-    entries = api.images(_settings(args))
+    entries = await api.images(_settings(args))
     if args.json:
         for entry in entries:
             print(
@@ -512,7 +504,7 @@ async def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 async def cmd_rm(args: argparse.Namespace) -> int:
-    for name in api.remove(args.references, _settings(args)):
+    for name in await api.remove(args.references, _settings(args)):
         if args.json:
             print(json.dumps({"event": "removed", "reference": name}))
         else:
@@ -521,9 +513,7 @@ async def cmd_rm(args: argparse.Namespace) -> int:
 
 
 async def cmd_gc(args: argparse.Namespace) -> int:
-    report = await anyio.to_thread.run_sync(
-        lambda: api.gc(_settings(args), all_partials=args.partials)
-    )
+    report = await api.gc(_settings(args), all_partials=args.partials)
     for name in report.left:
         _warning(f"gc left {name} alone: it is a directory, not a blob or a partial download")
     if args.json:
@@ -537,7 +527,7 @@ async def cmd_gc(args: argparse.Namespace) -> int:
 
 
 async def cmd_verify(args: argparse.Namespace) -> int:
-    report = await anyio.to_thread.run_sync(lambda: api.verify(_settings(args), repair=args.repair))
+    report = await api.verify(_settings(args), repair=args.repair)
     if args.json:
         print(
             json.dumps(
@@ -626,7 +616,7 @@ def _ask_credentials(host: str, user: str | None) -> Credentials:
 
 
 async def cmd_logout(args: argparse.Namespace) -> int:
-    if api.logout(args.host):
+    if await api.logout(args.host):
         print(f"Removed login credentials for {args.host}")
     else:
         print(f"Not logged in to {args.host}")
