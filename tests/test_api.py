@@ -10,6 +10,7 @@ import types
 from pathlib import Path
 
 import anyio
+import pytest
 
 import transfer
 from fixtures.images import BuiltImages
@@ -180,3 +181,30 @@ def test_store_commands_run_off_the_event_loop(
 
     anyio.run(main)
     assert work_threads and not work_threads & loop_threads
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, "{home}/.local/share/xfer/store"),
+        ({"XDG_DATA_HOME": "{tmp}/data"}, "{tmp}/data/xfer/store"),
+        ({"XDG_DATA_HOME": ""}, "{home}/.local/share/xfer/store"),
+        # The XDG spec: a relative path is invalid and ignored (it put the store under the cwd).
+        ({"XDG_DATA_HOME": "rel/data"}, "{home}/.local/share/xfer/store"),
+        ({"XFER_STORE": "{tmp}/s", "XDG_DATA_HOME": "{tmp}/data"}, "{tmp}/s"),
+        ({"XFER_STORE": "", "XDG_DATA_HOME": "{tmp}/data"}, "{tmp}/data/xfer/store"),
+    ],
+    ids=["default", "xdg", "xdg-empty", "xdg-relative", "xfer-store", "xfer-store-empty"],
+)
+def test_default_store_location(
+    env: dict[str, str], expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    for name in ("XFER_STORE", "XDG_DATA_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.format(tmp=tmp_path))
+    assert transfer.default_store() == Path(expected.format(home=home, tmp=tmp_path))
+    assert transfer.Settings().store == transfer.default_store()
+    assert not home.exists()  # finding the path creates nothing

@@ -940,3 +940,30 @@ def test_push_scope_is_requested_only_when_pushing(
     pushed = {scope for r in token_server.requests(mark) for scope in r.scopes}
     assert "repository:private/pushed-small:pull,push" in pushed
     assert not any("push" in scope for scope in pushed if "pushed-small" not in scope)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, None),
+        ({"XDG_RUNTIME_DIR": "{tmp}/run"}, "{tmp}/run/containers/auth.json"),
+        ({"XDG_RUNTIME_DIR": ""}, None),
+        ({"REGISTRY_AUTH_FILE": "{tmp}/a.json", "XDG_RUNTIME_DIR": "{tmp}/run"}, "{tmp}/a.json"),
+        (
+            {"REGISTRY_AUTH_FILE": "", "XDG_RUNTIME_DIR": "{tmp}/run"},
+            "{tmp}/run/containers/auth.json",
+        ),
+    ],
+    ids=["none", "xdg-runtime", "xdg-runtime-empty", "registry-auth-file", "auth-file-empty"],
+)
+def test_containers_auth_json_location(
+    env: dict[str, str], expected: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """podman's auth.json where podman writes it, whatever the runtime directory's mode."""
+    for name in ("REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "run").mkdir(mode=0o755)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.format(tmp=tmp_path))
+    want = None if expected is None else Path(expected.format(tmp=tmp_path))
+    assert auth.containers_auth_path() == want

@@ -363,3 +363,34 @@ def test_a_broken_config_file_is_a_usage_error(
     run = xfer("pull", f"{registry.host}/test/small:1", store=store, env={"XFER_CONFIG": str(path)})
     assert run.code == 2
     assert str(path) in run.err and len(run.err.strip().splitlines()) == 1
+
+
+# ---- where the files are (XDG, through platformdirs) -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, "{home}/.config/xfer/config.toml"),
+        ({"XDG_CONFIG_HOME": "{tmp}/cfg"}, "{tmp}/cfg/xfer/config.toml"),
+        ({"XDG_CONFIG_HOME": ""}, "{home}/.config/xfer/config.toml"),
+        # The XDG spec: a relative path is invalid and ignored (it named a file under the cwd).
+        ({"XDG_CONFIG_HOME": "rel/cfg"}, "{home}/.config/xfer/config.toml"),
+        ({"XFER_CONFIG": "{tmp}/my.toml", "XDG_CONFIG_HOME": "{tmp}/cfg"}, "{tmp}/my.toml"),
+        ({"XFER_CONFIG": "", "XDG_CONFIG_HOME": "{tmp}/cfg"}, "{tmp}/cfg/xfer/config.toml"),
+    ],
+    ids=["default", "xdg", "xdg-empty", "xdg-relative", "xfer-config", "xfer-config-empty"],
+)
+def test_config_toml_location(
+    env: dict[str, str], expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transfer.config import xfer_config_path
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    for name in ("XFER_CONFIG", "XDG_CONFIG_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.format(tmp=tmp_path))
+    assert xfer_config_path() == Path(expected.format(home=home, tmp=tmp_path))
+    assert not home.exists()  # finding the path creates nothing

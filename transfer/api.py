@@ -17,7 +17,7 @@ import anyio
 
 from .auth import Credentials, registry_host, remove_credentials, save_credentials
 from .client import RegistryClient
-from .config import RegistryConfig
+from .config import RegistryConfig, xdg_dirs
 from .config import load as load_registry_config
 from .copy import CopyOptions, CopyResult, copy_image, describe_absent
 from .digest import Digest
@@ -50,8 +50,7 @@ def default_store() -> Path:
     """``$XFER_STORE``, else ``$XDG_DATA_HOME/xfer/store`` (``~/.local/share/xfer/store``)."""
     if os.environ.get("XFER_STORE"):
         return Path(os.environ["XFER_STORE"])
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "xfer" / "store"
+    return xdg_dirs().user_data_path / "store"
 
 
 @dataclass(frozen=True)

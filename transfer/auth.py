@@ -152,6 +152,9 @@ def docker_config_path() -> Path:
 
 
 def containers_auth_path() -> Path | None:
+    """podman's file, where podman puts it: ``$XDG_RUNTIME_DIR`` taken as it is set. Not
+    platformdirs' runtime directory: that refuses a directory that is not mode 0700 and falls
+    back to ``/run/user/UID``, a place podman never writes its credentials."""
     if os.environ.get("REGISTRY_AUTH_FILE"):
         return Path(os.environ["REGISTRY_AUTH_FILE"])
     if os.environ.get("XDG_RUNTIME_DIR"):

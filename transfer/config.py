@@ -25,12 +25,15 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from .auth import registry_host
 from .errors import UsageError
 from .reference import Reference
 from .transport import TransportOptions
+
+if TYPE_CHECKING:
+    from platformdirs.unix import Unix
 
 PullFrom = Literal["all", "digest-only", "tag-only"]
 _PULL_FROM = ("all", "digest-only", "tag-only")
@@ -316,11 +319,20 @@ def certs_d(host: str, roots: Sequence[Path]) -> tuple[tuple[str, ...], tuple[st
 # ---- finding the files ------------------------------------------------------------------------
 
 
+def xdg_dirs() -> Unix:
+    """xfer's own directories where the XDG Base Directory spec puts them (an empty or
+    relative ``$XDG_…`` is ignored, as the spec says). The Unix rules on every system, so the
+    documented ``~/.config/xfer`` and ``~/.local/share/xfer`` hold on macOS too."""
+    from platformdirs.unix import Unix  # only when a default path is needed
+
+    return Unix("xfer", appauthor=False)
+
+
 def xfer_config_path() -> Path:
+    """``$XFER_CONFIG``, else ``$XDG_CONFIG_HOME/xfer/config.toml`` (``~/.config/xfer/…``)."""
     if os.environ.get("XFER_CONFIG"):
         return Path(os.environ["XFER_CONFIG"])
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "xfer" / "config.toml"
+    return xdg_dirs().user_config_path / "config.toml"
 
 
 def registries_conf_path() -> Path:
