@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from fixtures.images import BuiltImages
 from fixtures.registry import Registry
 from tests.helpers import ROOT, xfer
@@ -107,3 +109,92 @@ def test_every_line_reaches_a_pipe_and_the_exit_code_the_shell_without_interpret
     assert failed.returncode == 1
     assert failed.stderr.splitlines() == [failed.stderr.strip()]  # one line, and all of it
     assert failed.stderr.startswith("xfer: error: cannot connect to localhost:1")
+
+
+# ---- each command offers the flags it uses, and only those -------------------------------------
+
+NET = ["--plain-http", "--insecure", "--ca-file=ca.pem", "--creds=u:p", "-u=me", "--password-stdin"]
+NET_TRANSFER = [
+    "--retries=1",
+    "--timeout=5",
+    "--limit-rate=1M",
+    "--parallel-ranges=2",
+    "--range-threshold=1M",
+]
+PLATFORMS = ["--platform=linux/arm64", "--all-platforms"]
+OUTPUT = ["--json", "-q"]
+ARGS = {  # each command's positional arguments
+    "pull": ["r.example.com/a:1"],
+    "push": ["r.example.com/a:1"],
+    "copy": ["r.example.com/a:1", "oci:out"],
+    "mirror": ["sync.yaml", "r.example.com"],
+    "save": ["a:1", "-o", "out.tar"],
+    "load": ["in.tar"],
+    "unpack": ["a:1", "rootfs"],
+    "images": [],
+    "inspect": ["r.example.com/a:1"],
+    "rm": ["a:1"],
+    "gc": [],
+    "verify": [],
+    "tags": ["r.example.com/a"],
+    "login": ["r.example.com"],
+    "logout": ["r.example.com"],
+}
+MOVERS = ("pull", "push", "copy", "save")
+ACCEPTED = [
+    *[
+        (c, f)
+        for c in MOVERS
+        for f in ["--store=s", *OUTPUT, *NET, "-j=2", *NET_TRANSFER, *PLATFORMS]
+    ],
+    *[("mirror", f) for f in [*OUTPUT, *NET, "-j=2", *NET_TRANSFER, *PLATFORMS, "--scoped"]],
+    *[("load", f) for f in ["--store=s", *OUTPUT, "-j=2", *PLATFORMS, "--name=b:2"]],
+    *[("unpack", f) for f in ["--store=s", *OUTPUT, "--platform=linux/arm64", "--force"]],
+    *[(c, f) for c in ("images", "rm", "gc", "verify") for f in ["--store=s", *OUTPUT, "--debug"]],
+    *[("inspect", f) for f in ["--store=s", *NET, "--raw"]],
+    *[("tags", f) for f in [*NET, "--debug"]],
+    *[("login", f) for f in [*NET, "-q"]],
+    ("logout", "--debug"),
+]
+REFUSED = [
+    *[("load", f) for f in [*NET, *NET_TRANSFER]],  # an archive on disk: no network
+    *[("unpack", f) for f in [*NET, "-j=2", *NET_TRANSFER, "--all-platforms"]],
+    *[
+        (c, f)
+        for c in ("images", "rm", "gc", "verify")
+        for f in [*NET, "-j=2", *NET_TRANSFER, *PLATFORMS]
+    ],
+    *[("inspect", f) for f in ["-j=2", *NET_TRANSFER, *PLATFORMS, *OUTPUT]],
+    *[("tags", f) for f in ["--store=s", *OUTPUT, "-j=2", *NET_TRANSFER, *PLATFORMS]],
+    *[("login", f) for f in ["--store=s", "--json", "-j=2", *NET_TRANSFER, *PLATFORMS]],
+    *[("logout", f) for f in ["--store=s", *OUTPUT, *NET, "-j=2", *NET_TRANSFER, *PLATFORMS]],
+    ("mirror", "--store=s"),  # registry to registry: nothing passes through the store
+]
+
+
+@pytest.mark.parametrize(("command", "flag"), ACCEPTED, ids=[f"{c} {f}" for c, f in ACCEPTED])
+def test_a_command_offers_the_flags_it_uses(command: str, flag: str) -> None:
+    from transfer.cli import build_parser
+
+    extra = (
+        ["-u=me"] if flag == "--password-stdin" else ["--password-stdin"] if flag == "-u=me" else []
+    )
+    args = build_parser().parse_args([command, flag, *extra, *ARGS[command]])
+    assert args.command == command
+
+
+@pytest.mark.parametrize(("command", "flag"), REFUSED, ids=[f"{c} {f}" for c, f in REFUSED])
+def test_a_command_refuses_the_flags_it_does_not_use(
+    command: str, flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from transfer.cli import main
+
+    assert main([command, flag, *ARGS[command]]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "unrecognized arguments" in error
+
+
+def test_load_with_a_network_flag_exits_2_naming_it(tmp_path: Path) -> None:
+    run = xfer("load", "--timeout", "5", tmp_path / "in.tar", store=tmp_path / "store")
+    assert run.code == 2
+    assert "--timeout" in run.err and not (tmp_path / "store").exists()

@@ -627,14 +627,21 @@ async def cmd_logout(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = _Parser(add_help=False)
-    common.add_argument("--store", help="the local store (default $XFER_STORE or XDG data dir)")
-    common.add_argument("--debug", action="store_true", help="tracebacks on errors")
-    output = common.add_mutually_exclusive_group()
-    output.add_argument("--json", action="store_true", help="JSON Lines events on stdout")
-    output.add_argument("-q", "--quiet", action="store_true", help="only the final result")
+    # Options come in groups, and a command takes the groups it uses, so that a flag it would
+    # ignore is refused (exit 2) instead of silently doing nothing: load reads a file (no
+    # network flags), the store commands move nothing, login and tags never touch the store.
+    base = _Parser(add_help=False)
+    base.add_argument("--debug", action="store_true", help="tracebacks on errors")
 
-    net = _Parser(add_help=False)
+    store = _Parser(add_help=False)
+    store.add_argument("--store", help="the local store (default $XFER_STORE or XDG data dir)")
+
+    output = _Parser(add_help=False)
+    printed = output.add_mutually_exclusive_group()
+    printed.add_argument("--json", action="store_true", help="JSON Lines events on stdout")
+    printed.add_argument("-q", "--quiet", action="store_true", help="only the final result")
+
+    net = _Parser(add_help=False)  # reaching a registry
     net.add_argument("--plain-http", action="store_true", help="talk HTTP, not HTTPS")
     net.add_argument("--insecure", action="store_true", help="HTTPS without verification")
     net.add_argument("--ca-file", help="trust this CA bundle for HTTPS")
@@ -642,55 +649,61 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--username", "-u", help="user name; the password comes from stdin")
     net.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
 
-    xfer = _Parser(add_help=False)
-    xfer.add_argument(
+    jobs = _Parser(add_help=False)  # moving blobs, from a registry or not
+    jobs.add_argument(
         "-j",
         "--jobs",
         type=int,
         default=8,
         help="blob transfers at once (default 8; blobs up to 1 MiB: 4x as many unless -j 1)",
     )
-    xfer.add_argument("--retries", type=int, default=5, help="retries per request (default 5)")
-    xfer.add_argument(
+
+    streams = _Parser(add_help=False)  # moving blobs over the network
+    streams.add_argument("--retries", type=int, default=5, help="retries per request (default 5)")
+    streams.add_argument(
         "--timeout",
         type=float,
         metavar="SECONDS",
         help="a stalled connection, or one bringing under 1 KiB/s over this long, is dropped and "
         "resumed; an answer or a small body gets 3 times this long (default 60)",
     )
-    xfer.add_argument(
+    streams.add_argument(
         "--limit-rate", metavar="RATE", help="cap the whole transfer, e.g. 50M (bytes/s)"
     )
-    xfer.add_argument(
+    streams.add_argument(
         "--parallel-ranges",
         type=int,
         metavar="N",
         help="always fetch a big blob as N Range requests at once (default: up to 4, only "
         "when the link is slow; 1 disables)",
     )
-    xfer.add_argument(
+    streams.add_argument(
         "--range-threshold", metavar="SIZE", help="split blobs at least this big (default 64Mi)"
     )
-    plat = xfer.add_mutually_exclusive_group()
+
+    platforms = _Parser(add_help=False)
+    plat = platforms.add_mutually_exclusive_group()
     plat.add_argument("--platform", help="OS/ARCH[/VARIANT] of an index to use")
     plat.add_argument("--all-platforms", action="store_true", help="every image of an index")
+
+    moving = [base, store, output, net, jobs, streams, platforms]
 
     parser = _Parser(prog=PROG, description="Move container images between registries and stores.")
     parser.add_argument("--version", action="version", version="xfer 0.1.0")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("pull", parents=[common, net, xfer], help="registry → store")
+    p = sub.add_parser("pull", parents=moving, help="registry → store")
     p.add_argument("references", nargs="+", metavar="REF")
     p.set_defaults(func=cmd_pull)
 
-    p = sub.add_parser("push", parents=[common, net, xfer], help="store → registry")
+    p = sub.add_parser("push", parents=moving, help="store → registry")
     p.add_argument("reference", metavar="REF", help="an image in the store")
     p.add_argument("destination", nargs="?", metavar="DEST-REF", help="default: REF itself")
     p.set_defaults(func=cmd_push)
 
     p = sub.add_parser(
         "copy",
-        parents=[common, net, xfer],
+        parents=moving,
         help="any endpoint → any endpoint (REF, docker://REF, store:REF, oci:DIR[:NAME], "
         "oci-archive:FILE[:NAME], docker-archive:FILE[:REF])",
     )
@@ -701,7 +714,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_copy)
 
     p = sub.add_parser(
-        "mirror", parents=[common, net, xfer], help="many repositories into one registry"
+        "mirror",
+        parents=[base, output, net, jobs, streams, platforms],  # registry to registry
+        help="many repositories into one registry",
     )
     p.add_argument("config", metavar="CONFIG", help="skopeo sync's YAML source format")
     p.add_argument("destination", metavar="DEST", help="host[:port][/prefix]")
@@ -710,7 +725,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_mirror)
 
     p = sub.add_parser(
-        "save", parents=[common, net, xfer], help="images → one tarball (docker load, oci-archive:)"
+        "save", parents=moving, help="images → one tarball (docker load, oci-archive:)"
     )
     p.add_argument(
         "references", nargs="+", metavar="REF", help="store images; docker://REF from a registry"
@@ -725,7 +740,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "load",
-        parents=[common, xfer],
+        parents=[base, store, output, jobs, platforms],  # a file on disk: no network
         help="docker or OCI tarball → store (every platform it holds, as docker load; "
         "--platform narrows an index to one image)",
     )
@@ -739,7 +754,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_load)
 
-    p = sub.add_parser("unpack", parents=[common], help="image → root filesystem in DIR")
+    p = sub.add_parser(
+        "unpack", parents=[base, store, output], help="image → root filesystem in DIR"
+    )
     p.add_argument("reference", metavar="REF", help="store:REF (the default) or oci:DIR[:NAME]")
     p.add_argument("directory", metavar="DIR", help="appears only once complete")
     p.add_argument("--platform", help="OS/ARCH[/VARIANT] of an index (default: this machine's)")
@@ -748,27 +765,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-size", metavar="SIZE", help="most bytes all layers unpack to (32Gi)")
     p.set_defaults(func=cmd_unpack)
 
-    p = sub.add_parser("images", parents=[common], help="the store's images")
+    p = sub.add_parser("images", parents=[base, store, output], help="the store's images")
     p.set_defaults(func=cmd_images)
 
-    p = sub.add_parser("inspect", parents=[common, net], help="manifest summary")
+    p = sub.add_parser("inspect", parents=[base, store, net], help="manifest summary")
     p.add_argument("reference", metavar="REF", help="a registry reference or store:REF")
     shown = p.add_mutually_exclusive_group()
     shown.add_argument("--raw", action="store_true", help="the exact manifest bytes")
     shown.add_argument("--config", action="store_true", help="the image config")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("rm", parents=[common], help="drop references (blobs stay until gc)")
+    p = sub.add_parser(
+        "rm", parents=[base, store, output], help="drop references (blobs stay until gc)"
+    )
     p.add_argument("references", nargs="+", metavar="REF")
     p.set_defaults(func=cmd_rm)
 
-    p = sub.add_parser("gc", parents=[common], help="delete unreferenced blobs and stale partials")
+    p = sub.add_parser(
+        "gc", parents=[base, store, output], help="delete unreferenced blobs and stale partials"
+    )
     p.add_argument(
         "--partials", action="store_true", help="also every partial download, however recent"
     )
     p.set_defaults(func=cmd_gc)
 
-    p = sub.add_parser("verify", parents=[common], help="re-hash the store, report corruption")
+    p = sub.add_parser(
+        "verify", parents=[base, store, output], help="re-hash the store, report corruption"
+    )
     p.add_argument(
         "--repair",
         action="store_true",
@@ -776,15 +799,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("tags", parents=[common, net], help="a repository's tags")
+    p = sub.add_parser("tags", parents=[base, net], help="a repository's tags")
     p.add_argument("repository", metavar="REPO")
     p.set_defaults(func=cmd_tags)
 
-    p = sub.add_parser("login", parents=[common, net], help="check and keep registry credentials")
+    p = sub.add_parser("login", parents=[base, net], help="check and keep registry credentials")
     p.add_argument("host", metavar="HOST", nargs="?", default="docker.io")
+    p.add_argument("-q", "--quiet", action="store_true", help="only 'Login Succeeded'")
     p.set_defaults(func=cmd_login)
 
-    p = sub.add_parser("logout", parents=[common], help="forget a registry's credentials")
+    p = sub.add_parser("logout", parents=[base], help="forget a registry's credentials")
     p.add_argument("host", metavar="HOST", nargs="?", default="docker.io")
     p.set_defaults(func=cmd_logout)
     return parser
