@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := docker-registry skopeo umoci docker.io podman containerd
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck system venv bench bench-quick clean
+.PHONY: demo test lint typecheck system venv bench bench-quick bench-fleet clean
 
 # Debian packages the tests drive for real: the registry, two independent readers of our store,
 # and the engines that load what xfer saves and save what it loads (tests/test_interop_daemons.py
@@ -51,6 +51,12 @@ bench: system venv
 bench-quick: system venv
 	$(PY) -m pip install -q 'python-dxf>=12' 'py-spy>=0.3'
 	XFER_BENCH_SCALE=0.05 $(PY) -m fixtures.bench $(BENCH_ARGS)
+
+# Only the scenarios of issue 12 (TLS and token auth, registry → registry copies, mirrors).
+BENCH_FLEET = tls-many,tls-token-many,company-many,copy-big,copy-rootfs,mirror-set,mirror-30
+bench-fleet: system venv
+	$(PY) -m pip install -q 'python-dxf>=12' 'py-spy>=0.3'
+	$(PY) -m fixtures.bench --only $(BENCH_FLEET) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .demo

@@ -52,6 +52,66 @@ def test_bench_harness_smoke(tmp_path: Path) -> None:
     assert "pull many: xfer/skopeo" in md and "| registry → OCI layout, many |" in md
 
 
+NEW_ROWS = {  # issue 12's scenarios: result name → its row's title in results.md
+    "tls-many": "many over TLS (private CA)",
+    "tls-token-many": "many over TLS + token auth (https realm)",
+    "company-many": "many over TLS + token auth, 25 ms RTT",
+    "copy-big": "registry → registry, big",
+    "copy-rootfs": "registry → registry, rootfs",
+    "mirror-set": "mirror of the 6 bench images, loopback",
+    "mirror-30": "mirror 2 one-tag repos, 25 ms RTT, first run",
+    "mirror-30-rerun": "mirror 2 one-tag repos, 25 ms RTT, no-op rerun",
+}
+
+
+def test_bench_tls_copy_and_mirror_scenarios_smoke(tmp_path: Path) -> None:
+    """Each TLS/token, copy and mirror scenario runs once for xfer and skopeo, the target holds
+    what was copied (a run that left it short is a failed run), and its row and target show."""
+    out = tmp_path / "out"
+    only = "tls-many,tls-token-many,company-many,copy-big,copy-rootfs,mirror-set,mirror-30"
+    cmd = [sys.executable, "-m", "fixtures.bench", "--only", only, "--runs", "1"]
+    cmd += ["--mirror-repos", "2", "--tools", "xfer,skopeo", "--scale", "0.01"]
+    cmd += ["--out", str(out), "--cache", str(tmp_path / "cache"), "-q"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    report = json.loads((out / "results.json").read_text())
+    failed = [
+        f"{s['name']} {r['tool']}: {r['error']}"
+        for s in report["scenarios"]
+        for r in s["runs"]
+        if not r["ok"]
+    ]
+    assert proc.returncode == 0 and not failed, (failed, proc.stderr[-2000:])
+
+    scenarios = {s["name"]: s for s in report["scenarios"]}
+    assert set(scenarios) == set(NEW_ROWS)
+    for name, scenario in scenarios.items():
+        for tool in ("xfer", "skopeo"):
+            figures = scenario["tools"][tool]
+            assert figures["failed_runs"] == 0 and figures["median_seconds"] > 0, name
+            assert figures["peak_rss_mib"] > 5, name
+        assert scenario["metrics"]["xfer/skopeo"] > 0, name
+    # every byte of the image came from the source; a no-op rerun fetches no blob
+    for name in ("tls-many", "tls-token-many", "company-many", "copy-big", "copy-rootfs"):
+        for tool in ("xfer", "skopeo"):
+            fetched = scenarios[name]["tools"][tool]["median_bytes_registry"]
+            assert fetched >= scenarios[name]["image_bytes"] * 0.99, (name, tool)
+    rerun = scenarios["mirror-30-rerun"]
+    assert all(r["bytes_registry"] < 4096 for r in rerun["runs"])
+    # the token scenarios authenticated: the token server issued tokens to the user
+    for name in ("tls-token-many", "company-many"):
+        assert scenarios[name]["data"]["token_requests"]["as_user"] >= 2, name
+
+    targets = {t["scenario"]: t for t in report["targets"]}
+    for name in ("mirror-30", "mirror-30-rerun", "mirror-set", "copy-big", "copy-rootfs"):
+        assert targets[name]["status"] in ("met", "missed"), name
+        assert targets[name]["status"] == "met" or "requests answered" in targets[name]["why"]
+    assert targets["tls-many"]["status"] in ("met", "missed")
+    md = (out / "results.md").read_text()
+    for title in NEW_ROWS.values():
+        assert f"| {title} |" in md, title
+    assert "mirror 30 repos, no-op rerun: xfer/skopeo | ≤ 0.1 |" in md
+
+
 @pytest.fixture
 def echo_server() -> Iterator[str]:
     """A TCP server answering each line with the same line."""
