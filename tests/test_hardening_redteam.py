@@ -6,6 +6,7 @@ store."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import sys
 import tarfile
@@ -147,3 +148,32 @@ def test_load_refuses_an_archive_with_too_many_names(
     with pytest.raises(ArchiveError, match="11 names, more than the 10"):
         anyio.run(lambda: api.load(archive, settings))
     assert not (tmp_path / "store" / "index.json").exists()
+
+
+# ---- 3: a docker-archive listing one layer many times ------------------------------------------
+
+
+def test_load_hashes_a_layer_listed_many_times_once(tmp_path: Path) -> None:
+    layer = h.make_tar([h.file("big", b"\0" * (8 << 20))])
+    diff_id = h.sha256(layer)
+    times = 1000
+    config = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers"}}
+    config["rootfs"]["diff_ids"] = [diff_id] * times  # type: ignore[index]
+    manifest = [{"Config": "c.json", "RepoTags": ["localhost/fan:1"], "Layers": ["l.tar"] * times}]
+    archive = tmp_path / "fan.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name, data in (
+            ("c.json", json.dumps(config).encode()),
+            ("l.tar", layer),
+            ("manifest.json", json.dumps(manifest).encode()),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    store = tmp_path / "store"
+    command = [sys.executable, "-m", "transfer", "load", str(archive), "--store", str(store)]
+    # Before: 8 GiB hashed (one 8 MiB layer, 1000 times); after: 8 MiB.
+    done, _, cpu, killed = peak_rss(command, env=xfer_env(), timeout=120, cpu_limit=60)
+    assert not killed and done.returncode == 0, done.stderr[-2000:]
+    assert cpu < 2.5, f"load of one 8 MiB layer listed 1000 times took {cpu:.1f} s of CPU"
+    assert diff_id.removeprefix("sha256:") in {p.name for p in (store / "blobs/sha256").iterdir()}

@@ -92,6 +92,9 @@ class TarIndex:
         self.path = path
         self.fd = fd
         self._members = members  # None: a directory or a special file, never data
+        # (data offset, algorithm) → (hex digest, head): a docker-archive may list one layer
+        # thousands of times, and each member is hashed once (members are immutable here).
+        self._hashed: dict[tuple[int, str], tuple[str, bytes]] = {}
 
     @classmethod
     def read(cls, path: Path) -> TarIndex:
@@ -144,7 +147,10 @@ class TarIndex:
         return self._pread(member, member.size, 0)
 
     def hash(self, member: Member, algorithm: str = "sha256") -> tuple[str, bytes]:
-        """(hex digest, first bytes) of a member, read in chunks (blocking)."""
+        """(hex digest, first bytes) of a member, read in chunks (blocking), once."""
+        known = self._hashed.get((member.offset, algorithm))
+        if known is not None:
+            return known
         hasher = hashlib.new(algorithm)
         head = b""
         position = 0
@@ -154,7 +160,8 @@ class TarIndex:
                 head = chunk[:8]
             hasher.update(chunk)
             position += len(chunk)
-        return hasher.hexdigest(), head
+        self._hashed[member.offset, algorithm] = found = (hasher.hexdigest(), head)
+        return found
 
     async def chunks(
         self, member: Member, offset: int, end: int, hasher: Any = None
