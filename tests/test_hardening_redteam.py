@@ -8,21 +8,33 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import sys
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 
 from fixtures import hostile as h
 from tests.helpers import index_refs, peak_rss, xfer_env
-from transfer import api
+from transfer import api, auth, client
 from transfer.api import Settings
+from transfer.digest import Digest
 from transfer.endpoints.layout import Layout
-from transfer.errors import ArchiveError, StoreError
+from transfer.errors import (
+    ArchiveError,
+    AuthError,
+    ManifestError,
+    RegistryError,
+    StoreError,
+)
+from transfer.ingest import Ingest
 from transfer.maintenance import collect, reachable, verify
+from transfer.manifest import Descriptor, Manifest
 
 REF_NAME = "org.opencontainers.image.ref.name"
 
@@ -177,3 +189,66 @@ def test_load_hashes_a_layer_listed_many_times_once(tmp_path: Path) -> None:
     assert not killed and done.returncode == 0, done.stderr[-2000:]
     assert cpu < 2.5, f"load of one 8 MiB layer listed 1000 times took {cpu:.1f} s of CPU"
     assert diff_id.removeprefix("sha256:") in {p.name for p in (store / "blobs/sha256").iterdir()}
+
+
+# ---- 4: JSON nested deeper than the interpreter's recursion limit ------------------------------
+
+NESTED = b"[" * 50000
+
+
+def _registry_error() -> object:
+    response = httpx.Response(500, request=httpx.Request("GET", "https://registry.test/v2/"))
+    return client.registry_error(response, NESTED, what="a pull", host="registry.test")
+
+
+def _index_json(tmp_path: Path) -> object:
+    (tmp_path / "index.json").write_bytes(NESTED)
+    return Layout(tmp_path).read_index()
+
+
+def _config_json(tmp_path: Path) -> object:
+    (tmp_path / "config.json").write_bytes(NESTED)
+    return auth._load_json(tmp_path / "config.json")
+
+
+# (what parses it, how it is called, the typed error it raises, or None: it returns)
+CALL_SITES: list[tuple[str, Callable[[Path], object], type[Exception] | None]] = [
+    ("registry error body", lambda _: _registry_error(), None),
+    ("tags page", lambda _: client._tags_of(NESTED, "tags", "registry.test"), RegistryError),
+    ("token answer", lambda _: auth.parse_token_response(NESTED, "registry.test"), AuthError),
+    ("store index.json", _index_json, StoreError),
+    ("config.json", _config_json, AuthError),
+    ("manifest", lambda _: Manifest.from_bytes(NESTED), ManifestError),
+]
+
+
+@pytest.mark.parametrize(("site", "call", "error"), CALL_SITES, ids=[c[0] for c in CALL_SITES])
+def test_deeply_nested_json_is_a_typed_error(
+    tmp_path: Path, site: str, call: Callable[[Path], object], error: type[Exception] | None
+) -> None:
+    if error is None:
+        answer = call(tmp_path)
+        assert isinstance(answer, RegistryError) and answer.status == 500, site
+        return
+    with pytest.raises(error) as caught:
+        call(tmp_path)
+    assert "nested too deeply" in str(caught.value) or "not JSON" in str(caught.value), site
+
+
+def test_a_credential_helper_answering_deeply_nested_json_is_an_auth_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    helper = tmp_path / "docker-credential-deep"
+    helper.write_text(f"#!/bin/sh\nprintf '%s' '{NESTED.decode()}'\n")
+    helper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    with pytest.raises(AuthError, match="docker-credential-deep gave bad JSON"):
+        auth._from_helper("deep", "registry.test")
+
+
+def test_a_deeply_nested_ingest_sidecar_is_discarded(tmp_path: Path) -> None:
+    data = b"0123456789"
+    desc = Descriptor(h.LAYER_TYPES["tar"], Digest.parse(h.sha256(data)), len(data))
+    ingest = Ingest(tmp_path / "partial", desc)
+    ingest.sidecar.write_bytes(NESTED + b"\n")
+    assert ingest._load_sidecar(len(data)) == []  # nothing trusted: all of it fetched again

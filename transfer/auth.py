@@ -27,6 +27,7 @@ from typing import Any
 import anyio
 import httpx
 
+from . import jsonio
 from .body import ANSWER_FACTOR
 from .errors import AuthError, NetworkError, Unauthorized, UsageError
 
@@ -171,7 +172,7 @@ def _auth_files() -> list[Path]:
 
 def _load_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
+        data = jsonio.loads(path.read_bytes())
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
@@ -243,7 +244,7 @@ def _from_helper(helper: str, host: str) -> Credentials | None:
                 + (f": {reason[0][:200]}" if reason else f" (exit {done.returncode})")
             )
         try:
-            data = json.loads(done.stdout)
+            data = jsonio.loads(done.stdout)
         except ValueError:
             raise AuthError(f"credential helper docker-credential-{helper} gave bad JSON") from None
         if not isinstance(data, dict):
@@ -517,7 +518,7 @@ def parse_token_response(
 ) -> _Token:
     """The token and when to stop using it (``now`` is monotonic, ``wall`` the clock)."""
     try:
-        data = json.loads(body)
+        data = jsonio.loads(body)
     except ValueError:
         raise AuthError(f"token service for {host} answered something that is not JSON") from None
     if not isinstance(data, dict):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import hashlib
-import json
 import re
 import ssl
 import time
@@ -30,7 +29,7 @@ from urllib.parse import urljoin
 import anyio
 import httpx
 
-from . import authflow, redirects
+from . import authflow, jsonio, redirects
 from .auth import (
     Challenge,
     Credentials,
@@ -108,7 +107,7 @@ def registry_error(
     """Turn an error answer into a typed error carrying host, status and the registry's code."""
     code = message = None
     try:
-        errors = json.loads(body).get("errors") or []
+        errors = jsonio.loads(body).get("errors") or []
         if errors and isinstance(errors[0], dict):
             code = str(errors[0].get("code") or "") or None
             message = str(errors[0].get("message") or "") or None
@@ -705,7 +704,7 @@ class RegistryClient:
 
 def _tags_of(body: bytes, what: str, host: str) -> list[str]:
     try:
-        tags = json.loads(body).get("tags") or []
+        tags = jsonio.loads(body).get("tags") or []
     except (ValueError, AttributeError):
         raise RegistryError(f"{what}: the answer is not JSON", host=host) from None
     if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import anyio
 
-from . import writeback
+from . import jsonio, writeback
 from .digest import Verifier
 from .errors import StoreError
 from .localfile import read_capped
@@ -128,7 +128,7 @@ class Ingest:
         try:
             text = read_capped(self.sidecar, MAX_SIDECAR_BYTES, str(self.sidecar)).decode()
             header, *appended = text.split("\n")
-            data = json.loads(header)
+            data = jsonio.loads(header)
             if data.get("digest") != str(self.desc.digest):
                 return None
             ranges = [(int(a), int(b)) for a, b in data["filled"]]

@@ -8,7 +8,6 @@ before trusting the content, and each error is one line naming what failed.
 
 from __future__ import annotations
 
-import json
 import platform as _host
 import re
 from collections.abc import Mapping
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from . import jsonio
 from .digest import Digest
 from .errors import (
     DigestMismatch,
@@ -241,32 +241,12 @@ class Index:
         raise PlatformNotFound(f"no image for {platform} in the index; offered: {offered}")
 
 
-def reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # Parsers disagree on which duplicate wins, so one digest could mean two different images.
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {_show(key)}")
-        out[key] = value
-    return out
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def _load_object(raw: bytes, what: str, cap: int) -> dict[str, Any]:
     if len(raw) > cap:
         raise SizeMismatch(f"{what} is {len(raw)} bytes, over the {cap} byte limit")
     try:
-        doc = json.loads(
-            raw.decode("utf-8"),
-            object_pairs_hook=reject_duplicates,
-            parse_constant=_reject_constant,
-        )
-    except UnicodeDecodeError as e:
-        raise ManifestError(f"{what} is not UTF-8: {e.reason} at byte {e.start}") from e
-    except (ValueError, RecursionError) as e:  # RecursionError: hostile nesting depth
+        doc = jsonio.loads(raw, strict=True)
+    except jsonio.JSONError as e:
         raise ManifestError(f"{what} is not valid JSON: {e}") from e
     if not isinstance(doc, dict):
         raise ManifestError(f"{what} must be a JSON object, got {type(doc).__name__}")

@@ -28,6 +28,7 @@ from typing import Any
 
 import anyio
 
+from .. import jsonio
 from ..compression import sniff
 from ..digest import Digest
 from ..errors import ArchiveError, IntegrityError, ManifestError, TransferError
@@ -41,7 +42,6 @@ from ..manifest import (
     Descriptor,
     ImageConfig,
     Manifest,
-    reject_duplicates,
 )
 from ..ociview import ORIGINAL, is_view_of, original_type
 from ..reference import parse
@@ -153,8 +153,8 @@ def normalised(name: str) -> str | None:
 
 def _json(raw: bytes, what: str) -> Any:
     try:
-        return json.loads(raw.decode("utf-8"), object_pairs_hook=reject_duplicates)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        return jsonio.loads(raw, strict=True)
+    except jsonio.JSONError as exc:
         raise ArchiveError(f"{what} is not valid JSON: {exc}") from None
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import anyio
 
+from .. import jsonio
 from ..digest import Digest, Verifier
 from ..durable import atomic_write, create_once, fsync_dir, remove_dead_temporaries
 from ..errors import IntegrityError, NetworkError, RangeError, StoreError, TransferError
@@ -319,7 +320,7 @@ class Layout:
         except FileNotFoundError:
             return []
         try:
-            data = json.loads(raw)
+            data = jsonio.loads(raw)
             return [Descriptor.from_json(entry) for entry in data.get("manifests") or []]
         except (ValueError, AttributeError, TransferError) as exc:
             raise StoreError(f"{path} is not a valid OCI index: {exc}") from None
