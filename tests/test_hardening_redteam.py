@@ -21,7 +21,7 @@ import pytest
 
 from fixtures import hostile as h
 from tests.helpers import index_refs, peak_rss, xfer_env
-from transfer import api, auth, client
+from transfer import api, auth, cli, client
 from transfer.api import Settings
 from transfer.digest import Digest
 from transfer.endpoints.layout import Layout
@@ -252,3 +252,28 @@ def test_a_deeply_nested_ingest_sidecar_is_discarded(tmp_path: Path) -> None:
     ingest = Ingest(tmp_path / "partial", desc)
     ingest.sidecar.write_bytes(NESTED + b"\n")
     assert ingest._load_sidecar(len(data)) == []  # nothing trusted: all of it fetched again
+
+
+# ---- 5: --debug shows a server's text escaped ---------------------------------------------------
+
+HOSTILE_MESSAGE = "HTTP 500: \x1b]0;owned\x07\x1b[2J\rgone\nxfer: error: a forged line"
+
+
+@pytest.mark.parametrize("error", [RegistryError(HOSTILE_MESSAGE), RuntimeError(HOSTILE_MESSAGE)])
+def test_debug_traceback_escapes_what_a_server_said(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    error: Exception,
+) -> None:
+    async def failing(args: object) -> int:
+        raise error
+
+    monkeypatch.setattr(cli, "cmd_images", failing)
+    assert cli.main(["images", "--store", str(tmp_path / "store"), "--debug"]) != 0
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last):" in err
+    assert "failing" in err  # the frames are shown
+    assert not any(c in err for c in "\x1b\x07\r"), repr(err[-300:])
+    assert not any(line.startswith("xfer: error: a forged") for line in err.splitlines())
+    assert r"\x1b]0;owned\x07" in err

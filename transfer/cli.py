@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
@@ -822,7 +823,8 @@ def main(argv: list[str] | None = None) -> int:
         return anyio.run(func, args)
     except TransferError as exc:
         if debug:
-            raise
+            _traceback(exc)
+            return exc.exit_code
         _error(str(exc))
         return exc.exit_code
     except KeyboardInterrupt:
@@ -838,12 +840,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except OSError as exc:  # a file of the store or an argument that cannot be read or written
         if debug:
-            raise
+            _traceback(exc)
+            return 1
         _error(str(exc))
         return 1
     except Exception as exc:  # a foreign error nobody translated: still one line, exit 1
         if debug:
-            raise
+            _traceback(exc)
+            return 1
         _error(f"{type(exc).__name__}: {exc} (a bug in xfer: --debug shows where)")
         return 1
 
@@ -874,6 +878,17 @@ def _say(line: str) -> None:
 
 def _warning(message: str) -> None:
     sys.stderr.write(f"{PROG}: warning: {printable(message)}\n")
+
+
+def _traceback(exc: BaseException) -> None:
+    """``--debug``: the traceback, as Python prints it but with every piece passed through
+    ``printable``: an exception's text (a registry's message, maybe) is one line, its escapes
+    and line breaks escaped; only a frame (file and line, then our source) spans two lines."""
+    for chunk in traceback.TracebackException.from_exception(exc).format():
+        frame = chunk.lstrip(" |").startswith("File ")
+        for line in chunk.rstrip("\n").split("\n") if frame else [chunk.strip("\n")]:
+            sys.stderr.write(printable(line) + "\n")
+    sys.stderr.flush()
 
 
 def _error(message: str) -> None:
