@@ -21,7 +21,7 @@ import pytest
 
 from fixtures import hostile as h
 from tests.helpers import index_refs, peak_rss, xfer_env
-from transfer import api, auth, cli, client
+from transfer import api, auth, cli, client, redirects
 from transfer.api import Settings
 from transfer.digest import Digest
 from transfer.endpoints.layout import Layout
@@ -277,3 +277,33 @@ def test_debug_traceback_escapes_what_a_server_said(
     assert not any(c in err for c in "\x1b\x07\r"), repr(err[-300:])
     assert not any(line.startswith("xfer: error: a forged") for line in err.splitlines())
     assert r"\x1b]0;owned\x07" in err
+
+
+# ---- 6: link-local addresses in disguise --------------------------------------------------------
+
+LINK_LOCAL_SPELLINGS = [
+    ("169.254.169.254", True),
+    ("169.254.169.254.", True),  # a fully qualified name's trailing dot
+    ("[::169.254.169.254]", True),  # IPv4-compatible IPv6
+    ("[::a9fe:a9fe]", True),
+    ("[::ffff:169.254.169.254]", True),  # IPv4-mapped
+    ("[64:ff9b::a9fe:a9fe]", True),  # NAT64 (RFC 6052)
+    ("[64:ff9b::169.254.169.254]", True),
+    ("[2002:a9fe:a9fe::1]", True),  # 6to4
+    ("[fe80::1]", True),
+    ("2852039166.", True),
+    ("registry.test", False),
+    ("registry.test.", False),
+    ("[::1]", False),
+    ("[::]", False),
+    ("[64:ff9b::808:808]", False),  # NAT64 of 8.8.8.8
+    ("[::ffff:10.0.0.1]", False),
+    ("10.0.0.1.", False),
+]
+
+
+@pytest.mark.parametrize(("host", "link_local"), LINK_LOCAL_SPELLINGS)
+def test_link_local_in_any_spelling(host: str, link_local: bool) -> None:
+    assert redirects.is_link_local(host) is link_local
+    url = httpx.URL(f"https://{host}/v2/")
+    assert (redirects.refusal(httpx.URL("https://registry.test/"), url) is not None) is link_local

@@ -8,7 +8,10 @@ changes no class or private attribute of httpx, httpcore or asyncio.
   ``169.254.43518`` all reach 169.254.169.254, the cloud metadata service. So the backend
   resolves the host itself and never connects to a link-local address, unless the host is the
   registry the user named (a registry the user configured at such an address is their
-  choice), and checks the peer of the connected socket too (reliability case 8).
+  choice), and checks the peer of the connected socket too (reliability case 8). Not through
+  an environment proxy (``HTTP(S)_PROXY``): httpx then connects through its own proxy
+  transports, to the proxy, which resolves and connects to the host itself; only the early
+  check of the URL as written (``redirects.refusal``) still applies there.
 - **Read sizes.** httpcore reads 64 KiB at a time; the per-read cost (h11 parsing, event-loop
   wake-ups) dominated profiles of a pull. Our streams read at least ``READ_SIZE`` whatever
   httpcore asks for, so h11 parses fewer, larger pieces.

@@ -8,7 +8,9 @@ origin they came from, never downgraded to plain HTTP, never to a link-local (me
 The same rules hold for every other URL a registry hands out: an upload ``Location`` (the
 client drops the secrets on another origin, and refuses what ``refusal`` names) and a tags
 ``Link`` (refused unless on the registry's own origin). ``refusal`` judges the URL as written;
-the address actually connected to is the network layer's to judge.
+the address actually connected to is the network layer's to judge (transfer/pool.py), except
+through an environment proxy (``HTTP(S)_PROXY``), which resolves and connects by itself: there
+only this check of the URL as written applies.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ MAX_REDIRECTS = 10
 SENSITIVE_HEADERS = ("authorization", "cookie", "proxy-authorization")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # What inet_aton may read as an IPv4 address: decimal, octal or hex parts, one to four of them.
+# IPv6 prefixes whose last 32 bits are an IPv4 address (RFC 4291 2.5.5.1, RFC 6052).
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _NUMERIC = re.compile(r"(?:0[xX][0-9a-fA-F]*|[0-9]+)(?:\.(?:0[xX][0-9a-fA-F]*|[0-9]+)){0,3}")
 
 
@@ -52,8 +57,9 @@ def drop_secrets(headers: httpx.Headers) -> None:
 def host_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """The address a host name stands for without asking DNS: an IP literal, or a numeric IPv4
     alias as the system resolver reads one (``inet_aton``: ``2852039166``, ``0xa9fea9fe``,
-    ``169.254.43518``, ``0251.0376.0251.0376`` are all 169.254.169.254); None for a name."""
-    name = host.strip("[]")
+    ``169.254.43518``, ``0251.0376.0251.0376`` are all 169.254.169.254), with or without the
+    trailing dot of a fully qualified name (``169.254.169.254.``); None for a name."""
+    name = host.strip("[]").rstrip(".")
     try:
         return ipaddress.ip_address(name)
     except ValueError:
@@ -67,9 +73,15 @@ def host_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | N
 
 
 def is_link_local_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """169.254.0.0/16 and fe80::/10, also as an IPv4-mapped IPv6 address."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """169.254.0.0/16 and fe80::/10, also an IPv4 one inside an IPv6 address: IPv4-mapped
+    (``::ffff:a.b.c.d``), IPv4-compatible (``::a.b.c.d``), NAT64 (``64:ff9b::a.b.c.d``) and
+    6to4 (``2002:AABB:CCDD::``), each of which a host may route to the IPv4 address."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is None and (address in _IPV4_COMPATIBLE or address in _NAT64):
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is not None and embedded.is_link_local:
+            return True
     return address.is_link_local
 
 
