@@ -53,7 +53,7 @@ bench-quick: system venv
 	XFER_BENCH_SCALE=0.05 $(PY) -m fixtures.bench $(BENCH_ARGS)
 
 # Only the scenarios of issue 12 (TLS and token auth, registry → registry copies, mirrors).
-BENCH_FLEET = tls-many,tls-token-many,company-many,copy-big,copy-rootfs,mirror-set,mirror-30
+BENCH_FLEET = tls-many,tls-token-many,company-many,copy-big,copy-rootfs,mirror-set,mirror-30,company-mirror-10
 bench-fleet: system venv
 	$(PY) -m pip install -q 'python-dxf>=12' 'py-spy>=0.3'
 	$(PY) -m fixtures.bench --only $(BENCH_FLEET) $(BENCH_ARGS)

@@ -61,6 +61,8 @@ NEW_ROWS = {  # issue 12's scenarios: result name → its row's title in results
     "mirror-set": "mirror of the 6 bench images, loopback",
     "mirror-30": "mirror 2 one-tag repos, 25 ms RTT, first run",
     "mirror-30-rerun": "mirror 2 one-tag repos, 25 ms RTT, no-op rerun",
+    "company-mirror-10": "mirror 2 one-tag repos, TLS + token, 25 ms RTT, first run",
+    "company-mirror-10-rerun": "mirror 2 one-tag repos, TLS + token, 25 ms RTT, no-op rerun",
 }
 
 
@@ -68,7 +70,8 @@ def test_bench_tls_copy_and_mirror_scenarios_smoke(tmp_path: Path) -> None:
     """Each TLS/token, copy and mirror scenario runs once for xfer and skopeo, the target holds
     what was copied (a run that left it short is a failed run), and its row and target show."""
     out = tmp_path / "out"
-    only = "tls-many,tls-token-many,company-many,copy-big,copy-rootfs,mirror-set,mirror-30"
+    only = "tls-many,tls-token-many,company-many,copy-big,copy-rootfs,mirror-set,mirror-30,"
+    only += "company-mirror-10"
     cmd = [sys.executable, "-m", "fixtures.bench", "--only", only, "--runs", "1"]
     cmd += ["--mirror-repos", "2", "--tools", "xfer,skopeo", "--scale", "0.01"]
     cmd += ["--out", str(out), "--cache", str(tmp_path / "cache"), "-q"]
@@ -95,14 +98,15 @@ def test_bench_tls_copy_and_mirror_scenarios_smoke(tmp_path: Path) -> None:
         for tool in ("xfer", "skopeo"):
             fetched = scenarios[name]["tools"][tool]["median_bytes_registry"]
             assert fetched >= scenarios[name]["image_bytes"] * 0.99, (name, tool)
-    rerun = scenarios["mirror-30-rerun"]
-    assert all(r["bytes_registry"] < 4096 for r in rerun["runs"])
+    for rerun in ("mirror-30-rerun", "company-mirror-10-rerun"):
+        assert all(r["bytes_registry"] < 4096 for r in scenarios[rerun]["runs"]), rerun
     # the token scenarios authenticated: the token server issued tokens to the user
-    for name in ("tls-token-many", "company-many"):
+    for name in ("tls-token-many", "company-many", "company-mirror-10"):
         assert scenarios[name]["data"]["token_requests"]["as_user"] >= 2, name
 
     targets = {t["scenario"]: t for t in report["targets"]}
-    for name in ("mirror-30", "mirror-30-rerun", "mirror-set", "copy-big", "copy-rootfs"):
+    copies = ("mirror-30", "mirror-30-rerun", "company-mirror-10", "company-mirror-10-rerun")
+    for name in (*copies, "mirror-set", "copy-big", "copy-rootfs"):
         assert targets[name]["status"] in ("met", "missed"), name
         assert targets[name]["status"] == "met" or "requests answered" in targets[name]["why"]
     assert targets["tls-many"]["status"] in ("met", "missed")
