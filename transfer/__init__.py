@@ -54,6 +54,7 @@ from .errors import TransferError
 from .manifest import Descriptor, Manifest, Platform
 from .reference import Reference, parse
 from .retry import RetryPolicy
+from .session import Session
 from .transport import TransportOptions
 
 __all__ = [
@@ -68,6 +69,7 @@ __all__ = [
     "Reference",
     "RegistryConfig",
     "RetryPolicy",
+    "Session",
     "Settings",
     "TransferError",
     "TransportOptions",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -24,13 +24,14 @@ from .digest import Digest
 from .endpoints import Destination, Source
 from .endpoints.address import ARCHIVE_TRANSPORTS, Address, parse_address
 from .endpoints.layout import REF_NAME, Layout, LayoutDestination, LayoutSource
-from .endpoints.registry import MirrorSource, RegistryDestination, RegistrySource
+from .endpoints.registry import RegistryDestination
 from .errors import ArchiveError, StoreError, UsageError
 from .fetch import RangePolicy
 from .manifest import MAX_CONFIG_BYTES, Descriptor, ImageConfig, Manifest, Platform
 from .progress import Emit, Message, ignore
 from .reference import DOCKER_HUB, DOCKER_HUB_API, Reference, parse, parse_repository
 from .retry import RetryPolicy
+from .session import Session
 from .throttle import Throttle
 from .transport import TransportOptions
 
@@ -65,9 +66,8 @@ class Settings:
     ranges: RangePolicy = field(default_factory=RangePolicy)  # parallel Range requests
     throttle: Throttle | None = None  # one byte-rate cap shared by every stream of the run
     # Per-registry TLS, plain-http and mirrors; None: read config.toml, registries.conf and
-    # certs.d (config.load) each time a client is made, so a long-lived Settings sees edits.
+    # certs.d (config.load) once per Session, so a long-lived Settings sees edits.
     registries: RegistryConfig | None = None
-    _warned: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
 
     def registry_config(self) -> RegistryConfig:
         return self.registries if self.registries is not None else load_registry_config()
@@ -76,45 +76,22 @@ class Settings:
         """The command line's transport options with this host's configuration added."""
         return (config or self.registry_config()).transport(host, self.transport)
 
-    def client(
-        self,
-        reference: Reference,
-        emit: Emit = ignore,
-        *,
-        config: RegistryConfig | None = None,
-        explicit_credentials: bool = True,
-    ) -> RegistryClient:
-        """A client for the reference's registry. ``--creds`` are for the registry named on the
-        command line; a mirror (another host) gets only its own, from the credential files."""
-        host = reference.api_host
-        options = self.transport_for(host, config)
-        warn = options.insecure and not options.plain_http  # plain HTTP has no certificate
-        if warn and not self.transport.insecure and host not in self._warned:
-            # --insecure is announced by whoever set it; a config file's insecure host here, once.
-            self._warned.add(host)
-            emit(Message(f"warning: TLS certificates of {host} are not verified (insecure)"))
-        return RegistryClient(
-            host,
-            options=options,
-            credentials=self.credentials if explicit_credentials else None,
-            throttle=self.throttle,
-        )
-
-    def source(self, reference: Reference, emit: Emit = ignore) -> RegistrySource | MirrorSource:
-        """Where a pull reads ``reference``: its configured mirrors first, then the registry."""
-        config = self.registry_config()
-        origin = RegistrySource(self.client(reference, emit, config=config), reference)
-        mirrors = config.mirrors(reference)
-        if not mirrors:
-            return origin
-        readers = [
-            RegistrySource(self.client(m, emit, config=config, explicit_credentials=False), m)
-            for m in mirrors
-        ]
-        return MirrorSource(readers, origin, emit)
-
     def layout(self) -> Layout:
         return Layout(self.store, self.ranges)
+
+
+@contextlib.asynccontextmanager
+async def session_for(
+    settings: Settings | None, session: Session | None
+) -> AsyncIterator[tuple[Settings, Session]]:
+    """The caller's session, or one opened (and closed) for this call alone; and the settings
+    the call uses (the session's when none are given)."""
+    if session is not None:
+        yield settings or session.settings, session
+        return
+    settings = settings or Settings()
+    async with Session(settings) as own:
+        yield settings, own
 
 
 @dataclass(frozen=True)
@@ -132,14 +109,15 @@ async def pull(
     platform: Platform | None = None,
     all_platforms: bool = False,
     emit: Emit = ignore,
+    session: Session | None = None,
 ) -> CopyResult:
     """Registry → store; fetches only the blobs the store lacks."""
-    settings = settings or Settings()
     ref = reference if isinstance(reference, Reference) else parse(reference)
     chosen = None if all_platforms else (platform or Platform.current())
-    options = CopyOptions(platform=chosen, jobs=settings.jobs, retry=settings.retry)
-    layout = settings.layout()
-    async with contextlib.aclosing(settings.source(ref, emit)) as source:
+    async with session_for(settings, session) as (settings, session):
+        options = CopyOptions(platform=chosen, jobs=settings.jobs, retry=settings.retry)
+        layout = settings.layout()
+        source = session.source(ref, emit, settings=settings)
         destination = LayoutDestination(layout, str(ref))
         with layout.in_use():
             return await copy_image(source, destination, ref.identifier, str(ref), options, emit)
@@ -154,22 +132,25 @@ async def copy(
     dest_settings: Settings | None = None,
     mounts: dict[Digest, str] | None = None,
     emit: Emit = ignore,
+    session: Session | None = None,
 ) -> CopyResult:
     """Any endpoint → any endpoint. The whole index by default (a copy keeps the source's
     digest); ``platform`` narrows it. Registry → registry streams: nothing is staged on disk,
     and blobs already in the target repository, or mountable from the source repository of the
     same registry, are not sent."""
-    settings = settings or Settings()
-    dest_settings = dest_settings or settings
     src = source if isinstance(source, Address) else parse_address(source)
     dst = destination if isinstance(destination, Address) else parse_address(destination)
-    options = CopyOptions(platform=platform, jobs=settings.jobs, retry=settings.retry)
-    async with contextlib.AsyncExitStack() as stack:
-        reader, identifier = _open_source(src, settings, emit)
+    async with (
+        session_for(settings, session) as (settings, session),
+        contextlib.AsyncExitStack() as stack,
+    ):
+        dest_settings = dest_settings or settings
+        options = CopyOptions(platform=platform, jobs=settings.jobs, retry=settings.retry)
+        reader, identifier = _open_source(src, settings, session, emit)
         stack.push_async_callback(reader.aclose)
         if src.kind == "store" and isinstance(reader, LayoutSource) and reader.layout.exists():
             stack.enter_context(reader.layout.in_use())  # no gc under us while we read its blobs
-        writer, tag = _open_destination(dst, dest_settings, src, emit, mounts)
+        writer, tag = _open_destination(dst, dest_settings, session, src, emit, mounts)
         stack.push_async_callback(writer.aclose)
         if isinstance(writer, LayoutDestination):
             stack.enter_context(writer.layout.in_use())
@@ -186,10 +167,10 @@ async def push(
     *,
     platform: Platform | None = None,
     emit: Emit = ignore,
+    session: Session | None = None,
 ) -> CopyResult:
     """Store → registry: the image as the store holds it (a whole index by default;
     ``platform`` pushes only that image of it), to ``destination`` or its own name."""
-    settings = settings or Settings()
     ref = parse(reference)
     target = parse(destination) if destination else ref
     return await copy(
@@ -198,6 +179,7 @@ async def push(
         settings,
         platform=platform,
         emit=emit,
+        session=session,
     )
 
 
@@ -210,29 +192,32 @@ async def save(
     platform: Platform | None = None,
     all_platforms: bool = False,
     emit: Emit = ignore,
+    session: Session | None = None,
 ) -> list[CopyResult]:
     """Images → one archive, each blob once. A bare reference is an image of the store;
     ``docker://REF`` streams from the registry (any endpoint address works). The default
     format loads with ``docker load`` and reads as ``oci-archive:``; ``format`` "docker" or
     "oci" writes the plain ones. One platform per image (this machine's) unless
     ``all_platforms``: docker's manifest.json then lists this platform's image."""
-    settings = settings or Settings()
     if format == "docker" and all_platforms:
         raise UsageError("--format docker holds one platform per image: drop --all-platforms")
     chosen = None if all_platforms else (platform or Platform.current())
-    options = CopyOptions(platform=chosen, jobs=settings.jobs, retry=settings.retry)
     addresses = [_save_address(text) for text in references]
     results = []
     from .endpoints.archive_write import ArchiveDestination
 
-    async with contextlib.AsyncExitStack() as stack:
+    async with (
+        session_for(settings, session) as (settings, session),
+        contextlib.AsyncExitStack() as stack,
+    ):
+        options = CopyOptions(platform=chosen, jobs=settings.jobs, retry=settings.retry)
         writer = ArchiveDestination(Path(output), format)
         stack.push_async_callback(writer.aclose)
         layout = settings.layout()
         if any(a.kind == "store" for a in addresses) and layout.exists():
             stack.enter_context(layout.in_use())  # no gc under us while we read its blobs
         for address in addresses:
-            reader, identifier = _open_source(address, settings, emit)
+            reader, identifier = _open_source(address, settings, session, emit)
             async with contextlib.aclosing(reader):
                 tag = str(address.reference) if address.reference else str(identifier)
                 if not tag:
@@ -255,6 +240,7 @@ async def load(
     platform: Platform | None = None,
     name: str | None = None,
     emit: Emit = ignore,
+    session: Session | None = None,
 ) -> list[CopyResult]:
     """Archive → store: a docker or OCI archive, told apart by content. One result per
     reference loaded (an image with several names is stored once, named each way). The whole
@@ -262,7 +248,7 @@ async def load(
     image under that reference instead of the names it carries. An image that carries none
     (``docker save IMAGE-ID`` writes ``"RepoTags": null``) is stored under the digest of its
     manifest, the result's ``reference``; ``NAME@DIGEST`` then finds it, as push and save."""
-    settings = settings or Settings()
+    settings = settings or (session.settings if session is not None else Settings())
     # An archive exported for one platform keeps the whole index: load what it holds.
     options = CopyOptions(
         platform=platform, allow_absent=True, jobs=settings.jobs, retry=settings.retry
@@ -314,10 +300,13 @@ async def load(
     return results
 
 
-def _open_source(address: Address, settings: Settings, emit: Emit) -> tuple[Source, str | Digest]:
+def _open_source(
+    address: Address, settings: Settings, session: Session, emit: Emit
+) -> tuple[Source, str | Digest]:
     if address.kind == "registry":
         assert address.reference is not None
-        return settings.source(address.reference, emit), address.reference.identifier
+        source = session.source(address.reference, emit, settings=settings)
+        return source, address.reference.identifier
     if address.kind == "store":
         assert address.reference is not None
         name = str(address.reference)
@@ -353,6 +342,7 @@ def _only_image(layout: Layout, address: Address) -> str:
 def _open_destination(
     address: Address,
     settings: Settings,
+    session: Session,
     source: Address,
     emit: Emit,
     mounts: dict[Digest, str] | None = None,
@@ -360,7 +350,7 @@ def _open_destination(
     if address.kind == "registry":
         ref = address.reference
         assert ref is not None
-        client = settings.client(ref, emit)
+        client = session.client(ref, emit, settings=settings)
         # Blobs of an image of the same registry are mounted, not sent again: from the source
         # repository, or for a store image from the one it is named after (where it was pulled
         # from or pushed to). A registry that lacks them there opens an upload instead (202),
@@ -398,19 +388,24 @@ def _archive_name(address: Address, source: Address) -> str:
 
 
 async def inspect(
-    reference: str, settings: Settings | None = None, *, from_store: bool = False
+    reference: str,
+    settings: Settings | None = None,
+    *,
+    from_store: bool = False,
+    session: Session | None = None,
 ) -> tuple[Manifest, bytes | None]:
     """The manifest an image reference resolves to, and its config when it is an image."""
-    settings = settings or Settings()
     ref = parse(reference)
     if from_store:
+        settings = settings or (session.settings if session is not None else Settings())
         source = LayoutSource(settings.layout(), str(ref))
         manifest = await source.get_manifest(str(ref))
         config = None
         if not manifest.is_index:
             config = settings.layout().read_blob(manifest.image().config, cap=MAX_CONFIG_BYTES)
         return manifest, config
-    async with settings.client(ref) as client:
+    async with session_for(settings, session) as (settings, session):
+        client = session.client(ref, settings=settings)
         manifest = await client.get_manifest(ref.repository, ref.identifier, reference=str(ref))
         config = None
         if not manifest.is_index:
@@ -433,24 +428,30 @@ async def _read_blob(client: RegistryClient, ref: Reference, desc: Descriptor) -
     return bytes(body)
 
 
-async def tags(repository: str, settings: Settings | None = None) -> list[str]:
+async def tags(
+    repository: str, settings: Settings | None = None, *, session: Session | None = None
+) -> list[str]:
     """Every tag of a repository, following the registry's pagination (at most a million)."""
-    settings = settings or Settings()
     ref = parse_repository(repository)
-    async with settings.client(ref) as client:
-        return await client.list_tags(ref.repository)
+    async with session_for(settings, session) as (settings, session):
+        return await session.client(ref, settings=settings).list_tags(ref.repository)
 
 
 async def tag_pages(
-    repository: str, settings: Settings | None = None
+    repository: str, settings: Settings | None = None, *, session: Session | None = None
 ) -> AsyncGenerator[list[str], None]:
     """A repository's tags page by page as the registry sends them: only one page is held at
     a time (``xfer tags`` prints each as it arrives). Close it (``contextlib.aclosing``) when
     stopping early."""
-    settings = settings or Settings()
     ref = parse_repository(repository)
-    client = settings.client(ref)
-    async with client, contextlib.aclosing(client.tag_pages(ref.repository)) as pages:
+    async with (
+        session_for(settings, session) as (settings, session),
+        contextlib.AsyncExitStack() as stack,
+    ):
+        client = session.client(ref, settings=settings)
+        pages = await stack.enter_async_context(
+            contextlib.aclosing(client.tag_pages(ref.repository))
+        )
         async for page in pages:
             yield page
             del page  # one page held at a time, also while the next is fetched
@@ -560,13 +561,14 @@ async def unpack(
     platform: Platform | None = None,
     options: UnpackOptions | None = None,
     emit: Emit = ignore,
+    session: Session | None = None,
 ) -> UnpackResult:
     """Store image (``store:REF``, a bare ``REF``, or ``oci:DIR[:NAME]``) → a root filesystem
     in ``directory``: layers applied in order, whiteouts honoured, every path kept inside.
     ``directory`` appears only complete (see unpack.py)."""
     from .unpack import unpack_image
 
-    settings = settings or Settings()
+    settings = settings or (session.settings if session is not None else Settings())
     return await unpack_image(
         reference, directory, settings.layout(), platform=platform, options=options, emit=emit
     )
@@ -581,6 +583,7 @@ async def mirror(
     scoped: bool = False,
     platform: Platform | None = None,
     emit: Emit = ignore,
+    session: Session | None = None,
 ) -> MirrorReport:
     """What the file ``config`` names (skopeo sync's YAML source format) → the registry
     ``destination`` (``host[:port][/prefix]``), each image at ``DEST/<repository>:<tag>``
@@ -603,6 +606,7 @@ async def mirror(
         scoped=scoped,
         platform=platform,
         emit=emit,
+        session=session,
     )
 
 

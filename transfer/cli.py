@@ -34,6 +34,7 @@ from .progress import (
     Retry,
 )
 from .retry import RetryPolicy
+from .session import Session
 from .throttle import Throttle, parse_rate
 from .transport import TransportOptions
 
@@ -241,17 +242,19 @@ async def cmd_pull(args: argparse.Namespace) -> int:
     render = _renderer(args)
     results: list[CopyResult] = []
     try:
-        for reference in args.references:
-            result = await api.pull(
-                reference,
-                settings,
-                platform=_platform(args),
-                all_platforms=args.all_platforms,
-                emit=render,
-            )
-            results.append(result)
-            if render.mode in ("lines", "bars", "quiet"):
-                _say(str(result.digest))
+        async with Session(settings) as session:  # one per command, shared by its images
+            for reference in args.references:
+                result = await api.pull(
+                    reference,
+                    settings,
+                    platform=_platform(args),
+                    all_platforms=args.all_platforms,
+                    emit=render,
+                    session=session,
+                )
+                results.append(result)
+                if render.mode in ("lines", "bars", "quiet"):
+                    _say(str(result.digest))
     finally:
         render.close()
     render.summary(str(results[-1].digest) if results else None)

@@ -29,7 +29,7 @@ from typing import Any
 import semver
 import yaml
 
-from .api import Settings, copy
+from .api import Settings, copy, session_for
 from .auth import Credentials
 from .copy import CopyResult
 from .digest import Digest
@@ -38,6 +38,7 @@ from .errors import InvalidReference, TransferError, UsageError
 from .manifest import IMAGE_TYPES, Platform
 from .progress import Emit, Message, ignore
 from .reference import Reference, parse
+from .session import Session
 from .transport import TransportOptions
 
 MAX_CONFIG_BYTES = 4 << 20
@@ -179,6 +180,7 @@ async def plan(
     emit: Emit = ignore,
     *,
     skipped: list[SkippedTag] | None = None,
+    session: Session | None = None,
 ) -> list[tuple[Reference, SyncSource]]:
     """Every source reference to mirror (tags listed from the registry where needed). A tag
     the registry lists that no reference can name (``../x``, control characters) is left out
@@ -204,17 +206,17 @@ async def plan(
                 else:
                     wanted.append((base.with_tag(entry), source))
             if not listed:
-                for tag in await tags(base.name, source_settings):
+                for tag in await tags(base.name, source_settings, session=session):
                     add(base, tag, source)
         for repo, pattern in source.tag_regex.items():
             base = parse(f"{source.registry}/{repo}")
             regex = re.compile(pattern)
-            for tag in await tags(base.name, source_settings):
+            for tag in await tags(base.name, source_settings, session=session):
                 if regex.search(tag):
                     add(base, tag, source)
         for repo, constraint in source.semver.items():
             base = parse(f"{source.registry}/{repo}")
-            for tag in await tags(base.name, source_settings):
+            for tag in await tags(base.name, source_settings, session=session):
                 if matches_semver(tag, constraint):
                     add(base, tag, source)
     emit(Message(f"mirror: {len(wanted)} images to check"))
@@ -249,21 +251,39 @@ async def mirror(
     scoped: bool = False,
     platform: Platform | None = None,
     emit: Emit = ignore,
+    session: Session | None = None,
 ) -> MirrorReport:
     """Mirror what the configuration names into ``destination`` (``host[:port][/prefix]``):
     each whole index, or with ``platform`` only that image of it (the target tag then names
-    the image's manifest)."""
-    settings = settings or Settings()
-    dest_settings = dest_settings or replace(settings, credentials=None)
+    the image's manifest). One session serves the whole run: each registry's connections and
+    tokens are reused from image to image."""
     _check_destination(destination)
     sources = parse_config(config_text)
+    async with session_for(settings, session) as (settings, session):
+        dest_settings = dest_settings or replace(settings, credentials=None)
+        return await _mirror(
+            sources, destination, settings, dest_settings, session, scoped, platform, emit
+        )
+
+
+async def _mirror(
+    sources: list[SyncSource],
+    destination: str,
+    settings: Settings,
+    dest_settings: Settings,
+    session: Session,
+    scoped: bool,
+    platform: Platform | None,
+    emit: Emit,
+) -> MirrorReport:
     report = MirrorReport()
     mounts: dict[Digest, str] = {}  # blob → a target repository that has it: mount, not upload
-    for ref, source in await plan(sources, settings, emit, skipped=report.skipped):
+    wanted = await plan(sources, settings, emit, skipped=report.skipped, session=session)
+    for ref, source in wanted:
         item = MirrorItem(ref, _target(ref, destination, scoped))
         source_settings = _settings_for(source, settings)
         try:
-            if await _unchanged(item, source_settings, dest_settings, platform):
+            if await _unchanged(item, session, source_settings, dest_settings, platform):
                 report.unchanged.append(item)
                 emit(Message(f"unchanged {item.target}"))
                 continue
@@ -275,6 +295,7 @@ async def mirror(
                 dest_settings=dest_settings,
                 mounts=mounts,
                 emit=emit,
+                session=session,
             )
             report.copied.append(result)
         except UsageError:
@@ -286,23 +307,27 @@ async def mirror(
 
 
 async def _unchanged(
-    item: MirrorItem, source: Settings, target: Settings, platform: Platform | None = None
+    item: MirrorItem,
+    session: Session,
+    source: Settings,
+    target: Settings,
+    platform: Platform | None = None,
 ) -> bool:
     """The target tag already names what the copy would put there: one HEAD on each side
     (the source's index is read to find the platform's image when one is chosen)."""
-    async with target.client(item.target) as client:
-        there = await client.head_manifest(item.target.repository, item.target.identifier)
+    client = session.client(item.target, settings=target)
+    there = await client.head_manifest(item.target.repository, item.target.identifier)
     if there is None:
         return False
     if item.source.digest is not None and platform is None:
         return there.digest == item.source.digest
-    async with source.client(item.source) as client:
-        here = await client.head_manifest(item.source.repository, item.source.identifier)
-        if here is not None and platform is not None and here.media_type not in IMAGE_TYPES:
-            # An index (or a registry that did not say): the platform's image is what is copied.
-            manifest = await client.get_manifest(item.source.repository, str(here.digest))
-            if manifest.is_index:
-                here = manifest.index().select(platform)
+    client = session.client(item.source, settings=source)
+    here = await client.head_manifest(item.source.repository, item.source.identifier)
+    if here is not None and platform is not None and here.media_type not in IMAGE_TYPES:
+        # An index (or a registry that did not say): the platform's image is what is copied.
+        manifest = await client.get_manifest(item.source.repository, str(here.digest))
+        if manifest.is_index:
+            here = manifest.index().select(platform)
     return here is not None and here.digest == there.digest
 
 

@@ -1,5 +1,8 @@
 """A repository in a registry as a copy source and destination; and a source that reads from
 mirrors first and falls back to the origin.
+
+They borrow their ``RegistryClient`` from the run's ``Session`` and never close it: the next
+image of the run reuses its connections and tokens.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ class RegistrySource:
         return self.client.open_blob(self.reference.repository, desc, offset, end)
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        return None  # the client is the session's: it closes it
 
 
 MAX_UPLOAD_RESUMES = 3
@@ -154,7 +157,7 @@ class RegistryDestination:
         return None
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        return None  # the client is the session's: it closes it
 
 
 @dataclass
@@ -261,5 +264,4 @@ class MirrorSource:
             yield chunks
 
     async def aclose(self) -> None:
-        for source in [*self.mirrors, self.origin]:
-            await source.aclose()
+        return None  # the clients are the session's: it closes them
