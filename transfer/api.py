@@ -21,10 +21,10 @@ from .config import RegistryConfig, xdg_dirs
 from .config import load as load_registry_config
 from .copy import CopyOptions, CopyResult, copy_image, describe_absent
 from .digest import Digest
-from .endpoints import Destination, Source
-from .endpoints.address import ARCHIVE_TRANSPORTS, Address, parse_address
-from .endpoints.layout import REF_NAME, Layout, LayoutDestination, LayoutSource
-from .endpoints.registry import RegistryDestination
+from .endpoints import read_blob
+from .endpoints.address import Address, parse_address
+from .endpoints.layout import REF_NAME, Layout, LayoutDestination
+from .endpoints.transports import Context, Origin, archive, open_destination, open_source
 from .errors import ArchiveError, StoreError, UsageError
 from .fetch import RangePolicy
 from .manifest import MAX_CONFIG_BYTES, Descriptor, ImageConfig, Manifest, Platform
@@ -114,13 +114,17 @@ async def pull(
     """Registry → store; fetches only the blobs the store lacks."""
     ref = reference if isinstance(reference, Reference) else parse(reference)
     chosen = None if all_platforms else (platform or Platform.current())
+    src, dst = Address("registry", reference=ref), Address("store", reference=ref)
     async with session_for(settings, session) as (settings, session):
         options = CopyOptions(platform=chosen, jobs=settings.jobs, retry=settings.retry)
-        layout = settings.layout()
-        source = session.source(ref, emit, settings=settings)
-        destination = LayoutDestination(layout, str(ref))
-        with layout.in_use():
-            return await copy_image(source, destination, ref.identifier, str(ref), options, emit)
+        context = Context(session, settings, emit)
+        async with (
+            open_source(src, context) as reading,
+            open_destination(dst, context, Origin(src)) as writing,
+        ):
+            return await copy_image(
+                reading.source, writing.destination, reading.identifier, writing.tag, options, emit
+            )
 
 
 async def copy(
@@ -140,24 +144,16 @@ async def copy(
     same registry, are not sent."""
     src = source if isinstance(source, Address) else parse_address(source)
     dst = destination if isinstance(destination, Address) else parse_address(destination)
-    async with (
-        session_for(settings, session) as (settings, session),
-        contextlib.AsyncExitStack() as stack,
-    ):
-        dest_settings = dest_settings or settings
+    async with session_for(settings, session) as (settings, session):
         options = CopyOptions(platform=platform, jobs=settings.jobs, retry=settings.retry)
-        reader, identifier = _open_source(src, settings, session, emit)
-        stack.push_async_callback(reader.aclose)
-        if src.kind == "store" and isinstance(reader, LayoutSource) and reader.layout.exists():
-            stack.enter_context(reader.layout.in_use())  # no gc under us while we read its blobs
-        writer, tag = _open_destination(dst, dest_settings, session, src, emit, mounts)
-        stack.push_async_callback(writer.aclose)
-        if isinstance(writer, LayoutDestination):
-            stack.enter_context(writer.layout.in_use())
-        result = await copy_image(reader, writer, identifier, tag, options, emit)
-        if dst.kind in ("oci-archive", "docker-archive"):
-            await writer.finish()  # type: ignore[attr-defined]  # the file appears only complete
-        return result
+        into = Context(session, dest_settings or settings, emit)
+        async with (
+            open_source(src, Context(session, settings, emit)) as reading,
+            open_destination(dst, into, Origin(src, mounts)) as writing,
+        ):
+            return await copy_image(
+                reading.source, writing.destination, reading.identifier, writing.tag, options, emit
+            )
 
 
 async def push(
@@ -202,35 +198,24 @@ async def save(
     if format == "docker" and all_platforms:
         raise UsageError("--format docker holds one platform per image: drop --all-platforms")
     chosen = None if all_platforms else (platform or Platform.current())
-    addresses = [_save_address(text) for text in references]
+    addresses = [parse_address(text, bare="store") for text in references]
     results = []
-    from .endpoints.archive_write import ArchiveDestination
-
     async with (
         session_for(settings, session) as (settings, session),
-        contextlib.AsyncExitStack() as stack,
+        archive(Path(output), format) as writing,
     ):
         options = CopyOptions(platform=chosen, jobs=settings.jobs, retry=settings.retry)
-        writer = ArchiveDestination(Path(output), format)
-        stack.push_async_callback(writer.aclose)
-        layout = settings.layout()
-        if any(a.kind == "store" for a in addresses) and layout.exists():
-            stack.enter_context(layout.in_use())  # no gc under us while we read its blobs
         for address in addresses:
-            reader, identifier = _open_source(address, settings, session, emit)
-            async with contextlib.aclosing(reader):
+            async with open_source(address, Context(session, settings, emit)) as reading:
+                identifier = reading.identifier
                 tag = str(address.reference) if address.reference else str(identifier)
                 if not tag:
                     raise UsageError(f"name the image to save: {address}:NAME")
-                results.append(await copy_image(reader, writer, identifier, tag, options, emit))
-        await writer.finish()
+                copied = await copy_image(
+                    reading.source, writing.destination, identifier, tag, options, emit
+                )
+                results.append(copied)
     return results
-
-
-def _save_address(text: str) -> Address:
-    if text.startswith(("docker://", "store:", "oci:", *ARCHIVE_TRANSPORTS)):
-        return parse_address(text)
-    return Address("store", reference=parse(text))  # save reads the store by default
 
 
 async def load(
@@ -300,132 +285,30 @@ async def load(
     return results
 
 
-def _open_source(
-    address: Address, settings: Settings, session: Session, emit: Emit
-) -> tuple[Source, str | Digest]:
-    if address.kind == "registry":
-        assert address.reference is not None
-        source = session.source(address.reference, emit, settings=settings)
-        return source, address.reference.identifier
-    if address.kind == "store":
-        assert address.reference is not None
-        name = str(address.reference)
-        # REPO@sha256:…: the store is content-addressed, so the digest finds the image (or an
-        # index's child) whatever name it was stored under, as a registry resolves it.
-        digest = address.reference.digest
-        return LayoutSource(settings.layout(), name), digest if digest is not None else name
-    assert address.path is not None
-    if address.kind == "oci-archive":  # "": the archive's only image
-        from .endpoints.archive_read import OciArchive
-
-        return OciArchive(address.path, str(address)), address.name or ""
-    if address.kind == "docker-archive":
-        from .endpoints.archive_read import DockerArchive
-
-        return DockerArchive(address.path, str(address)), address.name or ""
-    layout = Layout(address.path, settings.ranges)
-    if not layout.exists():
-        raise StoreError(f"{address.path} is not an OCI image layout (no oci-layout file)")
-    name = address.name or _only_image(layout, address)
-    return LayoutSource(layout, name), name
-
-
-def _only_image(layout: Layout, address: Address) -> str:
-    names = [d.annotations.get(REF_NAME) for d in layout.read_index()]
-    if len(names) == 1 and names[0]:
-        return names[0]
-    raise UsageError(
-        f"{address} holds {len(names)} images: name one as oci:{address.path}:NAME",
-    )
-
-
-def _open_destination(
-    address: Address,
-    settings: Settings,
-    session: Session,
-    source: Address,
-    emit: Emit,
-    mounts: dict[Digest, str] | None = None,
-) -> tuple[Destination, str | None]:
-    if address.kind == "registry":
-        ref = address.reference
-        assert ref is not None
-        client = session.client(ref, emit, settings=settings)
-        # Blobs of an image of the same registry are mounted, not sent again: from the source
-        # repository, or for a store image from the one it is named after (where it was pulled
-        # from or pushed to). A registry that lacks them there opens an upload instead (202),
-        # so a wrong guess costs no extra request.
-        mount = source.reference if source.kind in ("registry", "store") else None
-        return RegistryDestination(client, ref, mount_from=mount, mounts=mounts), ref.tag
-    if address.kind == "store":
-        assert address.reference is not None
-        name = str(address.reference)
-        return LayoutDestination(settings.layout(), name), name
-    assert address.path is not None
-    if address.kind in ("oci-archive", "docker-archive"):
-        from .endpoints.archive_write import ArchiveDestination
-
-        fmt = "oci" if address.kind == "oci-archive" else None  # docker-archive: docker 25's
-        return ArchiveDestination(address.path, fmt), _archive_name(address, source)
-    name = address.name or (source.reference.tag if source.reference else None) or "latest"
-    return LayoutDestination(Layout(address.path, settings.ranges), name), name
-
-
-def _archive_name(address: Address, source: Address) -> str:
-    """The name an image gets in an archive: as given (a docker-archive REF normalised),
-    else the source's full reference, as ``xfer save`` names it."""
-    if address.name and address.kind == "docker-archive":
-        if address.name.startswith("@"):
-            raise UsageError(f"{address}: @N selects an image to read; name one to write")
-        return str(parse(address.name))
-    if address.name:
-        return address.name
-    if source.reference is not None:
-        return str(source.reference)
-    if source.name:
-        return source.name
-    raise UsageError(f"name the image to write: {address}:REF")
-
-
 async def inspect(
-    reference: str,
+    reference: str | Address,
     settings: Settings | None = None,
     *,
     from_store: bool = False,
     session: Session | None = None,
 ) -> tuple[Manifest, bytes | None]:
-    """The manifest an image reference resolves to, and its config when it is an image."""
-    ref = parse(reference)
-    if from_store:
-        settings = settings or (session.settings if session is not None else Settings())
-        source = LayoutSource(settings.layout(), str(ref))
-        manifest = await source.get_manifest(str(ref))
+    """The manifest an image address resolves to (``REF``, ``store:REF``, ``oci:DIR[:NAME]``,
+    an archive; ``from_store``: a bare ``REF`` of the store), and its config when it is an
+    image."""
+    if isinstance(reference, Address):
+        address = reference
+    else:
+        address = parse_address(reference, bare="store" if from_store else "registry")
+    async with (
+        session_for(settings, session) as (settings, session),
+        open_source(address, Context(session, settings)) as reading,
+    ):
+        manifest = await reading.source.get_manifest(reading.identifier)
         config = None
         if not manifest.is_index:
-            config = settings.layout().read_blob(manifest.image().config, cap=MAX_CONFIG_BYTES)
+            desc = manifest.image().config
+            config = await read_blob(reading.source, desc, MAX_CONFIG_BYTES, "config")
         return manifest, config
-    async with session_for(settings, session) as (settings, session):
-        client = session.client(ref, settings=settings)
-        manifest = await client.get_manifest(ref.repository, ref.identifier, reference=str(ref))
-        config = None
-        if not manifest.is_index:
-            config = await _read_blob(client, ref, manifest.image().config)
-        return manifest, config
-
-
-async def _read_blob(client: RegistryClient, ref: Reference, desc: Descriptor) -> bytes:
-    from .digest import Verifier
-
-    if desc.size > MAX_CONFIG_BYTES:
-        raise StoreError(f"config {desc.digest} is larger than {MAX_CONFIG_BYTES} bytes")
-    verifier = Verifier(desc.digest, desc.size, what="config")
-    body = bytearray()
-    async with client.open_blob(ref.repository, desc) as chunks:
-        async for chunk in chunks:
-            verifier.update(chunk)
-            body += chunk
-    verifier.verify()
-    return bytes(body)
 
 
 async def tags(
@@ -563,15 +446,21 @@ async def unpack(
     emit: Emit = ignore,
     session: Session | None = None,
 ) -> UnpackResult:
-    """Store image (``store:REF``, a bare ``REF``, or ``oci:DIR[:NAME]``) → a root filesystem
-    in ``directory``: layers applied in order, whiteouts honoured, every path kept inside.
-    ``directory`` appears only complete (see unpack.py)."""
+    """An image (a bare ``REF`` of the store, ``store:REF``, ``oci:DIR[:NAME]``, an archive, or
+    ``docker://REF`` streamed from its registry) → a root filesystem in ``directory``: layers
+    applied in order, whiteouts honoured, every path kept inside. ``directory`` appears only
+    complete (see unpack.py)."""
     from .unpack import unpack_image
 
-    settings = settings or (session.settings if session is not None else Settings())
-    return await unpack_image(
-        reference, directory, settings.layout(), platform=platform, options=options, emit=emit
-    )
+    address = parse_address(reference, bare="store")
+    async with (
+        session_for(settings, session) as (settings, session),
+        open_source(address, Context(session, settings, emit)) as reading,
+    ):
+        in_store = address.kind == "store"  # its errors hint at pulling the image first
+        return await unpack_image(
+            reading, directory, in_store=in_store, platform=platform, options=options, emit=emit
+        )
 
 
 async def mirror(

@@ -20,6 +20,7 @@ import anyio
 from . import api
 from .auth import Credentials
 from .copy import SMALL_JOBS, CopyResult
+from .endpoints.address import parse_address
 from .errors import StoreError, TransferError, UsageError, printable
 from .fetch import RangePolicy
 from .manifest import Index, Platform
@@ -465,13 +466,9 @@ async def cmd_images(args: argparse.Namespace) -> int:
 
 
 async def cmd_inspect(args: argparse.Namespace) -> int:
-    reference: str = args.reference
-    from_store = reference.startswith("store:")
-    if from_store:
-        reference = reference[len("store:") :]
-    elif reference.startswith("docker://"):
-        reference = reference[len("docker://") :]
-    manifest, config = await api.inspect(reference, _settings(args), from_store=from_store)
+    address = parse_address(args.reference)
+    reference = address.written(args.reference)
+    manifest, config = await api.inspect(address, _settings(args))
     if args.raw:
         sys.stdout.buffer.write(manifest.raw)
         sys.stdout.flush()
@@ -761,7 +758,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "unpack", parents=[base, store, output], help="image → root filesystem in DIR"
     )
-    p.add_argument("reference", metavar="REF", help="store:REF (the default) or oci:DIR[:NAME]")
+    p.add_argument(
+        "reference",
+        metavar="REF",
+        help="store:REF (the default), oci:DIR[:NAME], an archive or docker://REF",
+    )
     p.add_argument("directory", metavar="DIR", help="appears only once complete")
     p.add_argument("--platform", help="OS/ARCH[/VARIANT] of an index (default: this machine's)")
     p.add_argument("--force", action="store_true", help="replace DIR even if it is not empty")
@@ -773,7 +774,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_images)
 
     p = sub.add_parser("inspect", parents=[base, store, net], help="manifest summary")
-    p.add_argument("reference", metavar="REF", help="a registry reference or store:REF")
+    p.add_argument(
+        "reference",
+        metavar="REF",
+        help="a registry reference, store:REF, oci:DIR[:NAME] or an archive",
+    )
     shown = p.add_mutually_exclusive_group()
     shown.add_argument("--raw", action="store_true", help="the exact manifest bytes")
     shown.add_argument("--config", action="store_true", help="the image config")

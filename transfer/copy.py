@@ -2,7 +2,7 @@
 
 manifest → (index filtered by platform) → every blob once → ask the destination what it lacks →
 one task group, bounded by a limiter, transfers those (retry around each; the destination resumes)
-→ child manifests → the top manifest and its tag → commit.
+→ child manifests → the top manifest and its tag (whoever opened the destination commits).
 """
 
 from __future__ import annotations
@@ -149,7 +149,8 @@ async def copy_image(
     for child in plan.children:
         await _put_manifest(destination, child, None, options.retry, emit)
     await _put_manifest(destination, plan.top, tag, options.retry, emit)
-    await destination.commit()
+    # No commit here: whoever opened the destination commits once everything went in (an
+    # archive holds several images of a save; see endpoints/transports.py).
     result = CopyResult(
         reference=source.name,
         manifest=plan.top,

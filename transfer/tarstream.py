@@ -111,7 +111,7 @@ class LayerStream(io.RawIOBase):
 
     def __init__(
         self,
-        path: str,
+        blob: str | io.BufferedReader,  # the stored file's path, or the blob's bytes as read
         desc: Descriptor,
         diff_id: Digest,
         budget: Budget,
@@ -125,10 +125,13 @@ class LayerStream(io.RawIOBase):
         self.diff_id = diff_id
         self._hash = diff_id.hasher()
         self.kind = compression(desc.media_type, what)
-        self._handle = _open_blob(path, what)
+        self._handle: BinaryIO = _open_blob(blob, what) if isinstance(blob, str) else blob
         self._blob = _Blob(self._handle, desc, what)
         try:
-            found = sniff(os.pread(self._handle.fileno(), SNIFF_BYTES, 0))
+            if isinstance(blob, str):
+                found = sniff(os.pread(self._handle.fileno(), SNIFF_BYTES, 0))
+            else:  # a stream: looked at without consuming it
+                found = sniff(blob.peek(SNIFF_BYTES)[:SNIFF_BYTES])
             if found != self.kind:
                 raise ManifestError(
                     f"{what}: media type {desc.media_type} says {self.kind} but the data is {found}"

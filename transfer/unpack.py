@@ -19,9 +19,9 @@ layer is done so that this layer's own entries survive wherever the marker sits 
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
+import io
 import os
 import shutil
 import stat
@@ -32,20 +32,27 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import anyio
+import anyio.from_thread
 import anyio.to_thread
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .digest import Digest
-from .endpoints.address import parse_address
-from .endpoints.layout import REF_NAME, Layout
+from .endpoints import Source, read_blob
+from .endpoints.layout import Layout
+from .endpoints.transports import Reading
 from .errors import DigestMismatch, Interrupted, ManifestError, StoreError, UsageError
 from .graph import Rules, walk_sync
 from .manifest import MAX_CONFIG_BYTES, Descriptor, ImageConfig, ImageManifest, Manifest, Platform
 from .progress import Emit, Message, ignore
-from .reference import parse
 from .safepath import READ_DIR, Parts, Root, clean, lstat_at, on_the_way, remove_at
-from .tarstream import Budget, LayerStream, file_data, members
+from .tarstream import CHUNK, Budget, LayerStream, file_data, members
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 DEFAULT_MAX_SIZE = 32 << 30
 # Per layer: bounds the memory of whiteout bookkeeping (a set entry per member).
@@ -83,54 +90,68 @@ class UnpackResult:
 # ---- which image ---------------------------------------------------------------------------
 
 
-def image_source(reference: str, store: Layout) -> tuple[Layout, str, bool]:
-    """(layout, ref.name, is the store) for ``store:REF``, a bare ``REF`` or ``oci:DIR[:NAME]``."""
-    if reference.startswith("docker://"):
-        raise UsageError(
-            f"unpack reads images from the store, not from a registry: {reference}",
-            hint=f"xfer pull {reference.removeprefix('docker://')} first",
-        )
-    if reference.startswith("oci:"):
-        address = parse_address(reference)
-        assert address.path is not None
-        layout = Layout(address.path)
-        if not layout.exists():
-            raise StoreError(f"{address.path} is not an OCI image layout (no oci-layout file)")
-        names = [d.annotations.get(REF_NAME) for d in layout.read_index()]
-        name = address.name or (names[0] if len(names) == 1 else None)
-        if not name:
-            raise UsageError(f"{reference} holds {len(names)} images: name one as oci:DIR:NAME")
-        return layout, name, False
-    return store, str(parse(reference.removeprefix("store:"))), True
+class ImageBlobs(Protocol):
+    """Where unpack reads an image, blocking (it runs in a worker thread)."""
+
+    def top(self, identifier: str | Digest) -> Manifest: ...
+
+    def child(self, desc: Descriptor, platform: Platform, name: str) -> Manifest: ...
+
+    def config(self, desc: Descriptor) -> bytes: ...
+
+    def layer(self, desc: Descriptor, what: str) -> str | io.BufferedReader:
+        """The layer's stored file, or its bytes as a stream; checked by whoever reads it."""
+        ...
+
+
+class LayoutBlobs:
+    """An OCI layout read in place: the store (whose errors hint at pulling) or ``oci:``."""
+
+    def __init__(self, layout: Layout, *, in_store: bool) -> None:
+        self.layout = layout
+        self.in_store = in_store
+
+    def top(self, identifier: str | Digest) -> Manifest:
+        layout, name = self.layout, str(identifier)
+        found = layout.find(name) if layout.exists() else None
+        if found is None and self.in_store:
+            raise StoreError(
+                f"image {name} is not in the store {layout.root}",
+                reference=name,
+                hint=f"xfer pull {name} first",
+            )
+        if found is None:
+            raise StoreError(f"no image {name} in {layout.root}", reference=name)
+        return layout.get_manifest(found)
+
+    def child(self, desc: Descriptor, platform: Platform, name: str) -> Manifest:
+        if not self.layout.has_blob(desc):
+            raise StoreError(
+                f"{name} for {platform} is not in {self.layout.root}",
+                reference=name,
+                hint=f"xfer pull --platform {platform} {name}" if self.in_store else None,
+            )
+        return self.layout.get_manifest(desc)
+
+    def config(self, desc: Descriptor) -> bytes:
+        return self.layout.read_blob(desc, cap=MAX_CONFIG_BYTES)
+
+    def layer(self, desc: Descriptor, what: str) -> str | io.BufferedReader:
+        return str(self.layout.blob_path(desc.digest))
 
 
 def find_image(
-    layout: Layout, name: str, platform: Platform, *, in_store: bool
+    blobs: ImageBlobs, name: str, identifier: str | Digest, platform: Platform
 ) -> tuple[Manifest, ImageManifest, tuple[Digest, ...]]:
-    """The image manifest for ``platform`` and its config's diff_ids, all read from the layout."""
-    found = layout.find(name) if layout.exists() else None
-    if found is None and in_store:
-        raise StoreError(
-            f"image {name} is not in the store {layout.root}",
-            reference=name,
-            hint=f"xfer pull {name} first",
-        )
-    if found is None:
-        raise StoreError(f"no image {name} in {layout.root}", reference=name)
-    top = layout.get_manifest(found)
+    """The image manifest for ``platform`` and its config's diff_ids."""
+    top = blobs.top(identifier)
 
     def get(desc: Descriptor) -> Manifest:
-        if not layout.has_blob(desc):
-            raise StoreError(
-                f"{name} for {platform} is not in {layout.root}",
-                reference=name,
-                hint=f"xfer pull --platform {platform} {name}" if in_store else None,
-            )
-        return layout.get_manifest(desc)
+        return blobs.child(desc, platform, name)
 
     manifest = walk_sync(name, [top], get, Rules(platform=platform)).images[0]
     image = manifest.image()
-    config = ImageConfig.from_bytes(layout.read_blob(image.config, cap=MAX_CONFIG_BYTES))
+    config = ImageConfig.from_bytes(blobs.config(image.config))
     if len(config.diff_ids) != len(image.layers):
         raise ManifestError(
             f"{name}: the config lists {len(config.diff_ids)} diff_ids "
@@ -158,16 +179,32 @@ def unpack_layout(
     emit: Emit = ignore,
     check: Callable[[], None] = _no_check,
 ) -> UnpackResult:
-    """Blocking: the image ``name`` of ``layout`` into ``directory``. ``check`` is called often
-    and may raise to stop (cancellation); the partial rootfs is then removed."""
+    """Blocking: the image ``name`` of ``layout`` into ``directory``."""
+    blobs = LayoutBlobs(layout, in_store=in_store)
+    return unpack_blobs(
+        blobs, name, name, directory, platform=platform, options=options, emit=emit, check=check
+    )
+
+
+def unpack_blobs(
+    blobs: ImageBlobs,
+    name: str,
+    identifier: str | Digest,
+    directory: Path,
+    *,
+    platform: Platform | None = None,
+    options: UnpackOptions | None = None,
+    emit: Emit = ignore,
+    check: Callable[[], None] = _no_check,
+) -> UnpackResult:
+    """Blocking: the image ``identifier`` of ``blobs`` into ``directory``. ``check`` is called
+    often and may raise to stop (cancellation); the partial rootfs is then removed."""
     options = options or UnpackOptions()
     started = time.monotonic()
     privileged = options.privileged if options.privileged is not None else os.geteuid() == 0
     if options.devices and not privileged:
         raise UsageError("--devices needs root: device nodes cannot be made otherwise")
-    manifest, image, diff_ids = find_image(
-        layout, name, platform or Platform.current(), in_store=in_store
-    )
+    manifest, image, diff_ids = find_image(blobs, name, identifier, platform or Platform.current())
     target = _Target(directory, options.force)
     root_fd = target.prepare()
     applier = _Applier(Root(root_fd), options, privileged, emit)
@@ -176,8 +213,8 @@ def unpack_layout(
         count = len(image.layers)
         for number, (desc, diff_id) in enumerate(zip(image.layers, diff_ids, strict=True), 1):
             what = f"layer {number}/{count} {desc.digest.short} of {name}"
-            path = str(layout.blob_path(desc.digest))
-            with LayerStream(path, desc, diff_id, budget, check, what) as stream:
+            blob = blobs.layer(desc, what)
+            with LayerStream(blob, desc, diff_id, budget, check, what) as stream:
                 applier.apply_layer(stream, what)
                 got = stream.finish()
             if got != diff_id:
@@ -724,48 +761,145 @@ class _Applier:
 
 
 async def unpack_image(
-    reference: str,
+    reading: Reading,
     directory: Path | str,
-    store: Layout,
     *,
+    in_store: bool = False,
     platform: Platform | None = None,
     options: UnpackOptions | None = None,
     emit: Emit = ignore,
 ) -> UnpackResult:
-    """``unpack_layout`` in a worker thread. Cancelled (Ctrl-C), it tells the thread to stop
-    and waits for it to remove its partial rootfs before passing the cancellation on."""
-    layout, name, in_store = image_source(reference, store)
+    """``unpack_blobs`` in a worker thread, reading what ``reading`` opened. Cancelled (Ctrl-C),
+    it tells the thread to stop and waits for it to remove its partial rootfs before passing
+    the cancellation on."""
+    source, name = reading.source, reading.source.name
     stop, finished = threading.Event(), threading.Event()
 
     def check() -> None:
         if stop.is_set():
             raise Interrupted(f"unpack of {name} interrupted; {directory} was not made")
 
-    def work() -> UnpackResult:
-        try:
-            # The store's shared lock keeps gc from deleting blobs under us.
-            held = layout.in_use() if in_store and layout.exists() else contextlib.nullcontext()
-            with held:
-                return unpack_layout(
-                    layout,
+    failure: BaseException | None = None
+    async with anyio.create_task_group() as group:
+        blobs: ImageBlobs
+        identifier: str | Digest
+        if isinstance(source, InLayout):  # read in place, each layer from its file
+            blobs, identifier = LayoutBlobs(source.layout, in_store=in_store), name
+        else:
+            blobs, identifier = SourceBlobs(source, group), reading.identifier
+
+        def work() -> UnpackResult:
+            try:
+                return unpack_blobs(
+                    blobs,
                     name,
+                    identifier,
                     Path(directory),
                     platform=platform,
                     options=options,
-                    in_store=in_store,
                     emit=emit,
                     check=check,
                 )
-        finally:
-            finished.set()
+            finally:
+                finished.set()
 
-    try:
-        # abandon_on_cancel: a shielded wait would let the thread finish (and rename the
-        # rootfs into place) before a Ctrl-C took effect.
-        return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
-    except BaseException:
-        stop.set()
-        with anyio.CancelScope(shield=True):
-            while not finished.is_set():
-                await anyio.sleep(0.02)
-        raise
+        try:
+            # abandon_on_cancel: a shielded wait would let the thread finish (and rename the
+            # rootfs into place) before a Ctrl-C took effect.
+            result = await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+        except BaseException as exc:
+            stop.set()
+            with anyio.CancelScope(shield=True):
+                while not finished.is_set():
+                    await anyio.sleep(0.02)
+            failure = exc  # raised past the group, so that it is not wrapped in a group
+        group.cancel_scope.cancel()  # a layer the thread stopped reading early
+    if failure is not None:
+        raise failure
+    return result
+
+
+# ---- reading through any Source ---------------------------------------------------------------
+
+
+@runtime_checkable
+class InLayout(Protocol):
+    """A source whose blobs are files of an OCI layout (the store, ``oci:``): read in place."""
+
+    layout: Layout
+    name: str
+
+
+LAYER_AHEAD = 4  # chunks a layer's reader may run ahead of the tar being applied
+
+
+class SourceBlobs:
+    """Any Source (a registry, an archive) read from the worker thread through the event loop:
+    manifests and the config whole, a layer streamed by a task of ``group``, a few chunks
+    ahead, so memory stays flat whatever the layer's size."""
+
+    def __init__(self, source: Source, group: TaskGroup) -> None:
+        self.source = source
+        self.group = group
+
+    def top(self, identifier: str | Digest) -> Manifest:
+        return anyio.from_thread.run(self.source.get_manifest, identifier)
+
+    def child(self, desc: Descriptor, platform: Platform, name: str) -> Manifest:
+        return anyio.from_thread.run(self.source.get_manifest, desc.digest)
+
+    def config(self, desc: Descriptor) -> bytes:
+        return anyio.from_thread.run(read_blob, self.source, desc, MAX_CONFIG_BYTES, "config")
+
+    def layer(self, desc: Descriptor, what: str) -> str | io.BufferedReader:
+        send, receive = anyio.create_memory_object_stream[bytes](LAYER_AHEAD)
+        failed: list[BaseException] = []
+        anyio.from_thread.run_sync(self.group.start_soon, self._pump, desc, send, failed)
+        return io.BufferedReader(_Received(receive, failed), CHUNK)
+
+    async def _pump(
+        self, desc: Descriptor, send: MemoryObjectSendStream[bytes], failed: list[BaseException]
+    ) -> None:
+        async with send:
+            try:
+                async with self.source.open_blob(desc) as chunks:
+                    async for chunk in chunks:
+                        await send.send(chunk)
+            except anyio.BrokenResourceError:
+                return  # the reader stopped early: its own error says why
+            except Exception as exc:  # the reader raises it, in the worker thread
+                failed.append(exc)
+
+
+class _Received(io.RawIOBase):
+    """The worker thread's end of a layer's stream; a failure of the source is raised here."""
+
+    def __init__(
+        self, receive: MemoryObjectReceiveStream[bytes], failed: list[BaseException]
+    ) -> None:
+        super().__init__()
+        self.receive = receive
+        self.failed = failed
+        self.pending = memoryview(b"")
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        if not self.pending:
+            try:
+                self.pending = memoryview(anyio.from_thread.run(self.receive.receive))
+            except anyio.EndOfStream:
+                if self.failed:
+                    raise self.failed[0] from None
+                return 0
+        target = memoryview(buffer).cast("B")
+        count = min(len(target), len(self.pending))
+        target[:count] = self.pending[:count]
+        self.pending = self.pending[count:]
+        return count
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if not self.closed:
+            anyio.from_thread.run_sync(self.receive.close)
+        super().close()

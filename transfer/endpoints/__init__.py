@@ -2,6 +2,8 @@
 
 registry.py   a repository in a registry (distribution API)
 layout.py     an OCI image layout directory: the local store, and ``oci:``
+archive_read.py, archive_write.py   docker and OCI tars
+transports.py the table from an address kind to what opens its Source and Destination
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from collections.abc import AsyncIterable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol, runtime_checkable
 
-from ..digest import Digest
+from ..digest import Digest, Verifier
+from ..errors import StoreError
 from ..manifest import Descriptor, Manifest
 
 # opener(offset, end): the blob's bytes from offset, to end (exclusive) when given
@@ -70,6 +73,25 @@ class Destination(Protocol):
 
     async def put_manifest(self, manifest: Manifest, tag: str | None) -> None: ...
 
-    async def commit(self) -> None: ...
+    async def commit(self) -> None:
+        """Make what was written visible, once, after every image went in (an archive is
+        renamed into place); called by whoever opened the destination (transports.py)."""
+        ...
 
-    async def aclose(self) -> None: ...
+    async def aclose(self) -> None:
+        """Release what it holds; without a commit, remove what it wrote that is not whole."""
+        ...
+
+
+async def read_blob(source: Source, desc: Descriptor, cap: int, what: str = "blob") -> bytes:
+    """A small blob (a config) whole, verified; one larger than ``cap`` is refused unread."""
+    if desc.size > cap:
+        raise StoreError(f"{what} {desc.digest} is larger than {cap} bytes")
+    verifier = Verifier(desc.digest, desc.size, what=what)
+    body = bytearray()
+    async with source.open_blob(desc) as chunks:
+        async for chunk in chunks:
+            verifier.update(chunk)
+            body += chunk
+    verifier.verify()
+    return bytes(body)

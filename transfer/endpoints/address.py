@@ -32,8 +32,18 @@ class Address:
             return f"store:{self.reference}"
         return f"{self.kind}:{self.path}" + (f":{self.name}" if self.name else "")
 
+    def written(self, text: str) -> str:
+        """The image as the user wrote it in ``text``, without a registry or store prefix."""
+        if self.kind == "registry":
+            return text.removeprefix("docker://")
+        if self.kind == "store":
+            return text.removeprefix("store:")
+        return text
 
-def parse_address(text: str) -> Address:
+
+def parse_address(text: str, *, bare: str = "registry") -> Address:
+    """``bare``: what an address without a transport prefix names, a registry image or
+    (``"store"``: save, unpack, inspect of the store) an image of the store."""
     if text.startswith("docker://"):
         return Address("registry", reference=parse(text[len("docker://") :]))
     if text.startswith("store:"):
@@ -50,4 +60,4 @@ def parse_address(text: str) -> Address:
         if kind == "docker-archive" and name and not name.startswith("@"):
             parse(name)  # a docker reference, checked now: a bad one is a usage error
         return Address(kind, path=Path(path), name=name or None)
-    return Address("registry", reference=parse(text))
+    return Address(bare, reference=parse(text))

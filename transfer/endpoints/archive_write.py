@@ -20,9 +20,9 @@ images share it, streamed through in batches and hashed as it is written; a blob
 not match its digest is cut off again (the file is truncated back to where its member began).
 Everything goes to a new file of a random name beside FILE (``FILE.PID.RANDOM.partial``),
 created exclusively and never through a symlink, so nothing planted at a name we could be
-expected to use is written through, and two writers of one FILE never share a file; ``finish()``
+expected to use is written through, and two writers of one FILE never share a file; ``commit()``
 renames it onto FILE only after the index documents are written and the file is synced (the last
-writer to finish wins, whole); ``aclose()`` without ``finish()`` removes it. Its writer holds a
+writer to finish wins, whole); ``aclose()`` without ``commit()`` removes it. Its writer holds a
 lock on it until then, so the next save to FILE can remove what a killed one left (a dead pid
 and a free lock), as the store removes a dead writer's temporaries.
 Tar headers are fixed (mtime 0, uid/gid 0, no user names, 0644 files, 0755 directories) and
@@ -142,7 +142,7 @@ def _blob_name(digest: Digest) -> str:
 
 class ArchiveDestination:
     """An archive being written; several images may go into one (``xfer save``), each by one
-    ``copy_image``, then ``finish()`` completes the file."""
+    ``copy_image``, then ``commit()`` completes the file."""
 
     concurrent = False
 
@@ -222,7 +222,7 @@ class ArchiveDestination:
             try:
                 tar.rollback(start)  # no half member stays behind a retry or a failure
             except OSError:
-                self._broken = True  # finish() will refuse: the file has a torn member
+                self._broken = True  # commit() will refuse: the file has a torn member
             raise
         self._written.add(desc.digest)
         return received
@@ -253,10 +253,8 @@ class ArchiveDestination:
             self._views[manifest.digest] = view
 
     async def commit(self) -> None:
-        return None  # the archive is complete only when finish() has written its index
-
-    async def finish(self) -> None:
-        """Write the index documents and move the archive into place."""
+        """Write the index documents and move the archive into place: once, after every
+        image went in (the archive appears only complete)."""
         if not self._tagged:
             raise ArchiveError(f"no image to write into {self.path}")
         if self._broken:
