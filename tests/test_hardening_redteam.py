@@ -21,7 +21,7 @@ import pytest
 
 from fixtures import hostile as h
 from tests.helpers import index_refs, peak_rss, xfer_env
-from transfer import api, auth, cli, client, redirects
+from transfer import api, auth, cli, client, durable, redirects
 from transfer.api import Settings
 from transfer.digest import Digest
 from transfer.endpoints.layout import Layout
@@ -307,3 +307,35 @@ def test_link_local_in_any_spelling(host: str, link_local: bool) -> None:
     assert redirects.is_link_local(host) is link_local
     url = httpx.URL(f"https://{host}/v2/")
     assert (redirects.refusal(httpx.URL("https://registry.test/"), url) is not None) is link_local
+
+
+# ---- 7: files under the store opened without following links -----------------------------------
+
+
+@pytest.mark.parametrize("lock", ["store.lock", "locks/blobs.lock"])
+def test_a_lock_file_planted_as_a_symlink_is_refused(tmp_path: Path, lock: str) -> None:
+    layout = Layout(tmp_path / "store")
+    layout.ensure()
+    target = tmp_path / "elsewhere"
+    planted = layout.work / lock
+    planted.parent.mkdir(parents=True, exist_ok=True)
+    planted.symlink_to(target)
+    digest = Digest.parse(h.sha256(b"x"))
+    take = layout.exclusive if lock == "store.lock" else lambda: layout._blob_lock(digest)
+    with pytest.raises(StoreError, match="symbolic link"), take():
+        pass
+    assert not target.exists()
+
+
+def test_fsync_dir_opens_only_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(NotADirectoryError):
+        durable.fsync_dir(tmp_path / "file")
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(NotADirectoryError):
+        durable.fsync_dir(tmp_path / "fifo")  # refused, not waited on
+    # A store's root may be a link to a directory (the user's choice): still synced.
+    (tmp_path / "real").mkdir()
+    (tmp_path / "store").symlink_to(tmp_path / "real")
+    Layout(tmp_path / "store").ensure()
+    assert (tmp_path / "real" / "index.json").is_file()

@@ -45,7 +45,10 @@ def create_new(name: Callable[[], Path]) -> tuple[int, Path]:
 
 
 def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    # A directory: a file or a FIFO planted at the name is an error, never opened (a FIFO would
+    # block). A link is followed: a store's root may be one (the user's choice), and syncing
+    # a directory it leads to writes nothing of ours there.
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:

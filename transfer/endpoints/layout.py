@@ -439,7 +439,7 @@ class _FileLock:
 
     def acquire(self, *, shared: bool = False, blocking: bool = True) -> bool:
         """Returns False, holding nothing, when ``blocking`` is off and another holds it."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = self._open()
         mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         try:
             fcntl.flock(fd, mode | (0 if blocking else fcntl.LOCK_NB))
@@ -451,6 +451,18 @@ class _FileLock:
             raise
         self._fd = fd
         return True
+
+    def _open(self) -> int:
+        # No-follow: a link planted at the name would have its target created and opened.
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise StoreError(
+                f"the lock file {self.path} is a symbolic link: not followed",
+                hint="remove it; xfer creates it again",
+            ) from None
 
     def release(self) -> None:
         if self._fd >= 0:
@@ -478,7 +490,7 @@ class _RangeLock(_FileLock):
         self.offset = offset  # the first 60 bits of the digest: a clash only serialises two
 
     def acquire(self, *, shared: bool = False, blocking: bool = True) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = self._open()
         kind = fcntl.F_RDLCK if shared else fcntl.F_WRLCK
         # struct flock on LP64 Linux: type, whence, start, len, pid (0 for these locks), padding
         request = struct.pack("hhqqi4x", kind, os.SEEK_SET, self.offset, 1, 0)
