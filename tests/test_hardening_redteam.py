@@ -34,7 +34,7 @@ from transfer.errors import (
 )
 from transfer.ingest import Ingest
 from transfer.maintenance import collect, reachable, verify
-from transfer.manifest import Descriptor, Manifest
+from transfer.manifest import MAX_CONFIG_BYTES, Descriptor, Manifest
 
 REF_NAME = "org.opencontainers.image.ref.name"
 
@@ -339,3 +339,23 @@ def test_fsync_dir_opens_only_a_directory(tmp_path: Path) -> None:
     (tmp_path / "store").symlink_to(tmp_path / "real")
     Layout(tmp_path / "store").ensure()
     assert (tmp_path / "real" / "index.json").is_file()
+
+
+# ---- 7: a config declared over the config cap is refused before it is fetched -------------------
+
+
+def test_a_config_over_the_cap_is_refused_before_it_is_copied(tmp_path: Path) -> None:
+    source = tmp_path / "layout"
+    h.write_image(source, "big", [h.layer([h.file("a.txt", "a")])])
+    index = _index(source)
+    manifest = json.loads(_blob(source, index["manifests"][0]["digest"]).read_bytes())
+    config = json.loads(_blob(source, manifest["config"]["digest"]).read_bytes())
+    config["padding"] = "x" * (MAX_CONFIG_BYTES + 1)
+    digest, size = _put(source, config)
+    manifest["config"].update(digest=digest, size=size)
+    index["manifests"][0]["digest"], index["manifests"][0]["size"] = _put(source, manifest)
+    (source / "index.json").write_text(json.dumps(index))
+    store = tmp_path / "store"
+    with pytest.raises(ManifestError, match=f"config {digest} declares {size} bytes"):
+        api.copy_sync(f"oci:{source}:big", "store:localhost/big:1", Settings(store=store))
+    assert not _blob(store, digest).exists()

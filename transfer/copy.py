@@ -19,7 +19,7 @@ from .digest import Digest
 from .endpoints import Destination, PartialSource, Source
 from .errors import IntegrityError, ManifestError, TransferError, first_error
 from .graph import GraphBounds, Rules, image_blobs, walk
-from .manifest import Descriptor, ImageManifest, Manifest, Platform
+from .manifest import MAX_CONFIG_BYTES, Descriptor, ImageManifest, Manifest, Platform
 from .progress import BlobDone, BlobProgress, BlobStart, Emit, ImageDone, ImageStart, ignore
 from .retry import RetryPolicy, retrying
 
@@ -81,6 +81,15 @@ async def resolve(
 
     rules = Rules(platform=options.platform, bounds=options.bounds, absent=_absent(source))
     graph = await walk(source.name, [first], get, rules)
+    for image in graph.images:
+        # Refused before anything is fetched: nothing reads a config past the cap anyway.
+        config = image.image().config
+        if config.size > MAX_CONFIG_BYTES:
+            raise ManifestError(
+                f"{source.name}: the config {config.digest} declares {config.size} bytes, "
+                f"over the {MAX_CONFIG_BYTES} byte limit",
+                digest=str(image.digest),
+            )
     if options.platform is not None or not first.is_index:
         chosen = graph.images[0]  # the platform's image, from an index or the image itself
         return first, _Plan(chosen, [], [chosen.image()])
