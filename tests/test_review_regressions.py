@@ -385,8 +385,10 @@ def test_an_unexpected_error_is_still_one_line_and_exit_1_unless_debug(
     assert cli.main(["images", "--store", str(tmp_path / "store")]) == 1
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "Invalid IPv6 URL" in err
-    with pytest.raises(ValueError):
-        cli.main(["images", "--store", str(tmp_path / "store"), "--debug"])
+    assert cli.main(["images", "--store", str(tmp_path / "store"), "--debug"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last):" in err
+    assert err.splitlines()[-1] == "ValueError: Invalid IPv6 URL"
 
 
 def test_a_closed_stdout_during_a_pull_is_not_blamed_on_the_store(
