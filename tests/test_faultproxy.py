@@ -17,7 +17,9 @@ import httpx
 import pytest
 
 from fixtures.faultproxy import (
+    AddHeaders,
     Answer416,
+    BodyLimit,
     Cut,
     Delay,
     FaultProxy,
@@ -245,6 +247,29 @@ def test_uploads_are_forwarded_and_location_rewritten(
         "POST",
     ]
     assert proxy.requests("PUT")[0].path == "/v2/x/blobs/uploads/u1?digest=sha256:00"
+
+
+def test_body_limit_refuses_request_bodies_over_the_cap_with_413_and_forwards_the_rest(
+    proxy: FaultProxy, client: httpx.Client
+) -> None:
+    fault = proxy.add(BodyLimit(1000))
+    url = proxy.url + "/v2/x/blobs/uploads/u1"
+    assert client.patch(url, content=b"x" * 1000).json()["len"] == 1000
+    assert client.patch(url, content=b"x" * 1001).status_code == 413
+    assert client.patch(url, content=iter([b"x" * 10])).status_code == 413  # no length: refused
+    assert client.post(proxy.url + "/v2/x/blobs/uploads/").status_code == 202
+    # The connection stays usable after a refusal (the body was read and dropped).
+    assert client.patch(url, content=b"y" * 10).json()["len"] == 10
+    assert fault.fired == 2
+    assert [r.status for r in proxy.requests("PATCH")] == [202, 413, 413, 202]
+
+
+def test_add_headers_adds_to_the_upstream_answer(proxy: FaultProxy, client: httpx.Client) -> None:
+    proxy.add(AddHeaders([("OCI-Chunk-Min-Length", "123")], method="POST"))
+    r = client.post(proxy.url + "/v2/x/blobs/uploads/")
+    assert r.status_code == 202 and r.headers["oci-chunk-min-length"] == "123"
+    assert r.headers["location"].startswith(proxy.url)
+    assert "oci-chunk-min-length" not in client.post(proxy.url + "/v2/x/blobs/uploads/").headers
 
 
 def test_upstream_down_gives_502() -> None:

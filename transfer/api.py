@@ -65,6 +65,9 @@ class Settings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     ranges: RangePolicy = field(default_factory=RangePolicy)  # parallel Range requests
     throttle: Throttle | None = None  # one byte-rate cap shared by every stream of the run
+    # Uploads: a blob larger than this goes in PATCH requests of at most this many bytes
+    # (a proxy capping request bodies); None: one request per blob.
+    chunk_size: int | None = None
     # Per-registry TLS, plain-http and mirrors; None: read config.toml, registries.conf and
     # certs.d (config.load) once per Session, so a long-lived Settings sees edits.
     registries: RegistryConfig | None = None

@@ -211,6 +211,11 @@ def _settings(args: argparse.Namespace, credentials: Credentials | None = None) 
         throttle = Throttle(cap)
         # A rate held down by our own cap is not a slow link: more streams would not help.
         ranges = replace(ranges, slow_rate=min(ranges.slow_rate, 0.5 * cap))
+    chunk_size = None
+    if getattr(args, "chunk_size", None):
+        chunk_size = _bytes_option("--chunk-size", args.chunk_size)
+        if chunk_size < 1:
+            raise UsageError("--chunk-size must be at least 1 byte")
     store = Path(args.store) if getattr(args, "store", None) else api.default_store()
     return api.Settings(
         store=store,
@@ -221,6 +226,7 @@ def _settings(args: argparse.Namespace, credentials: Credentials | None = None) 
         retry=retry,
         ranges=ranges,
         throttle=throttle,
+        chunk_size=chunk_size,
     )
 
 
@@ -682,6 +688,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--range-threshold", metavar="SIZE", help="split blobs at least this big (default 64Mi)"
     )
 
+    uploads = _Parser(add_help=False)  # writing to a registry
+    uploads.add_argument(
+        "--chunk-size",
+        metavar="SIZE",
+        help="upload a blob larger than SIZE (e.g. 50M) in chunks of at most SIZE, for a proxy "
+        "that caps request bodies (default: one request per blob)",
+    )
+
     platforms = _Parser(add_help=False)
     plat = platforms.add_mutually_exclusive_group()
     plat.add_argument("--platform", help="OS/ARCH[/VARIANT] of an index to use")
@@ -697,14 +711,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("references", nargs="+", metavar="REF")
     p.set_defaults(func=cmd_pull)
 
-    p = sub.add_parser("push", parents=moving, help="store → registry")
+    p = sub.add_parser("push", parents=[*moving, uploads], help="store → registry")
     p.add_argument("reference", metavar="REF", help="an image in the store")
     p.add_argument("destination", nargs="?", metavar="DEST-REF", help="default: REF itself")
     p.set_defaults(func=cmd_push)
 
     p = sub.add_parser(
         "copy",
-        parents=moving,
+        parents=[*moving, uploads],
         help="any endpoint → any endpoint (REF, docker://REF, store:REF, oci:DIR[:NAME], "
         "oci-archive:FILE[:NAME], docker-archive:FILE[:REF])",
     )
@@ -716,7 +730,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "mirror",
-        parents=[base, output, net, jobs, streams, platforms],  # registry to registry
+        parents=[base, output, net, jobs, streams, uploads, platforms],  # registry to registry
         help="many repositories into one registry",
     )
     p.add_argument("config", metavar="CONFIG", help="skopeo sync's YAML source format")

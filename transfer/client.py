@@ -23,6 +23,7 @@ from collections.abc import (
     Mapping,
 )
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin
 
@@ -70,6 +71,21 @@ MAX_TAG_PAGES = 10_000
 MAX_TAGS = 1_000_000
 READ_CHUNK = 1 << 20
 BLOCKING_MIN = 4 << 20  # bodies at least this large are read in a worker thread (body.py)
+
+
+@dataclass(frozen=True)
+class Started:
+    """An upload the registry opened: where to send its bytes, and the smallest chunk it takes
+    (``OCI-Chunk-Min-Length``; 0 when it asks for none). The last chunk may be shorter."""
+
+    location: str
+    min_chunk: int = 0
+
+
+def _min_chunk(resp: httpx.Response) -> int:
+    """The registry's ``OCI-Chunk-Min-Length``; anything but a decimal number is no minimum."""
+    value = resp.headers.get("oci-chunk-min-length", "").strip()
+    return int(value) if value.isdigit() and len(value) <= 20 else 0
 
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
@@ -303,10 +319,20 @@ class RegistryClient:
         *,
         reference: str | None = None,
         keep_body: bool = False,
+        too_large: int | None = None,
     ) -> None:
         """The one check of an answer's status: any other than ``ok`` raises its typed error
         (the error body read, bounded); the answer is closed either way, unless its body is
-        still to be read (``keep_body``: then the caller closes it)."""
+        still to be read (``keep_body``: then the caller closes it). ``too_large``: the length
+        of the body sent, named when the answer is 413 (a proxy capping request bodies)."""
+        if resp.status_code == 413 and too_large is not None:
+            await _close(resp)  # an HTML page of the proxy's, at best: nothing to read
+            raise RegistryError(
+                f"{what}: a request body of {too_large} bytes refused (HTTP 413 Payload Too Large)",
+                host=self.host,
+                status=413,
+                hint="a proxy may cap request bodies: upload in chunks with --chunk-size",
+            )
         if resp.status_code not in ok:
             raise await self._fail(resp, what, reference)
         if not keep_body:
@@ -497,8 +523,8 @@ class RegistryClient:
             )
         return url
 
-    async def mount_blob(self, repository: str, digest: Digest, source: str) -> str | None:
-        """Cross-repository mount: None when mounted (201), else an upload URL to use (202)."""
+    async def mount_blob(self, repository: str, digest: Digest, source: str) -> Started | None:
+        """Cross-repository mount: None when mounted (201), else the upload opened (202)."""
         what = f"mount of blob {digest} from {source}"
         resp = await self.send(
             "POST",
@@ -509,9 +535,9 @@ class RegistryClient:
         await self._expect(resp, (201, 202), what)
         if resp.status_code == 201:
             return None
-        return self._upload_url(resp.headers.get("location"), what)
+        return Started(self._upload_url(resp.headers.get("location"), what), _min_chunk(resp))
 
-    async def start_upload(self, repository: str) -> str:
+    async def start_upload(self, repository: str) -> Started:
         what = f"upload to {self.host}/{repository}"
         resp = await self.send(
             "POST",
@@ -520,7 +546,7 @@ class RegistryClient:
             what=what,
         )
         await self._expect(resp, (202,), what)
-        return self._upload_url(resp.headers.get("location"), what)
+        return Started(self._upload_url(resp.headers.get("location"), what), _min_chunk(resp))
 
     async def upload_offset(self, repository: str, location: str) -> tuple[str, int]:
         """How much of an upload the registry holds (its ``Range: 0-N``), and where to go on."""
@@ -563,7 +589,7 @@ class RegistryClient:
         if resp.status_code == 416:
             await resp.aclose()
             raise RangeError(f"{what}: the registry holds a different offset", host=self.host)
-        await self._expect(resp, (202,), what)
+        await self._expect(resp, (202,), what, too_large=length)
         return self._upload_url(resp.headers.get("location") or location, what)
 
     async def finish_upload(self, repository: str, location: str, digest: Digest) -> None:

@@ -83,6 +83,12 @@ class Verifier:
     def copy_state(self) -> Any:
         return self._hash.copy()
 
+    def snapshot(self) -> Verifier:
+        """An independent copy, to go on from this point again (a chunk that must be resent)."""
+        twin = Verifier(self.expected, self.size, what=self.what)
+        twin.count, twin._hash = self.count, self._hash.copy()
+        return twin
+
     def verify(self) -> None:
         if self.count != self.size:
             raise SizeMismatch(

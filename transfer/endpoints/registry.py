@@ -13,9 +13,17 @@ from dataclasses import dataclass
 
 import anyio
 
-from ..client import RegistryClient
+from ..client import RegistryClient, Started
 from ..digest import Digest, Verifier
-from ..errors import NetworkError, RangeError, RangeIgnored, TransferError, UsageError
+from ..errors import (
+    NetworkError,
+    RangeError,
+    RangeIgnored,
+    RegistryError,
+    SizeMismatch,
+    TransferError,
+    UsageError,
+)
 from ..manifest import Descriptor, Manifest
 from ..progress import Emit, Message, ignore
 from ..reference import Reference
@@ -45,12 +53,16 @@ class RegistrySource:
         return None  # the client is the session's: it closes it
 
 
-MAX_UPLOAD_RESUMES = 3
+MAX_UPLOAD_RESUMES = 3  # resumes of one chunk (of the whole blob when it is sent at once)
 
 
 class RegistryDestination:
     """Pushes blobs (mounting them from a repository of the same registry when it can) and
-    manifests, their exact bytes, so the digests are the same at the destination."""
+    manifests, their exact bytes, so the digests are the same at the destination.
+
+    ``chunk_size``: a blob larger than this goes as PATCH requests of at most this many bytes
+    (for a proxy that caps request bodies); a registry's ``OCI-Chunk-Min-Length`` above it
+    cannot be met together with it, and fails the blob naming both."""
 
     concurrent = True
 
@@ -60,6 +72,7 @@ class RegistryDestination:
         reference: Reference,
         mount_from: Reference | None = None,
         mounts: dict[Digest, str] | None = None,
+        chunk_size: int | None = None,
     ) -> None:
         self.client = client
         self.reference = reference
@@ -68,6 +81,9 @@ class RegistryDestination:
         self.mount_from = mount_from.repository if mount_from and same_registry else None
         # Blobs known to be in other repositories of this registry (shared by a mirror run).
         self.mounts = mounts if mounts is not None else {}
+        if chunk_size is not None and chunk_size < 1:
+            raise UsageError("the upload chunk size must be at least 1 byte")
+        self.chunk_size = chunk_size
 
     async def has_blob(self, desc: Descriptor) -> bool:
         repository = self.reference.repository
@@ -78,25 +94,26 @@ class RegistryDestination:
 
     async def put_blob(self, desc: Descriptor, opener: Opener, progress: Progress) -> int:
         repository = self.reference.repository
-        location = None
+        started = None
         for origin in dict.fromkeys([self.mounts.get(desc.digest), self.mount_from]):
             if not origin or origin == repository:
                 continue
             try:
-                location = await self.client.mount_blob(repository, desc.digest, origin)
+                started = await self.client.mount_blob(repository, desc.digest, origin)
             except TransferError:
-                location = None  # a refused mount is only a missed shortcut (case 46)
+                started = None  # a refused mount is only a missed shortcut (case 46)
                 continue
-            if location is None:
+            if started is None:
                 progress(desc.size)
                 self.mounts[desc.digest] = repository
                 return 0  # mounted: no byte moved
             break  # 202: the registry opened an upload for us instead (case 46)
-        if location is None:
-            location = await self.client.start_upload(repository)
-        upload = _Upload(location)
+        if started is None:
+            started = await self.client.start_upload(repository)
+        upload = _Upload(started.location)
         try:
-            sent = await self._upload(upload, desc, opener, progress)
+            step = self._step(desc, started)
+            sent = await self._upload(upload, desc, opener, progress, step)
         except BaseException:
             # Shielded so Ctrl-C still cleans up, but bounded: a dead registry must not hold
             # the exit for the connect and read timeouts.
@@ -108,26 +125,56 @@ class RegistryDestination:
         self.mounts[desc.digest] = repository
         return sent
 
+    def _step(self, desc: Descriptor, started: Started) -> int:
+        """The most bytes one request carries: the whole blob unless ``chunk_size`` is less."""
+        cap = self.chunk_size
+        if cap is None or desc.size <= cap:
+            return max(desc.size, 1)  # one request (a last chunk may be under the minimum)
+        if started.min_chunk > cap:
+            raise RegistryError(
+                f"upload of blob {desc.digest} to {self.client.host}/"
+                f"{self.reference.repository}: the registry takes chunks of at least "
+                f"{started.min_chunk} bytes (OCI-Chunk-Min-Length), more than the chunk size "
+                f"of {cap} bytes asked for (--chunk-size); no chunk can meet both",
+                host=self.client.host,
+                digest=str(desc.digest),
+            )
+        return cap
+
     async def _upload(
-        self, upload: _Upload, desc: Descriptor, opener: Opener, progress: Progress
+        self, upload: _Upload, desc: Descriptor, opener: Opener, progress: Progress, step: int
     ) -> int:
-        """Stream the blob into the upload; a dropped PATCH resumes where the registry says it
-        holds data (its ``Range``), without starting the blob again. ``upload.location`` follows
-        every Location the registry answers with."""
+        """Stream the blob into the upload, ``step`` bytes per PATCH; a dropped PATCH resumes
+        where the registry says it holds data (its ``Range``), without starting the blob
+        again. ``upload.location`` follows every Location the registry answers with.
+
+        The source is opened once and read across the chunks; the hash state at the end of
+        the last chunk the registry took is kept, so a resume there hashes nothing twice."""
         repository = self.reference.repository
         verifier = Verifier(desc.digest, desc.size)
+        done = verifier.snapshot()  # the hash of every byte the registry acknowledged
         offset = sent = 0
-        for attempt in range(MAX_UPLOAD_RESUMES + 1):
+        failures = 0  # in a row, without a chunk taken in between
+        while True:
             try:
                 async with opener(offset, None) as chunks:
-                    body = _verified(chunks, verifier, progress)
-                    upload.location = await self.client.patch_upload(
-                        repository, upload.location, body, offset, desc.size - offset
-                    )
-                sent += desc.size - offset
+                    pieces = _Pieces(_verified(chunks, verifier, progress))
+                    while True:
+                        length = min(step, desc.size - offset)
+                        upload.location = await self.client.patch_upload(
+                            repository, upload.location, pieces.take(length), offset, length
+                        )
+                        await pieces.check(length)
+                        offset += length
+                        sent += length
+                        failures = 0
+                        done = verifier.snapshot()
+                        if offset >= desc.size:
+                            break
                 break
             except (NetworkError, RangeError) as error:
-                if attempt == MAX_UPLOAD_RESUMES:
+                failures += 1
+                if failures > MAX_UPLOAD_RESUMES:
                     raise
                 try:
                     upload.location, offset = await self.client.upload_offset(
@@ -140,11 +187,15 @@ class RegistryDestination:
                     raise error from None
                 if offset > desc.size:
                     raise error
-                # Bytes before `offset` were verified when they were sent; hash them again
-                # from the source so the digest still covers the whole blob.
-                verifier = Verifier(desc.digest, desc.size)
-                if offset:
-                    await _hash_prefix(opener, offset, verifier)
+                if offset == done.count:
+                    verifier = done.snapshot()  # the end of the last chunk taken
+                else:
+                    # Bytes before `offset` were verified when they were sent; hash them again
+                    # from the source so the digest still covers the whole blob.
+                    verifier = Verifier(desc.digest, desc.size)
+                    if offset:
+                        await _hash_prefix(opener, offset, verifier)
+                    done = verifier.snapshot()
         verifier.verify()
         await self.client.finish_upload(repository, upload.location, desc.digest)
         return sent
@@ -183,6 +234,36 @@ async def _hash_prefix(opener: Opener, offset: int, verifier: Verifier) -> None:
             verifier.update(chunk[: offset - verifier.count])
             if verifier.count >= offset:
                 break
+
+
+class _Pieces:
+    """One stream cut into consecutive request bodies: ``take(n)`` yields its next ``n`` bytes
+    (a piece that straddles two bodies is split, its rest kept for the next)."""
+
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self._chunks = chunks
+        self._rest = b""
+        self._given = 0  # bytes the current body has had
+
+    async def take(self, n: int) -> AsyncIterator[bytes]:
+        self._given = 0
+        while self._given < n:
+            if self._rest:
+                chunk, self._rest = self._rest, b""
+            else:
+                chunk = await anext(self._chunks, b"")
+                if not chunk:
+                    return  # the source ended early: the request is short; check() says so
+            room = n - self._given
+            if len(chunk) > room:
+                chunk, self._rest = chunk[:room], chunk[room:]
+            self._given += len(chunk)
+            yield chunk
+
+    async def check(self, n: int) -> None:
+        """The body just sent had all its ``n`` bytes (a registry may take a short one)."""
+        if self._given != n:
+            raise SizeMismatch(f"the source ended after {self._given} of a chunk's {n} bytes")
 
 
 async def _verified(

@@ -112,7 +112,13 @@ class RegistryTransport:
         # so a wrong guess costs no extra request.
         came = origin.address
         mount = came.reference if came is not None and came.kind in ("registry", "store") else None
-        writer = RegistryDestination(client, ref, mount_from=mount, mounts=origin.mounts)
+        writer = RegistryDestination(
+            client,
+            ref,
+            mount_from=mount,
+            mounts=origin.mounts,
+            chunk_size=context.settings.chunk_size,
+        )
         return _writing(writer, ref.tag)
 
 
