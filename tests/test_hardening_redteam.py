@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import tarfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +23,20 @@ from fixtures import hostile as h
 from tests.helpers import index_refs, peak_rss, xfer_env
 from transfer import api, auth, cli, client, durable, redirects
 from transfer.api import Settings
-from transfer.digest import Digest
+from transfer.digest import Digest, Verifier
 from transfer.endpoints.layout import Layout
 from transfer.errors import (
     ArchiveError,
     AuthError,
     ManifestError,
     RegistryError,
+    SizeMismatch,
     StoreError,
 )
 from transfer.ingest import Ingest
 from transfer.maintenance import collect, reachable, verify
-from transfer.manifest import MAX_CONFIG_BYTES, Descriptor, Manifest
+from transfer.manifest import MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Descriptor, Manifest
+from transfer.retry import RetryPolicy, retrying
 
 REF_NAME = "org.opencontainers.image.ref.name"
 
@@ -359,3 +361,52 @@ def test_a_config_over_the_cap_is_refused_before_it_is_copied(tmp_path: Path) ->
     with pytest.raises(ManifestError, match=f"config {digest} declares {size} bytes"):
         api.copy_sync(f"oci:{source}:big", "store:localhost/big:1", Settings(store=store))
     assert not _blob(store, digest).exists()
+
+
+# ---- 7: what is too large is not retried ---------------------------------------------------------
+
+
+async def _oversized_answer(length: bool) -> None:
+    body = b" " * (MAX_MANIFEST_BYTES + 1)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield body
+
+    request = httpx.Request("GET", "https://registry.test/v2/x/manifests/1")
+    response = (
+        httpx.Response(200, content=body, request=request)
+        if length
+        else httpx.Response(200, content=chunks(), request=request)
+    )
+    await client._read_capped(response, MAX_MANIFEST_BYTES, "manifest", "registry.test")
+
+
+def _longer_than_declared() -> None:
+    data = b"0123456789"
+    Verifier(Digest.parse(h.sha256(data)), len(data) - 1).update(data)
+
+
+OVERSIZED: list[tuple[str, Callable[[], object]]] = [
+    ("manifest answer over the cap (Content-Length)", lambda: anyio.run(_oversized_answer, True)),
+    ("manifest answer over the cap (streamed)", lambda: anyio.run(_oversized_answer, False)),
+    ("manifest bytes over the cap", lambda: Manifest.from_bytes(b" " * (MAX_MANIFEST_BYTES + 1))),
+    ("blob longer than declared", _longer_than_declared),
+]
+
+
+@pytest.mark.parametrize(("case", "call"), OVERSIZED, ids=[c[0] for c in OVERSIZED])
+def test_too_large_is_not_retried(case: str, call: Callable[[], object]) -> None:
+    with pytest.raises(SizeMismatch) as caught:
+        call()
+    error = caught.value
+    attempts = 0
+
+    async def operation() -> None:
+        nonlocal attempts
+        attempts += 1
+        raise error
+
+    policy = RetryPolicy(attempts=3, initial_wait=0.01, max_wait=0.01)
+    with pytest.raises(SizeMismatch):
+        anyio.run(lambda: retrying(case, operation, policy))
+    assert attempts == 1, f"{case}: tried {attempts} times"

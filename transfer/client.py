@@ -52,7 +52,7 @@ from .errors import (
     RangeError,
     RangeIgnored,
     RegistryError,
-    SizeMismatch,
+    TooLarge,
     TooManyRequests,
     TransferError,
     Unauthorized,
@@ -789,7 +789,7 @@ async def _read_capped(resp: httpx.Response, cap: int, what: str, host: str) -> 
         )
     length = resp.headers.get("content-length")
     if length and length.isdigit() and int(length) > cap:
-        raise SizeMismatch(f"{what} is {length} bytes, more than the {cap} allowed", host=host)
+        raise TooLarge(f"{what} is {length} bytes, more than the {cap} allowed", host=host)
     body = bytearray()
     pace = Pace.of(resp, what, host, small=True)  # a trickle must not hold it for ever
     try:
@@ -797,7 +797,7 @@ async def _read_capped(resp: httpx.Response, cap: int, what: str, host: str) -> 
             body += chunk
             pace.add(len(chunk))
             if len(body) > cap:
-                raise SizeMismatch(f"{what} is more than the {cap} bytes allowed", host=host)
+                raise TooLarge(f"{what} is more than the {cap} bytes allowed", host=host)
     except (httpx.TransportError, ssl.SSLError) as exc:
         raise NetworkError(f"{what}: {reason(exc)}", host=host) from None
     return bytes(body)

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import DigestMismatch, InvalidDigest, SizeMismatch
+from .errors import DigestMismatch, InvalidDigest, SizeMismatch, TooLarge
 
 # The algorithms the OCI image spec registers, with their encoded lengths.
 _ALGORITHMS = {"sha256": 64, "sha512": 128}
@@ -74,7 +74,7 @@ class Verifier:
     def update(self, chunk: bytes | memoryview) -> None:
         self.count += len(chunk)
         if self.count > self.size:
-            raise SizeMismatch(
+            raise TooLarge(
                 f"{self.what} {self.expected} is longer than its declared {self.size} bytes",
                 digest=str(self.expected),
             )

@@ -15,6 +15,7 @@
     ├── IntegrityError               bytes that do not match what was promised
     │   ├── DigestMismatch           expected digest ≠ computed digest
     │   └── SizeMismatch             byte count ≠ descriptor size, or over a cap
+    │       └── TooLarge             more than a cap or a descriptor allows (not retryable)
     ├── ManifestError                unsupported or malformed manifest / index / config
     │   └── PlatformNotFound         no image in an index for the requested platform
     ├── AuthError                    token service failure, malformed challenge
@@ -141,6 +142,13 @@ class DigestMismatch(IntegrityError):
 
 class SizeMismatch(IntegrityError):
     pass
+
+
+class TooLarge(SizeMismatch):
+    """More bytes than a cap or a descriptor allows: the source says so every time (a short
+    body may be a cut connection; a long one is not), so it is not tried again."""
+
+    retryable = False
 
 
 class ManifestError(TransferError):

@@ -27,7 +27,7 @@ import anyio.from_thread
 
 from .body import BlobBody
 from .endpoints import Opener, Progress
-from .errors import NetworkError, RangeIgnored, SizeMismatch, first_error
+from .errors import NetworkError, RangeIgnored, TooLarge, first_error
 from .ingest import Chunk, Ingest, Staging
 
 WRITE_BATCH = 1 << 20  # bytes gathered before one write (+hash) in a worker thread
@@ -225,7 +225,7 @@ class _Cursor:
         self.shared.count(len(chunk))
         if self.pos + len(chunk) > stop:
             if not self.piece.bounded and stop == self.ingest.desc.size:
-                raise SizeMismatch(
+                raise TooLarge(
                     f"blob {self.ingest.desc.digest} is longer than its declared "
                     f"{self.ingest.desc.size} bytes",
                     digest=str(self.ingest.desc.digest),

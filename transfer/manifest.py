@@ -22,7 +22,7 @@ from .errors import (
     InvalidDigest,
     ManifestError,
     PlatformNotFound,
-    SizeMismatch,
+    TooLarge,
     UsageError,
 )
 
@@ -243,7 +243,7 @@ class Index:
 
 def _load_object(raw: bytes, what: str, cap: int) -> dict[str, Any]:
     if len(raw) > cap:
-        raise SizeMismatch(f"{what} is {len(raw)} bytes, over the {cap} byte limit")
+        raise TooLarge(f"{what} is {len(raw)} bytes, over the {cap} byte limit")
     try:
         doc = jsonio.loads(raw, strict=True)
     except jsonio.JSONError as e:
@@ -277,7 +277,7 @@ class Manifest:
     ) -> Manifest:
         raw = bytes(raw)
         if len(raw) > MAX_MANIFEST_BYTES:
-            raise SizeMismatch(
+            raise TooLarge(
                 f"{what} is {len(raw)} bytes, over the {MAX_MANIFEST_BYTES} byte limit",
                 digest=str(expected) if expected else None,
             )
