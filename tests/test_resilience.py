@@ -175,7 +175,7 @@ def test_a_body_longer_than_its_descriptor_is_cut_off_and_fails(
     assert layer.digest in line and "longer" in line
     assert layer.digest not in stored_blobs(store)
     gets = blob_gets(proxy, layer.digest)
-    assert len(gets) == 2  # --retries 1
+    assert len(gets) == 1  # not retried (--retries 1): the source answers the same every time
     real_size = _big_layer(large).size  # 24 MiB, declared 1 MiB
     for get in gets:  # the reader stopped after size + 1 bytes: the rest was never pulled
         assert get.body_bytes_sent < real_size // 2
