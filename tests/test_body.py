@@ -6,7 +6,8 @@ import hashlib
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from fixtures.registry import Registry
 from transfer.body import BlobBody, _direct_ok
 from transfer.client import BLOCKING_MIN, RegistryClient
 from transfer.digest import Digest
+from transfer.endpoints import PumpedBody
 from transfer.errors import SizeMismatch
 from transfer.fetch import RangePolicy, fill
 from transfer.ingest import Ingest
@@ -225,3 +227,56 @@ def test_a_body_longer_than_promised_is_refused_by_the_pipeline(
             anyio.run(main)
     finally:
         ingest.close()
+
+
+class _PumpOnly:
+    """A body that is not the client's: it can only be pumped (iterating it fails the test)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.threads: set[int] = set()
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        raise AssertionError("the fast path was not taken")
+
+    async def pump(self, sink: Callable[[bytes | memoryview], bool]) -> None:
+        def run() -> None:
+            self.threads.add(threading.get_ident())
+            view = memoryview(self.data)
+            for at in range(0, len(view), 64 << 10):
+                if not sink(view[at : at + (64 << 10)]):
+                    return
+
+        await anyio.to_thread.run_sync(run)
+
+
+def test_any_body_that_can_pump_takes_the_fast_path(tmp_path: Path) -> None:
+    """fetch takes a body's ``pump`` whatever its class: the fast path is the protocol's
+    (PumpedBody), not the registry client's."""
+    data = bytes(range(256)) * (3 * 4096 + 7)
+    desc = Descriptor(
+        media_type="application/vnd.oci.image.layer.v1.tar", digest=Digest.of(data), size=len(data)
+    )
+    body = _PumpOnly(data)
+    assert isinstance(body, PumpedBody)
+
+    @asynccontextmanager
+    async def opener(offset: int, end: int | None) -> AsyncIterator[_PumpOnly]:
+        assert (offset, end) == (0, None)
+        yield body
+
+    ingest = Ingest(tmp_path / "partial", desc)
+    final = tmp_path / "blob"
+
+    async def main() -> int:
+        received = await fill(ingest, opener, lambda advance: None, RangePolicy(parts=1))
+        await ingest.finish(final)
+        return received
+
+    ingest.open()
+    try:
+        assert anyio.run(main) == len(data)
+    finally:
+        ingest.close()
+    assert final.read_bytes() == data
+    assert body.threads and threading.get_ident() not in body.threads

@@ -23,19 +23,18 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import anyio
 import anyio.lowlevel
 import httpx
 
+from .endpoints import Sink
 from .errors import NetworkError, reason
 from .ingest import Chunk
 
 READ_BUFFER = 128 << 10  # small enough to stay in the CPU cache from recv to hash to write
 ITER_CHUNK = 1 << 20  # what one thread hop reads for a caller that iterates
-
-Sink = Callable[[Chunk], bool]  # called in the worker thread; False: stop reading
 
 # A body slower than this over a whole window (the read timeout) is a trickle, not a link:
 # curl's --speed-limit/--speed-time, with the window taken from --timeout.
@@ -145,7 +144,8 @@ class Window:
 
 
 class BlobBody:
-    """The body of a blocking-client response, as its ``Window`` of ``skip`` and ``limit``."""
+    """The body of a blocking-client response, as its ``Window`` of ``skip`` and ``limit``;
+    a ``PumpedBody`` (endpoints/__init__.py): iterated, or pumped by one worker thread."""
 
     def __init__(
         self,

@@ -25,8 +25,7 @@ import anyio
 import anyio.abc
 import anyio.from_thread
 
-from .body import BlobBody
-from .endpoints import Opener, Progress
+from .endpoints import Opener, Progress, PumpedBody
 from .errors import NetworkError, RangeIgnored, TooLarge, first_error
 from .ingest import Chunk, Ingest, Staging
 
@@ -246,7 +245,7 @@ async def _stream(
     cursor = _Cursor(ingest, piece, first, shared)
     try:
         async with opener(piece.start, piece.end if piece.bounded else None) as body:
-            if isinstance(body, BlobBody):
+            if isinstance(body, PumpedBody):  # the fast path, from any source that has it
                 await _pump(body, cursor, progress)
             else:
                 await _relay(body, cursor, progress)
@@ -261,7 +260,7 @@ async def _stream(
         )
 
 
-async def _pump(body: BlobBody, cursor: _Cursor, progress: Progress) -> None:
+async def _pump(body: PumpedBody, cursor: _Cursor, progress: Progress) -> None:
     """One worker thread reads, hashes and writes the whole piece (body.py), a block of
     ``BLOCK`` bytes at a time (direct I/O where it can); progress is reported to the event loop
     a few times a second. Whatever arrived is written before this returns or raises, so a

@@ -8,17 +8,35 @@ transports.py the table from an address kind to what opens its Source and Destin
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol, runtime_checkable
 
 from ..digest import Digest, Verifier
 from ..errors import StoreError
+from ..ingest import Chunk
 from ..manifest import Descriptor, Manifest
 
 # opener(offset, end): the blob's bytes from offset, to end (exclusive) when given
 Opener = Callable[[int, int | None], AbstractAsyncContextManager[AsyncIterable[bytes]]]
 Progress = Callable[[int], None]
+Sink = Callable[[Chunk], bool]  # called in the worker thread; False: stop reading
+
+
+@runtime_checkable
+class PumpedBody(Protocol):
+    """A blob body (what ``open_blob`` yields) that can also be read the fast way: ``pump``
+    reads it whole in one worker thread and hands every piece to ``sink`` there, so a reader
+    hashes and writes each piece while it is still in the CPU cache (body.py). Every body is
+    an async iterable of bytes; one that can do this offers it, and a destination that can
+    use it (fetch.py) takes it, whatever the source."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def pump(self, sink: Sink) -> None:
+        """Read the body to its end (or until ``sink`` returns False); cancelled, stop the
+        thread before returning, so no call of ``sink`` lands after."""
+        ...
 
 
 @runtime_checkable
