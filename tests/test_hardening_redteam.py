@@ -253,7 +253,7 @@ def test_a_deeply_nested_ingest_sidecar_is_discarded(tmp_path: Path) -> None:
     desc = Descriptor(h.LAYER_TYPES["tar"], Digest.parse(h.sha256(data)), len(data))
     ingest = Ingest(tmp_path / "partial", desc)
     ingest.sidecar.write_bytes(NESTED + b"\n")
-    assert ingest._load_sidecar(len(data)) == []  # nothing trusted: all of it fetched again
+    assert ingest.journal.load(len(data)) == []  # nothing trusted: all of it fetched again
 
 
 # ---- 5: --debug shows a server's text escaped ---------------------------------------------------

@@ -5,21 +5,15 @@ can only be computed in order: the verifier follows the contiguous prefix as it 
 straight from memory when a write lands exactly at the prefix's end and re-reading the file
 (page cache) only for ranges that arrived early.
 
-When ranges beyond the prefix exist, they are recorded in a small sidecar file
-(``<partial>.ranges``), created before the first out-of-order byte: a JSON header line (the
-digest and the ranges held then), followed by one ``START END`` line appended after each write
-has reached the file. An append is one small ``write(2)``: kill -9 loses at most the writes in
-flight, where refreshing a whole document every few MiB lost everything since the last refresh
-(tens of MiB). A torn last line is ignored; the header is only ever replaced atomically.
-Without a sidecar the partial file is a plain prefix. Every claim is checked at the end by the
-digest anyway.
+``Ingest`` owns the file and the hash, and the locks that let worker threads write at once;
+what is held (``HeldRanges``) and the journal that keeps it across a crash (``RangeJournal``,
+the ``<partial>.ranges`` sidecar, created before the first out-of-order byte) are ranges.py's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import mmap
 import os
 import stat
@@ -30,11 +24,11 @@ from pathlib import Path
 
 import anyio
 
-from . import jsonio, writeback
+from . import writeback
 from .digest import Verifier
 from .errors import StoreError
-from .localfile import read_capped
 from .manifest import Descriptor
+from .ranges import HeldRanges, RangeJournal, Span
 
 READ_CHUNK = 4 << 20
 # Direct I/O: a block written from page-aligned memory at an offset and of a length that are
@@ -43,25 +37,20 @@ READ_CHUNK = 4 << 20
 ALIGN = 4096
 BLOCK = 1 << 20  # what a Staging buffer gathers before it writes
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
-# A sidecar gains one short line per write (~25 bytes per MiB received): 16 MiB covers blobs of
-# hundreds of GiB; a larger one is damaged, and trusted for nothing.
-MAX_SIDECAR_BYTES = 16 << 20
-
 Chunk = bytes | memoryview
 
 
 class Ingest:
     def __init__(self, partial: Path, desc: Descriptor) -> None:
         self.path = partial
-        self.sidecar = partial.with_name(partial.name + ".ranges")
         self.desc = desc
         self.verifier = Verifier(desc.digest, desc.size)
-        self.filled: list[tuple[int, int]] = []  # sorted, merged [start, end) ranges
+        self.held = HeldRanges(desc.size)
+        self.journal = RangeJournal(partial, str(desc.digest))
+        self.sidecar = self.journal.path
         self.fd = -1
         self._hash_lock = threading.Lock()  # the verifier is advanced by worker threads
-        self._ranges_lock = threading.Lock()  # `filled` and the sidecar, for the same threads
-        self._sidecar_needed = False
-        self._log = -1  # the sidecar, open for appending, while it is needed
+        self._ranges_lock = threading.Lock()  # `held` and the journal, for the same threads
         self._direct = -1  # the partial opened for direct I/O, once a block asks for it
         self._direct_ok = bool(_O_DIRECT)  # until the filesystem refuses it
         self._direct_lock = threading.Lock()
@@ -82,27 +71,27 @@ class Ingest:
         if size > self.desc.size:  # cannot belong to this blob
             self._reset()
             return
-        claimed = self._load_sidecar(size)
+        claimed = self.journal.load(size)
         if claimed is None:
-            self.filled = [(0, size)] if size else []
+            self.held = HeldRanges(self.desc.size, [(0, size)] if size else [])
         else:
-            self.filled = _merge(claimed)
-            self._sidecar_needed = True
+            self.held = HeldRanges(self.desc.size, claimed)
+            self.journal.needed = True
             self.save()  # compact what earlier runs appended, and append from here on
 
+    @property
+    def filled(self) -> list[Span]:
+        """The sorted, merged [start, end) ranges held."""
+        return self.held.spans
+
     def close(self) -> None:
-        self._close_log()
+        self.journal.close()
         if self._direct >= 0:
             os.close(self._direct)
             self._direct = -1
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-    def _close_log(self) -> None:
-        if self._log >= 0:
-            os.close(self._log)
-            self._log = -1
 
     def remove(self) -> None:
         """Delete the partial file and its sidecar (closed first)."""
@@ -118,74 +107,39 @@ class Ingest:
 
     def _reset(self) -> None:
         os.ftruncate(self.fd, 0)
-        self.filled = []
-        self._sidecar_needed = False
-        self._close_log()
-        with contextlib.suppress(FileNotFoundError):
-            self.sidecar.unlink()
-
-    def _load_sidecar(self, size: int) -> list[tuple[int, int]] | None:
-        try:
-            text = read_capped(self.sidecar, MAX_SIDECAR_BYTES, str(self.sidecar)).decode()
-            header, *appended = text.split("\n")
-            data = jsonio.loads(header)
-            if data.get("digest") != str(self.desc.digest):
-                return None
-            ranges = [(int(a), int(b)) for a, b in data["filled"]]
-            # Complete lines only: the last element is "" or a line torn by a crash.
-            ranges += [_parse_range(line) for line in appended[:-1]]
-        except FileNotFoundError:
-            return None
-        except (ValueError, KeyError, TypeError, AttributeError, StoreError):
-            return []  # a damaged sidecar: trust nothing but what we can re-download
-        # Only what the file really holds; a range past its end was never written.
-        return [(a, min(b, size)) for a, b in ranges if 0 <= a < min(b, size)]
+        self.held.clear()
+        self.journal.remove()
 
     def save(self) -> None:
-        """Rewrite the sidecar compactly (atomically) when out-of-order ranges exist; later
+        """Rewrite the journal compactly (atomically) when out-of-order ranges exist; later
         writes are appended to it."""
-        if not self._sidecar_needed:
+        if not self.journal.needed:
             return
         with self._ranges_lock:  # a writer thread may be appending meanwhile
-            doc = {"digest": str(self.desc.digest), "filled": [list(r) for r in self.filled]}
-            tmp = self.sidecar.with_name(self.sidecar.name + ".tmp")
-            tmp.write_text(json.dumps(doc) + "\n")
-            self._close_log()
-            os.replace(tmp, self.sidecar)
-            self._log = os.open(self.sidecar, os.O_WRONLY | os.O_APPEND)
+            self.journal.rewrite(self.held.spans)
 
     # ---- ranges -------------------------------------------------------------------------------
 
     @property
     def received(self) -> int:
-        return sum(b - a for a, b in self.filled)
+        return self.held.received
 
     def prefix(self) -> int:
         """End of the contiguous range that starts at 0."""
-        return self.filled[0][1] if self.filled and self.filled[0][0] == 0 else 0
+        return self.held.prefix()
 
     def gap_end(self, pos: int) -> int:
         """Where the missing range that contains ``pos`` ends (the next filled byte, or size)."""
-        for start, _ in self.filled:
-            if start > pos:
-                return start
-        return self.desc.size
+        return self.held.gap_end(pos)
 
-    def missing(self) -> list[tuple[int, int]]:
-        gaps, pos = [], 0
-        for start, end in self.filled:
-            if start > pos:
-                gaps.append((pos, start))
-            pos = max(pos, end)
-        if pos < self.desc.size:
-            gaps.append((pos, self.desc.size))
-        return gaps
+    def missing(self) -> list[Span]:
+        return self.held.missing()
 
     def will_write_out_of_order(self) -> None:
         """Called before a range that does not start at the prefix: the sidecar must exist
         first, or a crash would leave a sparse file that looks like a plain prefix."""
-        if not self._sidecar_needed:
-            self._sidecar_needed = True
+        if not self.journal.needed:
+            self.journal.needed = True
             self.save()
 
     # ---- data ---------------------------------------------------------------------------------
@@ -227,9 +181,8 @@ class Ingest:
         if not direct:
             writeback.written(self.fd, offset, offset + length)
         with self._ranges_lock:
-            self.filled = _merge([*self.filled, (offset, offset + length)])
-            if self._log >= 0:  # the bytes are in the file: now they may be claimed
-                os.write(self._log, f"{offset} {offset + length}\n".encode())
+            self.held.add(offset, offset + length)
+            self.journal.append(offset, offset + length)  # in the file: now they may be claimed
         target = self.prefix()
         if target > self.verifier.count:
             self._hash_to(target)
@@ -307,9 +260,7 @@ class Ingest:
         await anyio.to_thread.run_sync(os.fsync, self.fd)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.path, final)
-        self._close_log()
-        with contextlib.suppress(FileNotFoundError):
-            self.sidecar.unlink()
+        self.journal.remove()
 
 
 class Staging:
@@ -393,18 +344,3 @@ def _drop_front(chunks: Sequence[Chunk], skip: int) -> list[Chunk]:
         kept.append(chunk[skip:] if skip else chunk)
         skip = 0
     return kept
-
-
-def _parse_range(line: str) -> tuple[int, int]:
-    start, end = line.split(" ")
-    return int(start), int(end)
-
-
-def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    merged: list[tuple[int, int]] = []
-    for start, end in sorted(r for r in ranges if r[1] > r[0]):
-        if merged and start <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
-        else:
-            merged.append((start, end))
-    return merged
