@@ -18,6 +18,7 @@ import pytest
 from fixtures.faultproxy import FaultProxy, IgnoreRange
 from fixtures.images import BuiltImages, ImageInfo
 from fixtures.registry import Registry
+from transfer import body as body_module
 from transfer.body import BlobBody, _direct_ok
 from transfer.client import BLOCKING_MIN, RegistryClient
 from transfer.digest import Digest
@@ -280,3 +281,54 @@ def test_any_body_that_can_pump_takes_the_fast_path(tmp_path: Path) -> None:
         ingest.close()
     assert final.read_bytes() == data
     assert body.threads and threading.get_ident() not in body.threads
+
+
+@pytest.mark.parametrize("when", ["at its first checkpoint", "waiting for a thread slot"])
+def test_a_pump_cancelled_before_its_thread_took_it_returns_and_never_reads(
+    registry: Registry, large: ImageInfo, when: str
+) -> None:
+    """anyio never runs a call cancelled before a worker thread took it (at the call's first
+    checkpoint, waiting for a thread slot, or queued to a thread a loaded machine had not yet
+    scheduled): the pump must not wait for that thread to stop (it waited for ever: a pull
+    whose other blob failed at that moment hung with an idle event loop), and the body is never
+    read after the pump returned."""
+    desc = _layer(large)
+    sunk: list[int] = []
+    returned = threading.Event()
+
+    def sink(chunk: bytes | memoryview) -> bool:
+        sunk.append(len(chunk))
+        return True
+
+    async def main() -> bool:
+        async with (
+            _client(registry.host) as client,
+            client.open_blob("test/large", desc) as body,
+        ):
+            assert isinstance(body, BlobBody)
+            with anyio.CancelScope() as scope:
+                if when == "at its first checkpoint":
+                    scope.cancel()
+                    await body.pump(sink)
+                else:
+                    slots = body_module._limiter()
+                    async with anyio.create_task_group() as group:
+                        await slots.acquire()  # one of the slots ...
+                        slots.total_tokens = 1  # ... and the only one
+                        group.start_soon(body.pump, sink)
+                        while not slots.statistics().tasks_waiting:
+                            await anyio.sleep(0.01)
+                        scope.cancel()
+                    slots.release()
+        returned.set()
+        return scope.cancelled_caught
+
+    outcome: list[bool] = []
+    # In a thread of its own: a pump that waits for ever keeps its event loop waiting with it.
+    runner = threading.Thread(target=lambda: outcome.append(anyio.run(main)), daemon=True)
+    runner.start()
+    runner.join(15)
+    assert not runner.is_alive(), "the cancelled pump never returned"
+    assert outcome == [True]
+    time.sleep(0.3)  # a thread that ran the pump after all would call the sink meanwhile
+    assert sunk == []

@@ -17,6 +17,8 @@ import stat
 import subprocess
 import sys
 import tarfile
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,10 +47,13 @@ from fixtures.images import BuiltImages
 from fixtures.registry import Registry
 from tests.helpers import ROOT, peak_rss, xfer
 from transfer.api import Settings, unpack, unpack_sync
+from transfer.endpoints.address import parse_address
 from transfer.endpoints.layout import Layout
+from transfer.endpoints.transports import Context, open_source
 from transfer.errors import TransferError
 from transfer.manifest import Platform
-from transfer.unpack import UnpackOptions, UnpackResult, unpack_layout
+from transfer.session import Session
+from transfer.unpack import UnpackOptions, UnpackResult, unpack_image, unpack_layout
 
 REF = "localhost/hostile:1"
 IS_ROOT = os.geteuid() == 0
@@ -646,6 +651,36 @@ def test_38_cancelled_unpack_removes_its_partial(host: Host) -> None:
 
     with pytest.raises(KeyboardInterrupt):
         unpack_layout(Layout(host.layout), REF, host.root, check=interrupt)
+    assert not host.root.exists()
+
+
+def test_38_an_unpack_cancelled_before_its_thread_started_returns_and_makes_nothing(
+    host: Host,
+) -> None:
+    """anyio never runs a call cancelled before a worker thread took it: the cancelled unpack
+    must not wait for that thread to finish (it waited for ever), and nothing is unpacked
+    later."""
+    write_image(host.layout, REF, [layer([file("a", "image")])])
+    settings = Settings(store=host.layout)
+
+    async def main() -> bool:
+        async with (
+            Session(settings) as session,
+            open_source(parse_address(f"store:{REF}"), Context(session, settings)) as reading,
+        ):
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                await unpack_image(reading, host.root)
+        return scope.cancelled_caught
+
+    outcome: list[bool] = []
+    # In a thread of its own: an unpack that waits for ever keeps its event loop waiting too.
+    runner = threading.Thread(target=lambda: outcome.append(anyio.run(main)), daemon=True)
+    runner.start()
+    runner.join(15)
+    assert not runner.is_alive(), "the cancelled unpack never returned"
+    assert outcome == [True]
+    time.sleep(0.3)  # a thread that ran the unpack after all would make the rootfs meanwhile
     assert not host.root.exists()
 
 

@@ -19,9 +19,9 @@ that sends a byte now and then hold a request for ever.
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
 import ssl
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -32,6 +32,7 @@ import httpx
 from .endpoints import Sink
 from .errors import NetworkError, reason
 from .ingest import Chunk
+from .threads import run_stoppable
 
 READ_BUFFER = 128 << 10  # small enough to stay in the CPU cache from recv to hash to write
 ITER_CHUNK = 1 << 20  # what one thread hop reads for a caller that iterates
@@ -171,7 +172,6 @@ class BlobBody:
         # Raised once the bytes before it are handed over.
         self._error: OSError | NetworkError | None = None
         self._finished = False
-        self._stopped = threading.Event()
 
     # ---- reading (worker thread) --------------------------------------------------------------
 
@@ -234,12 +234,9 @@ class BlobBody:
         return bytes(chunk)
 
     def _pump(self, sink: Sink) -> None:
-        try:
-            buf = memoryview(bytearray(READ_BUFFER))
-            while (chunk := self._next(buf)) and sink(chunk):
-                pass
-        finally:
-            self._stopped.set()
+        buf = memoryview(bytearray(READ_BUFFER))
+        while (chunk := self._next(buf)) and sink(chunk):
+            pass
 
     # ---- the event loop's side ----------------------------------------------------------------
 
@@ -247,17 +244,9 @@ class BlobBody:
         """Read the whole body in one worker thread, handing every piece to ``sink`` there.
 
         Cancelled, it wakes the thread by shutting the socket and waits for it to stop, so
-        no write from it can land after the caller has moved on.
+        no write from it can land after the caller has moved on (threads.py).
         """
-        try:
-            await anyio.to_thread.run_sync(
-                self._pump, sink, abandon_on_cancel=True, limiter=_limiter()
-            )
-        except anyio.get_cancelled_exc_class():
-            self.abort()
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._stopped.wait)
-            raise
+        await run_stoppable(functools.partial(self._pump, sink), self.abort, limiter=_limiter())
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         """For callers that iterate (a push, an archive): a thread hop per MiB."""

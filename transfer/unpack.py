@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import io
 import os
 import shutil
@@ -50,6 +51,7 @@ from .manifest import MAX_CONFIG_BYTES, Descriptor, ImageConfig, ImageManifest, 
 from .progress import Emit, Message, ignore
 from .safepath import READ_DIR, Parts, Root, clean, lstat_at, on_the_way, remove_at
 from .tarstream import CHUNK, Budget, LayerStream, file_data, members
+from .threads import run_stoppable
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -773,7 +775,7 @@ async def unpack_image(
     it tells the thread to stop and waits for it to remove its partial rootfs before passing
     the cancellation on."""
     source, name = reading.source, reading.source.name
-    stop, finished = threading.Event(), threading.Event()
+    stop = threading.Event()
 
     def check() -> None:
         if stop.is_set():
@@ -788,30 +790,22 @@ async def unpack_image(
         else:
             blobs, identifier = SourceBlobs(source, group), reading.identifier
 
-        def work() -> UnpackResult:
-            try:
-                return unpack_blobs(
-                    blobs,
-                    name,
-                    identifier,
-                    Path(directory),
-                    platform=platform,
-                    options=options,
-                    emit=emit,
-                    check=check,
-                )
-            finally:
-                finished.set()
-
+        work = functools.partial(
+            unpack_blobs,
+            blobs,
+            name,
+            identifier,
+            Path(directory),
+            platform=platform,
+            options=options,
+            emit=emit,
+            check=check,
+        )
         try:
-            # abandon_on_cancel: a shielded wait would let the thread finish (and rename the
-            # rootfs into place) before a Ctrl-C took effect.
-            result = await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+            # Stoppable, not shielded: a shielded wait would let the thread finish (and rename
+            # the rootfs into place) before a Ctrl-C took effect.
+            result = await run_stoppable(work, stop.set)
         except BaseException as exc:
-            stop.set()
-            with anyio.CancelScope(shield=True):
-                while not finished.is_set():
-                    await anyio.sleep(0.02)
             failure = exc  # raised past the group, so that it is not wrapped in a group
         group.cancel_scope.cancel()  # a layer the thread stopped reading early
     if failure is not None:
