@@ -37,7 +37,7 @@ from .transport import TransportOptions
 
 if TYPE_CHECKING:  # imported where used: a pull should not pay for tar, zstd or gc code
     from .maintenance import GcReport, VerifyReport
-    from .mirror import MirrorReport
+    from .mirror import MirrorReport, Shard
     from .unpack import UnpackOptions, UnpackResult
 
 # Names one archive may give its images: a real one has a few; each is an index.json entry.
@@ -476,6 +476,9 @@ async def mirror(
     platform: Platform | None = None,
     emit: Emit = ignore,
     session: Session | None = None,
+    images: int = 4,
+    shard: Shard | None = None,
+    dry_run: bool = False,
 ) -> MirrorReport:
     """What the file ``config`` names (skopeo sync's YAML source format) → the registry
     ``destination`` (``host[:port][/prefix]``), each image at ``DEST/<repository>:<tag>``
@@ -483,7 +486,9 @@ async def mirror(
     image with it. A rerun copies only what changed. Credentials: ``settings``' are the
     sources' (a source's own in the file win), ``dest_settings``' the target's (default: the
     credential files only). One image that fails does not stop the others: the report lists
-    it, as it lists what was copied, what was unchanged and the tags no reference can name."""
+    it, as it lists what was copied, what was unchanged and the tags no reference can name.
+    ``images`` copies run at once; ``shard`` keeps one worker's share of the images (by target
+    repository); ``dry_run`` only plans: ``report.plan`` says what each image would get."""
     from .mirror import mirror as mirror_config  # YAML and semver load only for a mirror
 
     try:
@@ -499,6 +504,9 @@ async def mirror(
         platform=platform,
         emit=emit,
         session=session,
+        images=images,
+        shard=shard,
+        dry_run=dry_run,
     )
 
 

@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import anyio
 
@@ -38,6 +38,9 @@ from .retry import RetryPolicy
 from .session import Session
 from .throttle import Throttle, parse_rate
 from .transport import TransportOptions
+
+if TYPE_CHECKING:
+    from .mirror import MirrorReport
 
 PROG = "xfer"
 
@@ -315,6 +318,11 @@ def _print_digest(render: Renderer, result: CopyResult) -> int:
 
 
 async def cmd_mirror(args: argparse.Namespace) -> int:
+    from .mirror import Shard  # YAML and semver load only for a mirror
+
+    shard = Shard.parse(args.shard) if args.shard else None
+    if args.images < 1:
+        raise UsageError("--images must be at least 1")
     settings = _settings(args)
     dest_settings = replace(settings, credentials=None)
     if args.dest_creds:
@@ -329,9 +337,14 @@ async def cmd_mirror(args: argparse.Namespace) -> int:
             scoped=args.scoped,
             platform=None if args.all_platforms else _platform(args),
             emit=render,
+            images=args.images,
+            shard=shard,
+            dry_run=args.dry_run,
         )
     finally:
         render.close()
+    if args.dry_run:
+        return _mirror_plan(args, report)
     moved = sum(r.bytes_transferred for r in report.copied)
     # The contract's last line: a "done" total, with what a mirror adds to it.
     summary: dict[str, Any] = {
@@ -349,10 +362,26 @@ async def cmd_mirror(args: argparse.Namespace) -> int:
         "skipped": [
             {"repository": s.repository, "tag": s.tag, "reason": s.reason} for s in report.skipped
         ],
+        "images": {
+            "copied": [
+                {"source": str(item.source), "target": str(item.target), "digest": str(r.digest)}
+                for item, r in report.copied_items
+            ],
+            "unchanged": [
+                {"source": str(item.source), "target": str(item.target)}
+                for item in report.unchanged
+            ],
+        },
     }
     if args.json:
         print(json.dumps(summary))
     elif not args.quiet:
+        for item, result in report.copied_items:
+            _say(f"copied    {item.target} {result.digest}")
+        for item in report.unchanged:
+            _say(f"unchanged {item.target}")
+        for item, error in report.failed:
+            _say(f"failed    {item.source}: {error}")
         print(
             f"mirrored {summary['copied']} images, {summary['unchanged']} unchanged, "
             f"{len(report.failed)} failed, {len(report.skipped)} invalid tags skipped "
@@ -362,6 +391,35 @@ async def cmd_mirror(args: argparse.Namespace) -> int:
         _, error = report.failed[0]
         raise TransferError(f"{len(report.failed)} images failed to mirror; first: {error}")
     return 0
+
+
+def _mirror_plan(args: argparse.Namespace, report: MirrorReport) -> int:
+    """--dry-run: one line (or JSON object) per image: what the run would do, and the bytes a
+    copy would move (the manifests' declared sizes of the blobs the target lacks)."""
+    total = sum(e.bytes or 0 for e in report.plan)
+    counts = {a: sum(e.action == a for e in report.plan) for a in ("copy", "unchanged", "skip")}
+    failed = sum(e.action == "failed" for e in report.plan)
+    if args.json:
+        for entry in report.plan:
+            print(json.dumps(entry.as_json()))
+        done = {"event": "done", "dry_run": True, "bytes": total, **counts, "failed": failed}
+        print(json.dumps(done))
+    elif not args.quiet:
+        for entry in report.plan:
+            what = f"{entry.action:<9} {entry.source}"
+            if entry.target:
+                what += f" -> {entry.target}"
+            if entry.bytes is not None:
+                what += f" ({_size(entry.bytes)} to move)"
+            if entry.reason:
+                what += f": {entry.reason}"
+            _say(what)
+        print(
+            f"plan: {counts['copy']} to copy ({_size(total)}, by the manifests' declared sizes "
+            f"of blobs the target lacks), {counts['unchanged']} unchanged, {counts['skip']} "
+            f"skipped, {failed} failed; nothing written (--dry-run)"
+        )
+    return 1 if failed else 0
 
 
 async def cmd_save(args: argparse.Namespace) -> int:
@@ -737,6 +795,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("destination", metavar="DEST", help="host[:port][/prefix]")
     p.add_argument("--scoped", action="store_true", help="prefix each target with the source host")
     p.add_argument("--dest-creds", metavar="USER:PASS", help="credentials for the target")
+    p.add_argument(
+        "--images", type=int, default=4, metavar="N", help="images copied at once (default 4)"
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only the plan: copy / unchanged / skip per image, with bytes; nothing written",
+    )
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="worker I (0-based) of N: a share of the images by target repository; auto/N "
+        "takes I from $JOB_COMPLETION_INDEX (a Kubernetes Indexed Job)",
+    )
     p.set_defaults(func=cmd_mirror)
 
     p = sub.add_parser(

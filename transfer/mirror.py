@@ -21,21 +21,25 @@ sync does: no rerun could copy it, so it does not fail the mirror.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import anyio
 import semver
 import yaml
 
 from .api import Settings, copy, session_for
 from .auth import Credentials
-from .copy import CopyResult
+from .copy import CopyOptions, CopyResult, resolve
 from .digest import Digest
 from .endpoints.address import Address
+from .endpoints.registry import RegistrySource, RunMounts
 from .errors import InvalidReference, TransferError, UsageError
-from .manifest import IMAGE_TYPES, Platform
+from .manifest import IMAGE_TYPES, Descriptor, Platform
 from .progress import Emit, Message, ignore
 from .reference import Reference, parse
 from .session import Session
@@ -164,6 +168,8 @@ class MirrorReport:
     unchanged: list[MirrorItem] = field(default_factory=list)
     failed: list[tuple[MirrorItem, str]] = field(default_factory=list)
     skipped: list[SkippedTag] = field(default_factory=list)
+    plan: list[PlanEntry] = field(default_factory=list)  # every image and what the run did
+    copied_items: list[tuple[MirrorItem, CopyResult]] = field(default_factory=list)
 
 
 def _target(source: Reference, destination: str, scoped: bool) -> Reference:
@@ -195,8 +201,10 @@ async def plan(
         if ref is not None:
             wanted.append((ref, source))
 
+    # (repository, source, which tags) in the configuration's order; the tag lists are
+    # fetched all at once (bounded), the order of the result stays the configuration's.
+    listings: list[tuple[Reference, SyncSource, Callable[[str], bool]]] = []
     for source in sources:
-        source_settings = _settings_for(source, settings)
         for repo, listed in source.images.items():
             base = parse(f"{source.registry}/{repo}")
             for entry in listed:  # the configuration's own entries: a bad one is a usage error
@@ -206,21 +214,36 @@ async def plan(
                 else:
                     wanted.append((base.with_tag(entry), source))
             if not listed:
-                for tag in await tags(base.name, source_settings, session=session):
-                    add(base, tag, source)
+                listings.append((base, source, lambda tag: True))
         for repo, pattern in source.tag_regex.items():
-            base = parse(f"{source.registry}/{repo}")
-            regex = re.compile(pattern)
-            for tag in await tags(base.name, source_settings, session=session):
-                if regex.search(tag):
-                    add(base, tag, source)
+            listings.append((parse(f"{source.registry}/{repo}"), source, _by_regex(pattern)))
         for repo, constraint in source.semver.items():
-            base = parse(f"{source.registry}/{repo}")
-            for tag in await tags(base.name, source_settings, session=session):
-                if matches_semver(tag, constraint):
-                    add(base, tag, source)
+            listings.append((parse(f"{source.registry}/{repo}"), source, _by_semver(constraint)))
+    found: list[list[str]] = [[] for _ in listings]
+    limiter = anyio.CapacityLimiter(HEADS_AT_ONCE)
+
+    async def list_tags(at: int, base: Reference, source: SyncSource) -> None:
+        async with limiter:
+            found[at] = await tags(base.name, _settings_for(source, settings), session=session)
+
+    async with anyio.create_task_group() as group:
+        for at, (base, source, _) in enumerate(listings):
+            group.start_soon(list_tags, at, base, source)
+    for (base, source, chosen), listed_tags in zip(listings, found, strict=True):
+        for tag in listed_tags:
+            if chosen(tag):
+                add(base, tag, source)
     emit(Message(f"mirror: {len(wanted)} images to check"))
     return wanted
+
+
+def _by_regex(pattern: str) -> Callable[[str], bool]:
+    regex = re.compile(pattern)
+    return lambda tag: regex.search(tag) is not None
+
+
+def _by_semver(constraint: str) -> Callable[[str], bool]:
+    return lambda tag: matches_semver(tag, constraint)
 
 
 def _tagged(base: Reference, tag: str, skipped: list[SkippedTag], emit: Emit) -> Reference | None:
@@ -242,6 +265,77 @@ def _settings_for(source: SyncSource, settings: Settings) -> Settings:
     )
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Worker ``index`` of ``count``: the target repositories whose stable hash mod ``count``
+    is ``index``, so a repository's tags stay with one worker and every worker of a fleet
+    agrees on the split without talking to the others."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str, environ: Mapping[str, str] | None = None) -> Shard:
+        """``I/N`` (0-based) or ``auto/N``, I from ``$JOB_COMPLETION_INDEX`` (what a Kubernetes
+        Indexed Job sets in each of its pods)."""
+        environ = os.environ if environ is None else environ
+        index_text, slash, count_text = text.partition("/")
+        if not slash or not count_text.isdigit() or int(count_text) < 1:
+            raise UsageError(f"--shard {text!r}: expected I/N or auto/N, N at least 1")
+        count = int(count_text)
+        if index_text == "auto":
+            value = environ.get("JOB_COMPLETION_INDEX")
+            if value is None:
+                raise UsageError(
+                    f"--shard auto/{count}: JOB_COMPLETION_INDEX is not set "
+                    "(run as a Kubernetes Indexed Job, or give I/N)"
+                )
+            index_text, where = value.strip(), f"JOB_COMPLETION_INDEX={value!r}"
+        else:
+            where = f"--shard {text!r}"
+        if not index_text.isdigit() or int(index_text) >= count:
+            raise UsageError(f"{where}: the index must be 0 to {count - 1}")
+        return cls(int(index_text), count)
+
+    def owns(self, target: Reference) -> bool:
+        digest = hashlib.sha256(f"{target.registry}/{target.repository}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") % self.count == self.index
+
+
+DEFAULT_IMAGES = 4  # images copied at once (each with -j blob transfers)
+HEADS_AT_ONCE = 32  # tag lists and manifest HEADs of the plan in flight at once (small requests)
+
+COPY, UNCHANGED, SKIP, FAILED = "copy", "unchanged", "skip", "failed"
+
+
+@dataclass
+class PlanEntry:
+    """What the run does with one image: copy, unchanged (the target tag already names what a
+    copy would put there), skip (a tag no reference can name) or failed (its HEAD failed)."""
+
+    source: str
+    target: str
+    action: str
+    digest: Digest | None = None  # the source's, as the HEAD answered
+    # --dry-run only: the declared sizes (from the manifests) of the blobs the target
+    # repository lacks, each blob counted once per run.
+    bytes: int | None = None
+    reason: str | None = None
+    item: MirrorItem | None = field(default=None, repr=False)
+    settings: Settings | None = field(default=None, repr=False)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "event": "plan",
+            "action": self.action,
+            "source": self.source,
+            "target": self.target,
+            "digest": str(self.digest) if self.digest else None,
+            "bytes": self.bytes,
+            **({"reason": self.reason} if self.reason else {}),
+        }
+
+
 async def mirror(
     config_text: str,
     destination: str,
@@ -252,58 +346,155 @@ async def mirror(
     platform: Platform | None = None,
     emit: Emit = ignore,
     session: Session | None = None,
+    images: int = DEFAULT_IMAGES,
+    shard: Shard | None = None,
+    dry_run: bool = False,
 ) -> MirrorReport:
     """Mirror what the configuration names into ``destination`` (``host[:port][/prefix]``):
     each whole index, or with ``platform`` only that image of it (the target tag then names
-    the image's manifest). One session serves the whole run: each registry's connections and
-    tokens are reused from image to image."""
+    the image's manifest). First a plan: the tag lists, then one manifest HEAD per image on
+    each side, all at once; then up to ``images`` copies at once, over one session (each
+    registry's connections and tokens shared by every image). ``shard`` keeps this worker's
+    share; ``dry_run`` stops after the plan, with the bytes each copy would move."""
     _check_destination(destination)
+    if images < 1:
+        raise UsageError("--images must be at least 1")
     sources = parse_config(config_text)
     async with session_for(settings, session) as (settings, session):
         dest_settings = dest_settings or replace(settings, credentials=None)
-        return await _mirror(
-            sources, destination, settings, dest_settings, session, scoped, platform, emit
-        )
+        run = _Run(settings, dest_settings, session, platform, emit, images)
+        report = MirrorReport()
+        wanted = await plan(sources, settings, emit, skipped=report.skipped, session=session)
+        entries = [
+            PlanEntry(str(s.repository) + ":" + s.tag, "", SKIP, reason=s.reason)
+            for s in report.skipped
+        ]
+        items = [
+            (MirrorItem(ref, _target(ref, destination, scoped)), _settings_for(source, settings))
+            for ref, source in wanted
+        ]
+        if shard is not None:
+            items = [(item, s) for item, s in items if shard.owns(item.target)]
+            emit(Message(f"mirror: shard {shard.index}/{shard.count}: {len(items)} images"))
+        entries = await run.states(items) + entries
+        report.plan = entries
+        if dry_run:
+            await run.sizes([e for e in entries if e.action == COPY])
+            return report
+        await run.copies(entries, report)
+        return report
 
 
-async def _mirror(
-    sources: list[SyncSource],
-    destination: str,
-    settings: Settings,
-    dest_settings: Settings,
-    session: Session,
-    scoped: bool,
-    platform: Platform | None,
-    emit: Emit,
-) -> MirrorReport:
-    report = MirrorReport()
-    mounts: dict[Digest, str] = {}  # blob → a target repository that has it: mount, not upload
-    wanted = await plan(sources, settings, emit, skipped=report.skipped, session=session)
-    for ref, source in wanted:
-        item = MirrorItem(ref, _target(ref, destination, scoped))
-        source_settings = _settings_for(source, settings)
-        try:
-            if await _unchanged(item, session, source_settings, dest_settings, platform):
-                report.unchanged.append(item)
-                emit(Message(f"unchanged {item.target}"))
+@dataclass
+class _Run:
+    settings: Settings
+    dest_settings: Settings
+    session: Session
+    platform: Platform | None
+    emit: Emit
+    images: int
+
+    async def states(self, items: list[tuple[MirrorItem, Settings]]) -> list[PlanEntry]:
+        """Each image's action, from one manifest HEAD per side, all HEADs at once (bounded)."""
+        entries = [
+            PlanEntry(str(item.source), str(item.target), COPY, item=item, settings=s)
+            for item, s in items
+        ]
+        limiter = anyio.CapacityLimiter(HEADS_AT_ONCE)
+
+        async def decide(entry: PlanEntry) -> None:
+            assert entry.item is not None and entry.settings is not None
+            try:
+                async with limiter:
+                    unchanged, digest = await _unchanged(
+                        entry.item, self.session, entry.settings, self.dest_settings, self.platform
+                    )
+            except UsageError:
+                raise
+            except TransferError as exc:
+                entry.action, entry.reason = FAILED, str(exc)
+                return
+            entry.digest = digest
+            entry.action = UNCHANGED if unchanged else COPY
+
+        async with anyio.create_task_group() as group:
+            for entry in entries:
+                group.start_soon(decide, entry)
+        return entries
+
+    async def sizes(self, entries: list[PlanEntry]) -> None:
+        """--dry-run: the manifests' declared sizes of the blobs each target repository lacks
+        (a HEAD per blob), a blob shared by several images counted for the first only."""
+        counted: set[Digest] = set()
+        options = CopyOptions(platform=self.platform, jobs=self.settings.jobs)
+        limiter = anyio.CapacityLimiter(self.images)
+
+        async def size(entry: PlanEntry) -> None:
+            assert entry.item is not None and entry.settings is not None
+            item = entry.item
+            try:
+                async with limiter:
+                    source = RegistrySource(
+                        self.session.client(item.source, settings=entry.settings), item.source
+                    )
+                    _, plan = await resolve(source, item.source.identifier, options)
+                    target = self.session.client(item.target, settings=self.dest_settings)
+                    total = 0
+                    for blob in plan.blobs():
+                        if blob.digest in counted:
+                            continue
+                        counted.add(blob.digest)
+                        if not await target.has_blob(item.target.repository, blob.digest):
+                            total += blob.size
+                    entry.bytes = total
+            except TransferError as exc:
+                entry.action, entry.reason = FAILED, str(exc)
+
+        async with anyio.create_task_group() as group:
+            for entry in entries:
+                group.start_soon(size, entry)
+
+    async def copies(self, entries: list[PlanEntry], report: MirrorReport) -> None:
+        """The plan's copies, ``images`` at once, sharing what the target holds (mounts)."""
+        mounts = RunMounts()
+        limiter = anyio.CapacityLimiter(self.images)
+        for entry in entries:
+            if entry.item is None:
                 continue
-            result = await copy(
-                Address("registry", reference=item.source),
-                Address("registry", reference=item.target),
-                source_settings,
-                platform=platform,
-                dest_settings=dest_settings,
-                mounts=mounts,
-                emit=emit,
-                session=session,
-            )
+            if entry.action == UNCHANGED:
+                report.unchanged.append(entry.item)
+                self.emit(Message(f"unchanged {entry.item.target}"))
+            elif entry.action == FAILED:
+                report.failed.append((entry.item, entry.reason or "failed"))
+                self.emit(Message(f"failed {entry.item.source}: {entry.reason}"))
+
+        async def copy_one(entry: PlanEntry) -> None:
+            assert entry.item is not None
+            item = entry.item
+            try:
+                async with limiter:
+                    result = await copy(
+                        Address("registry", reference=item.source),
+                        Address("registry", reference=item.target),
+                        entry.settings,
+                        platform=self.platform,
+                        dest_settings=self.dest_settings,
+                        mounts=mounts,
+                        emit=self.emit,
+                        session=self.session,
+                    )
+            except TransferError as exc:  # one bad image does not stop the others
+                entry.action, entry.reason = FAILED, str(exc)
+                report.failed.append((item, str(exc)))
+                self.emit(Message(f"failed {item.source}: {exc}"))
+                return
             report.copied.append(result)
-        except UsageError:
-            raise
-        except TransferError as exc:  # one bad image does not stop the others
-            report.failed.append((item, str(exc)))
-            emit(Message(f"failed {item.source}: {exc}"))
-    return report
+            report.copied_items.append((item, result))
+
+        async with anyio.create_task_group() as group:
+            for entry in entries:
+                if entry.action == COPY:
+                    group.start_soon(copy_one, entry)
 
 
 async def _unchanged(
@@ -312,23 +503,37 @@ async def _unchanged(
     source: Settings,
     target: Settings,
     platform: Platform | None = None,
-) -> bool:
-    """The target tag already names what the copy would put there: one HEAD on each side
-    (the source's index is read to find the platform's image when one is chosen)."""
-    client = session.client(item.target, settings=target)
-    there = await client.head_manifest(item.target.repository, item.target.identifier)
-    if there is None:
-        return False
+) -> tuple[bool, Digest | None]:
+    """Does the target tag already name what the copy would put there? One HEAD on each side,
+    both at once (the source's index is read to find the platform's image when one is chosen).
+    Also the source's digest (None when its registry did not say)."""
+    there: Descriptor | None = None
+    here: Descriptor | None = None
+
+    async def head_target() -> None:
+        nonlocal there
+        client = session.client(item.target, settings=target)
+        there = await client.head_manifest(item.target.repository, item.target.identifier)
+
+    async def head_source() -> None:
+        nonlocal here
+        if item.source.digest is not None and platform is None:
+            return  # a digest names itself
+        client = session.client(item.source, settings=source)
+        here = await client.head_manifest(item.source.repository, item.source.identifier)
+        if here is not None and platform is not None and here.media_type not in IMAGE_TYPES:
+            # An index (or a registry that did not say): the platform's image is what is copied.
+            manifest = await client.get_manifest(item.source.repository, str(here.digest))
+            if manifest.is_index:
+                here = manifest.index().select(platform)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(head_target)
+        group.start_soon(head_source)
     if item.source.digest is not None and platform is None:
-        return there.digest == item.source.digest
-    client = session.client(item.source, settings=source)
-    here = await client.head_manifest(item.source.repository, item.source.identifier)
-    if here is not None and platform is not None and here.media_type not in IMAGE_TYPES:
-        # An index (or a registry that did not say): the platform's image is what is copied.
-        manifest = await client.get_manifest(item.source.repository, str(here.digest))
-        if manifest.is_index:
-            here = manifest.index().select(platform)
-    return here is not None and here.digest == there.digest
+        return there is not None and there.digest == item.source.digest, item.source.digest
+    digest = here.digest if here is not None else None
+    return there is not None and here is not None and here.digest == there.digest, digest
 
 
 def _check_destination(destination: str) -> None:

@@ -56,6 +56,16 @@ class RegistrySource:
 MAX_UPLOAD_RESUMES = 3  # resumes of one chunk (of the whole blob when it is sent at once)
 
 
+class RunMounts(dict[Digest, str]):
+    """Blobs known to be in a repository of the target registry, shared by every image of a run
+    that copies at once: while one image uploads a blob, another that needs it waits for that
+    upload and mounts the result, so the blob crosses the network once per run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.uploading: dict[Digest, anyio.Event] = {}
+
+
 class RegistryDestination:
     """Pushes blobs (mounting them from a repository of the same registry when it can) and
     manifests, their exact bytes, so the digests are the same at the destination.
@@ -93,6 +103,21 @@ class RegistryDestination:
         return found
 
     async def put_blob(self, desc: Descriptor, opener: Opener, progress: Progress) -> int:
+        uploading = self.mounts.uploading if isinstance(self.mounts, RunMounts) else None
+        if uploading is None:
+            return await self._put_blob(desc, opener, progress)
+        while (pending := uploading.get(desc.digest)) is not None:
+            await pending.wait()  # its end either mounts it here or leaves the upload to us
+        if desc.digest in self.mounts:
+            return await self._put_blob(desc, opener, progress)  # a mount
+        uploading[desc.digest] = done = anyio.Event()
+        try:
+            return await self._put_blob(desc, opener, progress)
+        finally:
+            del uploading[desc.digest]
+            done.set()
+
+    async def _put_blob(self, desc: Descriptor, opener: Opener, progress: Progress) -> int:
         repository = self.reference.repository
         started = None
         for origin in dict.fromkeys([self.mounts.get(desc.digest), self.mount_from]):
