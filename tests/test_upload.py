@@ -218,3 +218,26 @@ def test_a_chunk_answered_416_resumes_from_the_registry_range_without_starting_o
     assert len(target.requests("POST", "/blobs/uploads/")) == len(large.blobs)
     assert target.requests("DELETE", "/blobs/uploads/") == []
     assert inspect_raw(dest) == large.raw
+
+
+@pytest.mark.parametrize("how", ["copy", "push"])
+def test_a_big_blob_sent_on_by_a_worker_thread_reports_its_progress_and_arrives_whole(
+    registry: Registry, target: FaultProxy, large: ImageInfo, tmp_path: Path, how: str
+) -> None:
+    """A blob of 4 MiB or more, from a registry or the store, is read, hashed and sent by one
+    worker thread; its progress still reaches the event stream, every byte once."""
+    dest = f"{target.host}/relayed/large:1"
+    run = _send(how, registry, large, dest, tmp_path / "store", "--json")
+    assert run.code == 0, run.err
+    events = run.json_lines()
+    big = max(large.blobs, key=lambda b: b.size)
+    advances = [
+        e["advance"] for e in events if e["event"] == "blob_progress" and e["digest"] == big.digest
+    ]
+    assert sum(advances) == big.size and len(advances) > 1
+    (put,) = [r for r in target.requests("PUT", "/blobs/uploads/") if big.digest in r.path]
+    assert put.status == 201
+    (patch,) = [r for r in _patches(target) if _session(r) == _session(put)]
+    assert _length(patch) == big.size and patch.status == 202
+    assert events[-1]["bytes_transferred"] == sum(b.size for b in large.blobs)
+    assert inspect_raw(dest) == large.raw

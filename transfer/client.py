@@ -20,6 +20,7 @@ from collections.abc import (
     AsyncIterable,
     AsyncIterator,
     Container,
+    Iterator,
     Mapping,
 )
 from contextlib import asynccontextmanager
@@ -58,6 +59,7 @@ from .errors import (
     Unauthorized,
     reason,
 )
+from .ingest import Chunk
 from .manifest import ACCEPT, MAX_MANIFEST_BYTES, Descriptor, Manifest
 from .throttle import Throttle
 from .transport import HostTransport, TransportOptions
@@ -214,8 +216,9 @@ class RegistryClient:
     ) -> httpx.Response:
         """Send a request with auth; the response is streamed and must be closed by the caller.
 
-        ``blocking``: sent by the blocking client in a worker thread, for a body that is read
-        there (body.py); a bodiless request only.
+        ``blocking``: sent by the blocking client in a worker thread, for an answer's body that
+        is read there (body.py), or a request body that is an iterator read there (an upload
+        relaying a blob from another registry).
 
         A 401 from this registry is answered with a token for the challenged scopes (or Basic),
         a refused token (expired or revoked mid-pull) is replaced once, and a wider scope asked
@@ -495,6 +498,11 @@ class RegistryClient:
 
     # ---- uploads (push) -------------------------------------------------------------------
 
+    def blocking_ok(self, length: int) -> bool:
+        """A body of ``length`` bytes goes through the blocking client in a worker thread:
+        only on a client of our own, without a rate cap (paced on the event loop)."""
+        return self.transport.owns_http and self.throttle is None and length >= BLOCKING_MIN
+
     def _push_scopes(self, repository: str, *also: str) -> tuple[str, ...]:
         return (f"repository:{repository}:pull,push", *also)
 
@@ -567,11 +575,12 @@ class RegistryClient:
         self,
         repository: str,
         location: str,
-        body: AsyncIterator[bytes],
+        body: AsyncIterator[Chunk] | Iterator[Chunk],
         offset: int,
         length: int,
     ) -> str:
-        """Send ``length`` bytes at ``offset`` of an upload; returns the next Location."""
+        """Send ``length`` bytes at ``offset`` of an upload; returns the next Location. A
+        blocking iterator is sent by the blocking client in a worker thread that reads it."""
         what = f"upload to {self.host}/{repository}"
         headers = {
             "Content-Type": "application/octet-stream",
@@ -585,9 +594,10 @@ class RegistryClient:
             headers=headers,
             content=body,
             what=what,
+            blocking=not isinstance(body, AsyncIterator),
         )
         if resp.status_code == 416:
-            await resp.aclose()
+            await _close(resp)
             raise RangeError(f"{what}: the registry holds a different offset", host=self.host)
         await self._expect(resp, (202,), what, too_large=length)
         return self._upload_url(resp.headers.get("location") or location, what)

@@ -8,7 +8,7 @@ transports.py the table from an address kind to what opens its Source and Destin
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol, runtime_checkable
 
@@ -37,6 +37,16 @@ class PumpedBody(Protocol):
         """Read the body to its end (or until ``sink`` returns False); cancelled, stop the
         thread before returning, so no call of ``sink`` lands after."""
         ...
+
+
+@runtime_checkable
+class BlockingChunks(Protocol):
+    """A blob body a worker thread can read itself, piece by piece: the other way round from
+    ``pump`` (which pushes into a sink), for a thread that pulls what it sends (an upload's
+    request body sent by the blocking client, registry.py). A piece lives in a reused buffer:
+    valid until the next is asked for."""
+
+    def blocking_chunks(self) -> Iterator[Chunk]: ...
 
 
 @runtime_checkable

@@ -36,7 +36,7 @@ from ..digest import Digest, Verifier
 from ..durable import atomic_write, create_once, fsync_dir, remove_dead_temporaries
 from ..errors import IntegrityError, NetworkError, RangeError, StoreError, TransferError
 from ..fetch import RangePolicy, fill
-from ..ingest import Ingest
+from ..ingest import Chunk, Ingest
 from ..localfile import open_regular, read_capped, read_upto
 from ..manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest
 from ..ociview import ORIGINAL, is_view_of, needs_view, original_type, views
@@ -51,6 +51,7 @@ ABSENT = "dev.xfer.absent"
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
 INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
 READ_CHUNK = 1 << 20
+BLOCKING_READ = 128 << 10  # a worker thread's reads: small enough to stay in the CPU cache
 # index.json lists one descriptor per tag (~300-500 bytes with its annotations): 64 MiB is over
 # 100,000 tags, far beyond any store or layout seen, while parsing it stays within a few
 # hundred MiB of memory. What is larger is refused without being read.
@@ -409,14 +410,33 @@ class Layout:
             return len(entries) != before
 
 
-def _read_chunks(handle: Any, length: int) -> AsyncIterator[bytes]:
-    async def chunks() -> AsyncIterator[bytes]:
-        left = length
-        while left > 0 and (chunk := await handle.read(min(READ_CHUNK, left))):
+def _read_chunks(handle: Any, length: int) -> _FileChunks:
+    return _FileChunks(handle, length)
+
+
+class _FileChunks:
+    """``length`` bytes of a stored blob from the handle's position: iterated on the event
+    loop (a thread hop per MiB), or read by a worker thread that sends them on itself (an
+    upload: ``blocking_chunks``, the registry destination's fast path)."""
+
+    def __init__(self, handle: Any, length: int) -> None:
+        self._handle = handle  # an anyio AsyncFile over a file opened "rb"
+        self._length = length
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        left = self._length
+        while left > 0 and (chunk := await self._handle.read(min(READ_CHUNK, left))):
             left -= len(chunk)
             yield chunk
 
-    return chunks()
+    def blocking_chunks(self) -> Iterator[Chunk]:
+        """Each piece read into one reused buffer (valid until the next is asked for)."""
+        file = self._handle.wrapped
+        buf = memoryview(bytearray(BLOCKING_READ))
+        left = self._length
+        while left > 0 and (got := file.readinto(buf[: min(len(buf), left)])):
+            left -= got
+            yield buf[:got]
 
 
 def _index_bytes(entries: list[Descriptor]) -> bytes:

@@ -7,8 +7,13 @@ image of the run reuses its connections and tokens.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterable, AsyncIterator, Iterator, Sequence
+from contextlib import (
+    AbstractAsyncContextManager,
+    AsyncExitStack,
+    asynccontextmanager,
+    nullcontext,
+)
 from dataclasses import dataclass
 
 import anyio
@@ -24,10 +29,11 @@ from ..errors import (
     TransferError,
     UsageError,
 )
+from ..ingest import Chunk
 from ..manifest import Descriptor, Manifest
 from ..progress import Emit, Message, ignore
 from ..reference import Reference
-from . import Opener, Progress
+from . import BlockingChunks, Opener, Progress
 
 
 class RegistrySource:
@@ -183,13 +189,24 @@ class RegistryDestination:
         while True:
             try:
                 async with opener(offset, None) as chunks:
-                    pieces = _Pieces(_verified(chunks, verifier, progress))
+                    meter = _Meter(progress)
+                    blocking = False
+                    if isinstance(chunks, BlockingChunks) and self.client.blocking_ok(
+                        desc.size - offset
+                    ):
+                        blocking = True
+                        # A blob from another registry read by a worker thread (body.py):
+                        # the same thread hashes it and sends it on, off the event loop.
+                        pieces = _Pieces(_verified_blocking(chunks, verifier, meter))
+                    else:
+                        pieces = _Pieces(_verified(chunks, verifier, progress))
                     while True:
                         length = min(step, desc.size - offset)
-                        upload.location = await self.client.patch_upload(
-                            repository, upload.location, pieces.take(length), offset, length
-                        )
-                        await pieces.check(length)
+                        async with meter.reporting() if blocking else nullcontext():
+                            upload.location = await self.client.patch_upload(
+                                repository, upload.location, pieces.take(length), offset, length
+                            )
+                        pieces.check(length)
                         offset += length
                         sent += length
                         failures = 0
@@ -262,33 +279,91 @@ async def _hash_prefix(opener: Opener, offset: int, verifier: Verifier) -> None:
 
 
 class _Pieces:
-    """One stream cut into consecutive request bodies: ``take(n)`` yields its next ``n`` bytes
-    (a piece that straddles two bodies is split, its rest kept for the next)."""
+    """One stream cut into consecutive request bodies: ``take(n)`` gives its next ``n`` bytes
+    (a piece that straddles two bodies is split, its rest kept for the next). A blocking
+    stream gives blocking bodies, read by the worker thread that sends them."""
 
-    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+    def __init__(self, chunks: AsyncIterator[Chunk] | Iterator[Chunk]) -> None:
         self._chunks = chunks
-        self._rest = b""
+        self._rest: Chunk = b""
         self._given = 0  # bytes the current body has had
 
-    async def take(self, n: int) -> AsyncIterator[bytes]:
+    def take(self, n: int) -> AsyncIterator[Chunk] | Iterator[Chunk]:
         self._given = 0
-        while self._given < n:
-            if self._rest:
-                chunk, self._rest = self._rest, b""
-            else:
-                chunk = await anext(self._chunks, b"")
-                if not chunk:
-                    return  # the source ended early: the request is short; check() says so
-            room = n - self._given
-            if len(chunk) > room:
-                chunk, self._rest = chunk[:room], chunk[room:]
-            self._given += len(chunk)
-            yield chunk
+        if isinstance(self._chunks, AsyncIterator):
+            return self._take_async(self._chunks, n)
+        return self._take_blocking(self._chunks, n)
 
-    async def check(self, n: int) -> None:
+    def _cut(self, chunk: Chunk, n: int) -> Chunk:
+        room = n - self._given
+        if len(chunk) > room:
+            chunk, self._rest = chunk[:room], chunk[room:]
+        self._given += len(chunk)
+        return chunk
+
+    async def _take_async(self, chunks: AsyncIterator[Chunk], n: int) -> AsyncIterator[Chunk]:
+        while self._given < n:
+            chunk, self._rest = self._rest or await anext(chunks, b""), b""
+            if not chunk:
+                return  # the source ended early: the request is short; check() says so
+            yield self._cut(chunk, n)
+
+    def _take_blocking(self, chunks: Iterator[Chunk], n: int) -> Iterator[Chunk]:
+        while self._given < n:
+            chunk, self._rest = self._rest or next(chunks, b""), b""
+            if not chunk:
+                return
+            yield self._cut(chunk, n)
+
+    def check(self, n: int) -> None:
         """The body just sent had all its ``n`` bytes (a registry may take a short one)."""
         if self._given != n:
             raise SizeMismatch(f"the source ended after {self._given} of a chunk's {n} bytes")
+
+
+class _Meter:
+    """Bytes counted by a worker thread, reported as progress from the event loop."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.count = 0  # written by the one thread sending, read here
+        self._reported = 0
+
+    def flush(self) -> None:
+        count = self.count
+        if count > self._reported:
+            self.progress(count - self._reported)
+            self._reported = count
+
+    async def _report(self) -> None:
+        while True:
+            await anyio.sleep(0.1)
+            self.flush()
+
+    @asynccontextmanager
+    async def reporting(self) -> AsyncIterator[None]:
+        """Report every 0.1 s while the block runs; its error comes out as it was raised
+        (not in a task group's ExceptionGroup), so the caller's ``except`` still sees it."""
+        error: Exception | None = None
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._report)
+            try:
+                yield
+            except Exception as exc:
+                error = exc
+            finally:
+                group.cancel_scope.cancel()
+                self.flush()
+        if error is not None:
+            raise error
+
+
+def _verified_blocking(body: BlockingChunks, verifier: Verifier, meter: _Meter) -> Iterator[Chunk]:
+    """``_verified`` for the worker thread: hashed and counted where it is read."""
+    for chunk in body.blocking_chunks():
+        verifier.update(chunk)  # raises past the declared size
+        meter.count += len(chunk)
+        yield chunk
 
 
 async def _verified(
