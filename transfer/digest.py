@@ -80,9 +80,6 @@ class Verifier:
             )
         self._hash.update(chunk)
 
-    def copy_state(self) -> Any:
-        return self._hash.copy()
-
     def snapshot(self) -> Verifier:
         """An independent copy, to go on from this point again (a chunk that must be resent)."""
         twin = Verifier(self.expected, self.size, what=self.what)
