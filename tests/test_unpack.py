@@ -53,7 +53,13 @@ from transfer.endpoints.transports import Context, open_source
 from transfer.errors import TransferError
 from transfer.manifest import Platform
 from transfer.session import Session
-from transfer.unpack import UnpackOptions, UnpackResult, unpack_image, unpack_layout
+from transfer.unpack import (
+    LayoutBlobs,
+    UnpackOptions,
+    UnpackResult,
+    unpack_blobs,
+    unpack_image,
+)
 
 REF = "localhost/hostile:1"
 IS_ROOT = os.geteuid() == 0
@@ -650,7 +656,8 @@ def test_38_cancelled_unpack_removes_its_partial(host: Host) -> None:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        unpack_layout(Layout(host.layout), REF, host.root, check=interrupt)
+        blobs = LayoutBlobs(Layout(host.layout), in_store=True)
+        unpack_blobs(blobs, REF, REF, host.root, check=interrupt)
     assert not host.root.exists()
 
 

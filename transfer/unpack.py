@@ -170,24 +170,6 @@ def _no_check() -> None:
     return None
 
 
-def unpack_layout(
-    layout: Layout,
-    name: str,
-    directory: Path,
-    *,
-    platform: Platform | None = None,
-    options: UnpackOptions | None = None,
-    in_store: bool = True,
-    emit: Emit = ignore,
-    check: Callable[[], None] = _no_check,
-) -> UnpackResult:
-    """Blocking: the image ``name`` of ``layout`` into ``directory``."""
-    blobs = LayoutBlobs(layout, in_store=in_store)
-    return unpack_blobs(
-        blobs, name, name, directory, platform=platform, options=options, emit=emit, check=check
-    )
-
-
 def unpack_blobs(
     blobs: ImageBlobs,
     name: str,
