@@ -474,6 +474,18 @@ def test_gc_removes_a_dead_writers_create_once_leftovers_but_not_a_held_one(
     assert not held.exists()
 
 
+def _held(path: str | Path) -> bool:
+    """Whether someone holds the lock on ``path`` (probed from a descriptor of our own)."""
+    probe = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(probe)
+
+
 def test_create_once_holds_a_lock_on_its_temporary_until_it_is_removed(tmp_path: Path) -> None:
     from transfer import durable
 
@@ -481,14 +493,7 @@ def test_create_once_holds_a_lock_on_its_temporary_until_it_is_removed(tmp_path:
     real = os.link
 
     def link(src: str | Path, dst: str | Path) -> None:
-        probe = os.open(src, os.O_RDONLY)
-        try:
-            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            seen.append(False)
-        except BlockingIOError:
-            seen.append(True)
-        finally:
-            os.close(probe)
+        seen.append(_held(src))
         real(src, dst)
 
     with pytest.MonkeyPatch.context() as patch:
@@ -507,14 +512,7 @@ def test_a_small_blob_write_holds_a_lock_on_its_temporary(tmp_path: Path) -> Non
     real = os.replace
 
     def replace(src: str | Path, dst: str | Path) -> None:
-        probe = os.open(src, os.O_RDONLY)
-        try:
-            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            seen.append(False)
-        except BlockingIOError:
-            seen.append(True)
-        finally:
-            os.close(probe)
+        seen.append(_held(src))
         real(src, dst)
 
     with pytest.MonkeyPatch.context() as patch:
