@@ -4,11 +4,13 @@ Session-scoped registries are seeded once and must be treated as read-only by te
 into ``empty_registry`` (fresh per test) or into a repository name of your own.
 """
 
+import subprocess
 from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
 
+from fixtures.faultproxy import FaultProxy
 from fixtures.images import BuiltImages, build, seed
 from fixtures.registry import Registry
 from fixtures.tokenserver import ALICE, TokenServer
@@ -73,6 +75,38 @@ def token_server(token_registry: Registry) -> Iterator[TokenServer]:
     ts.expires_in, ts.claim_lifetime, ts.signing, ts.policy = saved[:4]
     ts.users.clear()
     ts.users.update(saved[4])
+
+
+@pytest.fixture
+def proxied_realm(
+    token_registry: Registry, token_server: TokenServer
+) -> Iterator[tuple[Registry, FaultProxy]]:
+    """A registry (sharing the token registry's storage) whose token realm is a fault proxy."""
+    with FaultProxy(f"http://127.0.0.1:{token_server.port}") as proxy:
+        extra = {"auth": {"token": {"realm": f"{proxy.url}/token"}}}
+        with Registry(
+            auth="token",
+            token_server=token_server,
+            storage=token_registry.storage,
+            extra_config=extra,
+        ) as reg:
+            yield reg, proxy
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A 12 MiB tmpfs: a real 'no space left on device' (skipped where mounting is not allowed)."""
+    mountpoint = tmp_path / "tiny"
+    mountpoint.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mountpoint)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
 
 
 @pytest.fixture

@@ -712,22 +712,6 @@ def test_identity_token_is_exchanged_by_oauth2_post(
     _no_secret(run.out, run.err, refresh)
 
 
-@pytest.fixture
-def proxied_realm(
-    token_registry: Registry, token_server: TokenServer
-) -> Iterator[tuple[Registry, FaultProxy]]:
-    """A registry (sharing the token registry's storage) whose token realm is a fault proxy."""
-    with FaultProxy(f"http://127.0.0.1:{token_server.port}") as proxy:
-        extra = {"auth": {"token": {"realm": f"{proxy.url}/token"}}}
-        with Registry(
-            auth="token",
-            token_server=token_server,
-            storage=token_registry.storage,
-            extra_config=extra,
-        ) as reg:
-            yield reg, proxy
-
-
 @pytest.mark.parametrize("status", [404, 405, 400])
 def test_oauth2_post_refused_falls_back_to_get(
     proxied_realm: tuple[Registry, FaultProxy],

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ from fixtures.images import (
 )
 from fixtures.pushimage import RegistryPusher
 from fixtures.registry import Registry
-from fixtures.tokenserver import ALICE, TokenServer
+from fixtures.tokenserver import ALICE
 from tests.helpers import Run, peak_rss, stored_blobs, xfer, xfer_env
 from transfer.digest import Digest
 from transfer.errors import ManifestError
@@ -243,26 +242,10 @@ def test_a_blob_trickled_then_served_normally_is_resumed(
     assert seconds < HANG_BOUND, f"{seconds:.1f} s"
 
 
-@pytest.fixture
-def trickled_realm(
-    token_registry: Registry, token_server: TokenServer
-) -> Iterator[tuple[Registry, FaultProxy]]:
-    """A registry (sharing the token registry's storage) whose token realm is a fault proxy."""
-    with FaultProxy(f"http://127.0.0.1:{token_server.port}") as proxy:
-        extra = {"auth": {"token": {"realm": f"{proxy.url}/token"}}}
-        with Registry(
-            auth="token",
-            token_server=token_server,
-            storage=token_registry.storage,
-            extra_config=extra,
-        ) as reg:
-            yield reg, proxy
-
-
 def test_a_trickled_token_fails_within_a_bound(
-    trickled_realm: tuple[Registry, FaultProxy], store: Path
+    proxied_realm: tuple[Registry, FaultProxy], store: Path
 ) -> None:
-    reg, realm = trickled_realm
+    reg, realm = proxied_realm
     realm.add(Trickle(TRICKLE, match="/token", times=None))
     creds = f"{ALICE[0]}:{ALICE[1]}"
     run, seconds = _timed(

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,22 +136,6 @@ def test_index_json_stays_valid_json_listing_every_image(
     index = json.loads((store / "index.json").read_text())
     assert index["schemaVersion"] == 2
     assert sorted(index_refs(store)) == sorted(refs)
-
-
-@pytest.fixture
-def tiny_filesystem(tmp_path: Path) -> Iterator[Path]:
-    """A 12 MiB tmpfs: a real 'no space left on device' (skipped where mounting is not allowed)."""
-    mountpoint = tmp_path / "tiny"
-    mountpoint.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mountpoint)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
 
 
 def test_disk_full_mid_blob_fails_cleanly_and_leaves_a_consistent_store(
