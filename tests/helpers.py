@@ -1,4 +1,4 @@
-"""Running the real `xfer` command in tests, and checking a store from the outside."""
+"""Running the real `xfer` command in tests, filling a store and checking it from the outside."""
 
 from __future__ import annotations
 
@@ -12,7 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import transfer
+from fixtures.images import BuiltImages
+
 ROOT = Path(__file__).resolve().parent.parent
+STORE_HOST = "example.com/test"  # store names only: nothing is fetched from this host
 
 
 @dataclass(frozen=True)
@@ -157,3 +161,15 @@ def peak_rss(
         code, peak_kib, cpu, killed = report.read().split()
     done = subprocess.CompletedProcess(command, int(code), outer.stdout, outer.stderr)
     return Measured(done, int(peak_kib) / 1024, float(cpu), killed == "1")
+
+
+def fill_store(store: Path, images: BuiltImages, *names: str) -> dict[str, str]:
+    """Copy fixture images into the store (in process: fast); returns name → reference."""
+    refs = {}
+    for name in names:
+        ref = f"{STORE_HOST}/{name}:1"
+        transfer.api.copy_sync(
+            f"oci:{images.layout}:{name}", f"store:{ref}", transfer.Settings(store=store)
+        )
+        refs[name] = ref
+    return refs

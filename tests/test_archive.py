@@ -22,22 +22,8 @@ import pytest
 import transfer
 from fixtures.images import BuiltImages, ImageInfo, read_blob
 from fixtures.registry import Registry
-from tests.helpers import index_refs, stored_blobs, xfer
+from tests.helpers import fill_store, index_refs, stored_blobs, xfer
 from transfer.manifest import Platform
-
-HOST = "example.com/test"  # store names only: nothing is fetched from this host
-
-
-def _fill_store(store: Path, images: BuiltImages, *names: str) -> dict[str, str]:
-    """Copy fixture images into the store (in process: fast); returns name → reference."""
-    refs = {}
-    for name in names:
-        ref = f"{HOST}/{name}:1"
-        transfer.api.copy_sync(
-            f"oci:{images.layout}:{name}", f"store:{ref}", transfer.Settings(store=store)
-        )
-        refs[name] = ref
-    return refs
 
 
 def _blob(digest: str) -> str:
@@ -98,7 +84,7 @@ def test_save_writes_shared_blobs_once_and_both_docker_and_oci_indexes(
     images: BuiltImages, store: Path, tmp_path: Path
 ) -> None:
     a, b = images.images["shared-a"], images.images["shared-b"]
-    refs = _fill_store(store, images, "shared-a", "shared-b")
+    refs = fill_store(store, images, "shared-a", "shared-b")
     archive = tmp_path / "two.tar"
     run = xfer("save", refs["shared-a"], refs["shared-b"], "-o", archive, store=store)
     assert run.code == 0, run.err
@@ -130,7 +116,7 @@ def test_skopeo_reads_a_saved_archive_as_oci_archive_and_as_docker_archive(
     images: BuiltImages, store: Path, tmp_path: Path
 ) -> None:
     a, b = images.images["shared-a"], images.images["shared-b"]
-    refs = _fill_store(store, images, "shared-a", "shared-b")
+    refs = fill_store(store, images, "shared-a", "shared-b")
     archive = tmp_path / "two.tar"
     assert xfer("save", refs["shared-a"], refs["shared-b"], "-o", archive, store=store).code == 0
 
@@ -147,7 +133,7 @@ def test_skopeo_reads_a_saved_archive_as_oci_archive_and_as_docker_archive(
 def test_save_load_save_keeps_every_digest_and_every_byte(
     images: BuiltImages, store: Path, tmp_path: Path
 ) -> None:
-    refs = _fill_store(store, images, "small", "docker", "shared-a")
+    refs = fill_store(store, images, "small", "docker", "shared-a")
     first, second = tmp_path / "first.tar", tmp_path / "second.tar"
     order = [refs["small"], refs["docker"], refs["shared-a"]]
     assert xfer("save", *order, "-o", first, store=store).code == 0
@@ -168,7 +154,7 @@ def test_save_of_an_index_keeps_it_whole_and_lists_this_platforms_image_for_dock
 ) -> None:
     multi = images.images["multi"]
     child = _this_platform_child(multi)
-    refs = _fill_store(store, images, "multi")
+    refs = fill_store(store, images, "multi")
     every, one = tmp_path / "all.tar", tmp_path / "one.tar"
     assert xfer("save", "--all-platforms", refs["multi"], "-o", every, store=store).code == 0
     assert xfer("save", refs["multi"], "-o", one, store=store).code == 0
@@ -202,7 +188,7 @@ def test_format_docker_or_oci_writes_only_that_part(
     absent: set[str],
 ) -> None:
     info = images.images["small"]
-    refs = _fill_store(store, images, "small")
+    refs = fill_store(store, images, "small")
     archive = tmp_path / f"{fmt}.tar"
     assert xfer("save", "--format", fmt, refs["small"], "-o", archive, store=store).code == 0
     names = {m.name for m in _members(archive)}
@@ -221,7 +207,7 @@ def test_a_blob_that_fails_its_digest_leaves_no_archive_behind(
     images: BuiltImages, store: Path, tmp_path: Path
 ) -> None:
     info = images.images["small"]
-    refs = _fill_store(store, images, "small")
+    refs = fill_store(store, images, "small")
     victim = store / "blobs" / "sha256" / info.layers[1].digest.removeprefix("sha256:")
     data = bytearray(victim.read_bytes())
     data[100] ^= 0xFF
@@ -520,7 +506,7 @@ def test_save_sync_and_load_sync_return_a_result_per_image(
     images: BuiltImages, store: Path, tmp_path: Path
 ) -> None:
     info = images.images["docker"]
-    refs = _fill_store(store, images, "docker")
+    refs = fill_store(store, images, "docker")
     archive = tmp_path / "d.tar"
     saved = transfer.save_sync([refs["docker"]], archive, transfer.Settings(store=store))
     assert [str(r.digest) for r in saved] == [info.digest]

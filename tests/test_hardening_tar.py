@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 
-import transfer
 from fixtures.hostile import (
     directory,
     file,
@@ -39,12 +38,11 @@ from fixtures.hostile import (
 )
 from fixtures.images import BuiltImages
 from fixtures.registry import Registry
-from tests.helpers import Run, index_refs, peak_rss, stored_blobs, xfer, xfer_env
+from tests.helpers import Run, fill_store, index_refs, peak_rss, stored_blobs, xfer, xfer_env
 from transfer.api import Settings, unpack_sync
 from transfer.tarheader import HeaderError, pax_records
 from transfer.unpack import UnpackOptions
 
-HOST = "example.com/test"  # store names only: nothing is fetched from this host
 SENTINEL = b"the sentinel: not part of any archive\n"
 REF = "localhost/hostile:1"
 
@@ -61,17 +59,6 @@ def _measured(*args: str | Path, cpu_limit: int = 60) -> tuple[Run, float, float
     if killed:
         raise AssertionError(f"xfer {args} ran over {4 * cpu_limit} s")
     return Run(done.returncode, done.stdout, done.stderr), cpu, peak_mib
-
-
-def _fill_store(store: Path, images: BuiltImages, *names: str) -> dict[str, str]:
-    refs = {}
-    for name in names:
-        ref = f"{HOST}/{name}:1"
-        transfer.api.copy_sync(
-            f"oci:{images.layout}:{name}", f"store:{ref}", transfer.Settings(store=store)
-        )
-        refs[name] = ref
-    return refs
 
 
 def _plant(where: Path, archive: Path, sentinel: Path) -> list[Path]:
@@ -98,7 +85,7 @@ def _plant(where: Path, archive: Path, sentinel: Path) -> list[Path]:
 def test_an_archive_is_never_written_through_a_symlink_planted_beside_it(
     images: BuiltImages, store: Path, tmp_path: Path, how: str
 ) -> None:
-    refs = _fill_store(store, images, "small")
+    refs = fill_store(store, images, "small")
     sentinel = tmp_path / "sentinel"
     sentinel.write_bytes(SENTINEL)
     out = tmp_path / "out"
@@ -175,7 +162,7 @@ time.sleep(60)
 def test_the_next_save_to_a_file_removes_what_a_killed_save_left_but_not_a_live_ones(
     registry: Registry, images: BuiltImages, store: Path, tmp_path: Path
 ) -> None:
-    refs = _fill_store(store, images, "small")
+    refs = fill_store(store, images, "small")
     out = tmp_path / "out"
     out.mkdir()
     archive = out / "image.tar"
@@ -246,7 +233,7 @@ def test_load_of_an_archive_that_is_a_fifo_or_a_directory_fails_at_once_naming_i
 def test_load_follows_a_symlink_the_user_names_as_the_archive(
     images: BuiltImages, store: Path, tmp_path: Path
 ) -> None:
-    refs = _fill_store(store, images, "small")
+    refs = fill_store(store, images, "small")
     archive = tmp_path / "image.tar"
     assert xfer("save", "-q", refs["small"], "-o", archive, store=store).code == 0
     link = tmp_path / "latest.tar"
@@ -262,7 +249,7 @@ def test_load_follows_a_symlink_the_user_names_as_the_archive(
 def test_load_of_an_archive_with_a_huge_global_pax_header_keeps_memory_flat(
     images: BuiltImages, store: Path, tmp_path: Path
 ) -> None:
-    refs = _fill_store(store, images, "small")
+    refs = fill_store(store, images, "small")
     saved = tmp_path / "small.tar"
     assert xfer("save", "-q", refs["small"], "-o", saved, store=store).code == 0
     hostile = tmp_path / "hostile.tar"
