@@ -23,13 +23,13 @@ def reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise ValueError(f"duplicate key {_show(key)}")
+            raise ValueError(f"duplicate key {show(key)}")
         out[key] = value
     return out
 
 
-def _show(value: object) -> str:
-    """repr() cut short, so hostile keys cannot make an error message huge."""
+def show(value: object) -> str:
+    """repr() cut short, so hostile keys and values cannot make an error message huge."""
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 

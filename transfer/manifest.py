@@ -25,6 +25,7 @@ from .errors import (
     TooLarge,
     UsageError,
 )
+from .jsonio import show
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -47,12 +48,6 @@ MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_CONFIG_BYTES = MAX_MANIFEST_BYTES
 # 8 TiB: far above any real blob, low enough that a hostile size cannot drive allocation or math.
 MAX_BLOB_SIZE = 2**43
-
-
-def _show(value: object) -> str:
-    """repr() cut short, so hostile values cannot make an error message huge."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 # --- platforms ---------------------------------------------------------------------------------
@@ -85,7 +80,7 @@ class Platform:
     def parse(cls, text: str) -> Platform:
         parts = text.strip().lower().split("/")
         if not 2 <= len(parts) <= 3 or not all(_PLATFORM_PART.fullmatch(p) for p in parts):
-            raise UsageError(f"invalid platform {_show(text)}: expected OS/ARCH[/VARIANT]")
+            raise UsageError(f"invalid platform {show(text)}: expected OS/ARCH[/VARIANT]")
         return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
 
     @classmethod
@@ -101,12 +96,12 @@ class Platform:
             raise ManifestError(f"platform must be a JSON object, got {type(obj).__name__}")
         os_, arch = obj.get("os"), obj.get("architecture")
         if not isinstance(os_, str) or not os_ or not isinstance(arch, str) or not arch:
-            raise ManifestError(f"platform needs string os and architecture, got {_show(obj)}")
+            raise ManifestError(f"platform needs string os and architecture, got {show(obj)}")
         variant, os_version = obj.get("variant"), obj.get("os.version")
         if variant is not None and not isinstance(variant, str):
-            raise ManifestError(f"platform variant must be a string, got {_show(variant)}")
+            raise ManifestError(f"platform variant must be a string, got {show(variant)}")
         if os_version is not None and not isinstance(os_version, str):
-            raise ManifestError(f"platform os.version must be a string, got {_show(os_version)}")
+            raise ManifestError(f"platform os.version must be a string, got {show(os_version)}")
         return cls(os_, arch, variant or None, os_version or None)
 
     def to_json(self) -> dict[str, Any]:
@@ -142,7 +137,7 @@ class Platform:
 def _optional(obj: Mapping[str, Any], key: str, kind: type, what: str) -> Any:
     value = obj.get(key)
     if value is not None and not isinstance(value, kind):
-        raise ManifestError(f"{what}: {key} must be a {kind.__name__}, got {_show(value)}")
+        raise ManifestError(f"{what}: {key} must be a {kind.__name__}, got {show(value)}")
     return value
 
 
@@ -166,7 +161,7 @@ class Descriptor:
             raise ManifestError(f"{what}: mediaType must be a non-empty string")
         text = obj.get("digest")
         if not isinstance(text, str):
-            raise ManifestError(f"{what}: digest must be a string, got {_show(text)}")
+            raise ManifestError(f"{what}: digest must be a string, got {show(text)}")
         try:
             digest = Digest.parse(text)
         except InvalidDigest as e:
@@ -177,7 +172,7 @@ class Descriptor:
         if type(size) is not int or not 0 <= size <= MAX_BLOB_SIZE:
             raise ManifestError(
                 f"{what} {digest}: size must be an integer from 0 to {MAX_BLOB_SIZE}, "
-                f"got {_show(size)}"
+                f"got {show(size)}"
             )
         urls = _optional(obj, "urls", list, what) or []
         annotations = _optional(obj, "annotations", dict, what) or {}
@@ -332,7 +327,7 @@ def _structure(doc: Mapping[str, Any], media_type: str, what: str) -> ImageManif
     if media_type in INDEX_TYPES:
         return Index(_descriptor_list(doc, "manifests", what))
     if media_type not in IMAGE_TYPES:
-        raise ManifestError(f"{what}: unsupported media type {_show(media_type)}")
+        raise ManifestError(f"{what}: unsupported media type {show(media_type)}")
     subject = doc.get("subject")
     return ImageManifest(
         Descriptor.from_json(doc.get("config"), what=f"{what} config"),
@@ -345,7 +340,7 @@ def _media_type(doc: Mapping[str, Any], content_type: str | None, what: str) -> 
     """The media type from the document, else Content-Type, else inferred from the shape."""
     declared = doc.get("mediaType")
     if declared is not None and not isinstance(declared, str):
-        raise ManifestError(f"{what}: mediaType must be a string, got {_show(declared)}")
+        raise ManifestError(f"{what}: mediaType must be a string, got {show(declared)}")
     header = content_type.split(";", 1)[0].strip().lower() if content_type else None
     version = doc.get("schemaVersion")
     if (type(version) is int and version == 1) or {declared, header} & _SCHEMA1_TYPES:
@@ -354,10 +349,10 @@ def _media_type(doc: Mapping[str, Any], content_type: str | None, what: str) -> 
         # Ambiguous: one tool would read an index, another an image, under the same digest.
         raise ManifestError(f"{what} has both manifests and layers; refusing an ambiguous document")
     if type(version) is not int or version != 2:
-        raise ManifestError(f"{what}: schemaVersion must be 2, got {_show(version)}")
+        raise ManifestError(f"{what}: schemaVersion must be 2, got {show(version)}")
     if declared and header and declared != header:
         raise ManifestError(
-            f"{what}: mediaType {_show(declared)} differs from Content-Type {_show(header)}"
+            f"{what}: mediaType {show(declared)} differs from Content-Type {show(header)}"
         )
     media_type = declared or header
     if not media_type:
@@ -368,7 +363,7 @@ def _media_type(doc: Mapping[str, Any], content_type: str | None, what: str) -> 
         else:
             raise ManifestError(f"{what} has no mediaType and is neither an image nor an index")
     if media_type not in INDEX_TYPES | IMAGE_TYPES:
-        raise ManifestError(f"{what}: unsupported media type {_show(media_type)}")
+        raise ManifestError(f"{what}: unsupported media type {show(media_type)}")
     return media_type
 
 
@@ -397,7 +392,7 @@ class ImageConfig:
         for i, text in enumerate(rootfs["diff_ids"]):
             where = f"image config rootfs.diff_ids[{i}]"
             if not isinstance(text, str):
-                raise ManifestError(f"{where} must be a string, got {_show(text)}")
+                raise ManifestError(f"{where} must be a string, got {show(text)}")
             try:
                 diff_ids.append(Digest.parse(text))
             except InvalidDigest as e:
