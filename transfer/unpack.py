@@ -42,6 +42,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .digest import Digest
+from .durable import NEW_FILE
 from .endpoints import Source, read_blob
 from .endpoints.layout import Layout
 from .endpoints.transports import Reading
@@ -64,7 +65,6 @@ MAX_RESOLVED = 4096
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 _SETID = stat.S_ISUID | stat.S_ISGID
-_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -532,10 +532,10 @@ class _Applier:
         if not self.privileged:
             mode &= ~_SETID
         try:  # O_EXCL|O_NOFOLLOW: never into an existing file, never through a symlink
-            fd = os.open(name, _NEW_FILE, 0o600, dir_fd=parent)
+            fd = os.open(name, NEW_FILE, 0o600, dir_fd=parent)
         except FileExistsError:
             self._clear(parent, canonical, name)
-            fd = os.open(name, _NEW_FILE, 0o600, dir_fd=parent)
+            fd = os.open(name, NEW_FILE, 0o600, dir_fd=parent)
         with os.fdopen(fd, "wb") as out:
             for chunk in file_data(tar, info, self.what):
                 out.write(chunk)
