@@ -19,7 +19,7 @@ import pytest
 
 from fixtures.images import BuiltImages
 from fixtures.registry import Registry
-from tests.helpers import Run, index_refs, stored_blobs, xfer
+from tests.helpers import Run, index_refs, locked_by_another_process, stored_blobs, xfer
 from transfer.digest import Digest
 from transfer.endpoints import Opener
 from transfer.endpoints.layout import Layout
@@ -392,15 +392,6 @@ def _dead_pid() -> int:
     return child.pid
 
 
-_HOLD = """
-import fcntl, sys, time
-handle = open(sys.argv[1], "r+b")
-fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-print("held", flush=True)
-time.sleep(60)
-"""
-
-
 def test_the_next_run_removes_a_dead_writers_temporaries_but_not_a_held_one(
     registry: Registry, images: BuiltImages, store: Path
 ) -> None:
@@ -415,17 +406,10 @@ def test_the_next_run_removes_a_dead_writers_temporaries_but_not_a_held_one(
     held.write_bytes(b"y" * 1000)
     mine = partials / f".{'c' * 64}.{os.getpid()}.140236.tmp"  # a live local writer
     mine.write_bytes(b"z")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLD, str(held)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with locked_by_another_process(held):
         assert xfer("pull", ref, store=store).code == 0
         assert not orphan.exists()
         assert held.exists() and mine.exists()
-    finally:
-        holder.kill()
-        holder.wait()
     assert xfer("pull", ref, store=store).code == 0
     assert not held.exists() and mine.exists()
 
@@ -442,18 +426,11 @@ def test_gc_removes_a_dead_writers_create_once_leftovers_but_not_a_held_one(
     orphan.write_bytes(b'{"schemaVersion":2,"manifests":[]}')
     held = store / f".oci-layout.{dead}.140238.new"
     held.write_bytes(b'{"imageLayoutVersion":"1.0.0"}')
-    holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLD, str(held)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with locked_by_another_process(held):
         run = xfer("gc", store=store)
         assert run.code == 0, run.err
         assert not orphan.exists()
         assert held.exists()
-    finally:
-        holder.kill()
-        holder.wait()
     assert xfer("gc", store=store).code == 0
     assert not held.exists()
 

@@ -38,7 +38,16 @@ from fixtures.hostile import (
 )
 from fixtures.images import BuiltImages
 from fixtures.registry import Registry
-from tests.helpers import Run, fill_store, index_refs, peak_rss, stored_blobs, xfer, xfer_env
+from tests.helpers import (
+    Run,
+    fill_store,
+    index_refs,
+    locked_by_another_process,
+    peak_rss,
+    stored_blobs,
+    xfer,
+    xfer_env,
+)
 from transfer.api import Settings, unpack_sync
 from transfer.tarheader import HeaderError, pax_records
 from transfer.unpack import UnpackOptions
@@ -150,15 +159,6 @@ def test_two_saves_to_one_file_at_once_leave_one_complete_archive(
     assert [p.name for p in archive.parent.iterdir()] == [archive.name]
 
 
-_HOLD = """
-import fcntl, sys, time
-handle = open(sys.argv[1], "r+b")
-fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-print("held", flush=True)
-time.sleep(60)
-"""
-
-
 def test_the_next_save_to_a_file_removes_what_a_killed_save_left_but_not_a_live_ones(
     registry: Registry, images: BuiltImages, store: Path, tmp_path: Path
 ) -> None:
@@ -193,21 +193,14 @@ def test_the_next_save_to_a_file_removes_what_a_killed_save_left_but_not_a_live_
     # would look on a shared disk; its lock is held): kept.
     held = out / f"image.tar.{child.pid}.{'ab' * 8}.partial"
     held.write_bytes(b"x" * 1000)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLD, str(held)], stdout=subprocess.PIPE, text=True
-    )
     other = out / f"other.tar.{child.pid}.{'cd' * 8}.partial"  # another FILE's: not ours
     other.write_bytes(b"y")
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with locked_by_another_process(held):
         run = xfer("save", "-q", refs["small"], "-o", archive, store=store)
         assert run.code == 0, run.err
         assert sorted(p.name for p in out.iterdir()) == sorted(
             [archive.name, held.name, other.name]
         )
-    finally:
-        holder.kill()
-        holder.wait()
     assert xfer("save", "-q", refs["small"], "-o", archive, store=store).code == 0
     assert sorted(p.name for p in out.iterdir()) == sorted([archive.name, other.name])
     loaded = xfer("load", "-q", archive, store=tmp_path / "fresh")
