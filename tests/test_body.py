@@ -332,3 +332,29 @@ def test_a_pump_cancelled_before_its_thread_took_it_returns_and_never_reads(
     assert outcome == [True]
     time.sleep(0.3)  # a thread that ran the pump after all would call the sink meanwhile
     assert sunk == []
+
+
+def test_a_body_relayed_by_a_worker_thread_reads_to_its_end_whole(
+    registry: Registry, large: ImageInfo
+) -> None:
+    """blocking_chunks (an upload relaying the body from its own thread) yields every byte and
+    ends cleanly when the body does (it raised AttributeError at its end)."""
+    desc = _layer(large)
+
+    async def main() -> tuple[str, int]:
+        async with (
+            _client(registry.host) as client,
+            client.open_blob("test/large", desc) as body,
+        ):
+            assert isinstance(body, BlobBody)
+
+            def relay() -> tuple[str, int]:
+                digest, count = hashlib.sha256(), 0
+                for chunk in body.blocking_chunks():
+                    digest.update(chunk)
+                    count += len(chunk)
+                return "sha256:" + digest.hexdigest(), count
+
+            return await anyio.to_thread.run_sync(relay)
+
+    assert anyio.run(main) == (str(desc.digest), desc.size)

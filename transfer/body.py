@@ -236,13 +236,11 @@ class BlobBody:
     def blocking_chunks(self) -> Iterator[Chunk]:
         """For a worker thread that relays the body itself (an upload sending it on with the
         blocking client): every piece in turn, read into one reused buffer, so a piece is valid
-        only until the next is asked for (a request body is copied as it is sent)."""
-        try:
-            buf = memoryview(bytearray(READ_BUFFER))
-            while chunk := self._next(buf):
-                yield chunk
-        finally:
-            self._stopped.set()
+        only until the next is asked for (a request body is copied as it is sent). Cancelled,
+        the reader is woken by ``abort`` when the body's context closes, as for ``pump``."""
+        buf = memoryview(bytearray(READ_BUFFER))
+        while chunk := self._next(buf):
+            yield chunk
 
     def _pump(self, sink: Sink) -> None:
         buf = memoryview(bytearray(READ_BUFFER))
