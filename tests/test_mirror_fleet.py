@@ -3,6 +3,8 @@ the summary, and --shard workers (a Kubernetes Indexed Job) sharing the images o
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -252,3 +254,66 @@ def test_kubernetes_indexed_job_example_parses() -> None:
     assert "secret" in volumes[mounts[docker_config]]
     configmaps = [d for d in documents if d and d.get("kind") == "ConfigMap"]
     assert configmaps and Path(args.config).name in configmaps[0]["data"]
+
+
+def _index_platforms(raw: bytes) -> list[str]:
+    doc = json.loads(raw)
+    return [f"{m['platform']['os']}/{m['platform']['architecture']}" for m in doc["manifests"]]
+
+
+def test_a_platform_list_mirrors_a_filtered_index_and_says_so(
+    registry: Registry, empty_registry: Registry, images: BuiltImages, tmp_path: Path
+) -> None:
+    multi = images.images["multi"]
+    config = tmp_path / "sync.yaml"
+    config.write_text(f"{registry.host}:\n  images:\n    test/multi: ['1']\n")
+    run = xfer(
+        "mirror", "--json", "--platform", "linux/amd64,linux/s390x", config, empty_registry.host
+    )
+    assert run.code == 0, run.err
+    (copied,) = run.json_lines()[-1]["images"]["copied"]
+    assert copied["filtered_index"] is True and copied["source_digest"] == multi.digest
+    raw = inspect_raw(f"{empty_registry.host}/test/multi:1")
+    assert _index_platforms(raw) == ["linux/amd64"]
+    assert copied["digest"] == "sha256:" + hashlib.sha256(raw).hexdigest() != multi.digest
+    text = xfer(
+        "mirror", "--platform", "linux/amd64,linux/s390x", config, f"{empty_registry.host}/t"
+    )
+    assert text.code == 0 and "a filtered index" in text.out
+    # A rerun compares against the filtered index: unchanged, nothing written.
+    mark = empty_registry.mark()
+    again = xfer(
+        "mirror", "--json", "--platform", "linux/amd64,linux/s390x", config, empty_registry.host
+    )
+    assert again.code == 0 and again.json_lines()[-1]["unchanged"] == 1
+    assert not [r for r in empty_registry.requests(mark) if r.method in WRITES]
+    # Every platform of the index named: the index itself, its digest kept.
+    both = xfer(
+        "mirror",
+        "--json",
+        "--platform",
+        "linux/arm64,linux/amd64",
+        config,
+        f"{empty_registry.host}/all",
+    )
+    assert both.code == 0, both.err
+    assert both.json_lines()[-1]["images"]["copied"][0]["digest"] == multi.digest
+
+
+def test_copy_with_a_platform_list_writes_a_new_index(
+    registry: Registry, empty_registry: Registry, images: BuiltImages
+) -> None:
+    multi = images.images["multi"]
+    target = f"{empty_registry.host}/only/arm64:1"
+    run = xfer(
+        "copy", "--platform", "linux/arm64,windows/amd64", f"{registry.host}/{multi.ref}", target
+    )
+    assert run.code == 0, run.err
+    raw = inspect_raw(target)
+    assert _index_platforms(raw) == ["linux/arm64"]
+    assert run.out.strip() == "sha256:" + hashlib.sha256(raw).hexdigest() != multi.digest
+    assert "differs from the source's" in run.err
+    none = xfer(
+        "copy", "--platform", "linux/s390x,linux/ppc64le", f"{registry.host}/{multi.ref}", target
+    )
+    assert none.code == 1 and "s390x" in none.err

@@ -19,7 +19,14 @@ from .auth import Credentials, registry_host, remove_credentials, save_credentia
 from .client import RegistryClient
 from .config import RegistryConfig, xdg_dirs
 from .config import load as load_registry_config
-from .copy import CopyOptions, CopyResult, copy_image, describe_absent
+from .copy import (
+    CopyOptions,
+    CopyResult,
+    PlatformChoice,
+    choosing,
+    copy_image,
+    describe_absent,
+)
 from .digest import Digest
 from .endpoints import read_blob
 from .endpoints.address import Address, parse_address
@@ -109,7 +116,7 @@ async def pull(
     reference: str | Reference,
     settings: Settings | None = None,
     *,
-    platform: Platform | None = None,
+    platform: PlatformChoice = None,
     all_platforms: bool = False,
     emit: Emit = ignore,
     session: Session | None = None,
@@ -119,7 +126,7 @@ async def pull(
     chosen = None if all_platforms else (platform or Platform.current())
     src, dst = Address("registry", reference=ref), Address("store", reference=ref)
     async with session_for(settings, session) as (settings, session):
-        options = CopyOptions(platform=chosen, jobs=settings.jobs, retry=settings.retry)
+        options = CopyOptions(*choosing(chosen), jobs=settings.jobs, retry=settings.retry)
         context = Context(session, settings, emit)
         async with (
             open_source(src, context) as reading,
@@ -135,7 +142,7 @@ async def copy(
     destination: str | Address,
     settings: Settings | None = None,
     *,
-    platform: Platform | None = None,
+    platform: PlatformChoice = None,
     dest_settings: Settings | None = None,
     mounts: dict[Digest, str] | None = None,
     emit: Emit = ignore,
@@ -148,7 +155,7 @@ async def copy(
     src = source if isinstance(source, Address) else parse_address(source)
     dst = destination if isinstance(destination, Address) else parse_address(destination)
     async with session_for(settings, session) as (settings, session):
-        options = CopyOptions(platform=platform, jobs=settings.jobs, retry=settings.retry)
+        options = CopyOptions(*choosing(platform), jobs=settings.jobs, retry=settings.retry)
         into = Context(session, dest_settings or settings, emit)
         async with (
             open_source(src, Context(session, settings, emit)) as reading,
@@ -164,7 +171,7 @@ async def push(
     destination: str | None = None,
     settings: Settings | None = None,
     *,
-    platform: Platform | None = None,
+    platform: PlatformChoice = None,
     emit: Emit = ignore,
     session: Session | None = None,
 ) -> CopyResult:
@@ -188,7 +195,7 @@ async def save(
     settings: Settings | None = None,
     *,
     format: str | None = None,
-    platform: Platform | None = None,
+    platform: PlatformChoice = None,
     all_platforms: bool = False,
     emit: Emit = ignore,
     session: Session | None = None,
@@ -198,8 +205,8 @@ async def save(
     format loads with ``docker load`` and reads as ``oci-archive:``; ``format`` "docker" or
     "oci" writes the plain ones. One platform per image (this machine's) unless
     ``all_platforms``: docker's manifest.json then lists this platform's image."""
-    if format == "docker" and all_platforms:
-        raise UsageError("--format docker holds one platform per image: drop --all-platforms")
+    if format == "docker" and (all_platforms or choosing(platform)[1]):
+        raise UsageError("--format docker holds one platform per image: name one --platform")
     chosen = None if all_platforms else (platform or Platform.current())
     addresses = [parse_address(text, bare="store") for text in references]
     results = []
@@ -207,7 +214,7 @@ async def save(
         session_for(settings, session) as (settings, session),
         archive(Path(output), format) as writing,
     ):
-        options = CopyOptions(platform=chosen, jobs=settings.jobs, retry=settings.retry)
+        options = CopyOptions(*choosing(chosen), jobs=settings.jobs, retry=settings.retry)
         for address in addresses:
             async with open_source(address, Context(session, settings, emit)) as reading:
                 identifier = reading.identifier
@@ -225,7 +232,7 @@ async def load(
     file: str | Path,
     settings: Settings | None = None,
     *,
-    platform: Platform | None = None,
+    platform: PlatformChoice = None,
     name: str | None = None,
     emit: Emit = ignore,
     session: Session | None = None,
@@ -239,7 +246,7 @@ async def load(
     settings = settings or (session.settings if session is not None else Settings())
     # An archive exported for one platform keeps the whole index: load what it holds.
     options = CopyOptions(
-        platform=platform, allow_absent=True, jobs=settings.jobs, retry=settings.retry
+        *choosing(platform), allow_absent=True, jobs=settings.jobs, retry=settings.retry
     )
     layout = settings.layout()
     results = []
@@ -473,7 +480,7 @@ async def mirror(
     *,
     dest_settings: Settings | None = None,
     scoped: bool = False,
-    platform: Platform | None = None,
+    platform: PlatformChoice = None,
     emit: Emit = ignore,
     session: Session | None = None,
     images: int = 4,

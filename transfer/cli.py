@@ -241,7 +241,18 @@ def _bytes_option(name: str, text: str) -> int:
 
 
 def _platform(args: argparse.Namespace) -> Platform | None:
+    """One platform (unpack: a root filesystem is one image)."""
     return Platform.parse(args.platform) if getattr(args, "platform", None) else None
+
+
+def _platforms(args: argparse.Namespace) -> Platform | tuple[Platform, ...] | None:
+    """``--platform linux/amd64,linux/arm64``: several make a new index of only their images
+    (its digest differs from the source's); one is that image, as before."""
+    text = getattr(args, "platform", None)
+    if not text:
+        return None
+    chosen = tuple(dict.fromkeys(Platform.parse(part) for part in text.split(",")))
+    return chosen[0] if len(chosen) == 1 else chosen
 
 
 # ---- commands ------------------------------------------------------------------------------
@@ -257,7 +268,7 @@ async def cmd_pull(args: argparse.Namespace) -> int:
                 result = await api.pull(
                     reference,
                     settings,
-                    platform=_platform(args),
+                    platform=_platforms(args),
                     all_platforms=args.all_platforms,
                     emit=render,
                     session=session,
@@ -273,7 +284,7 @@ async def cmd_pull(args: argparse.Namespace) -> int:
 
 async def cmd_copy(args: argparse.Namespace) -> int:
     # The whole index is the default for copy; --all-platforms is accepted for skopeo's users.
-    platform = None if args.all_platforms else _platform(args)
+    platform = None if args.all_platforms else _platforms(args)
     settings = _settings(args)
     dest_settings = settings
     if args.src_creds:
@@ -302,7 +313,7 @@ async def cmd_push(args: argparse.Namespace) -> int:
             args.reference,
             args.destination,
             _settings(args),
-            platform=None if args.all_platforms else _platform(args),
+            platform=None if args.all_platforms else _platforms(args),
             emit=render,
         )
     finally:
@@ -335,7 +346,7 @@ async def cmd_mirror(args: argparse.Namespace) -> int:
             settings,
             dest_settings=dest_settings,
             scoped=args.scoped,
-            platform=None if args.all_platforms else _platform(args),
+            platform=None if args.all_platforms else _platforms(args),
             emit=render,
             images=args.images,
             shard=shard,
@@ -364,7 +375,14 @@ async def cmd_mirror(args: argparse.Namespace) -> int:
         ],
         "images": {
             "copied": [
-                {"source": str(item.source), "target": str(item.target), "digest": str(r.digest)}
+                {
+                    "source": str(item.source),
+                    "target": str(item.target),
+                    "digest": str(r.digest),
+                    "source_digest": str(r.source_digest),
+                    # --platform with several: a new index of theirs, not the source's digest
+                    "filtered_index": r.manifest.is_index and r.digest != r.source_digest,
+                }
                 for item, r in report.copied_items
             ],
             "unchanged": [
@@ -377,7 +395,10 @@ async def cmd_mirror(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     elif not args.quiet:
         for item, result in report.copied_items:
-            _say(f"copied    {item.target} {result.digest}")
+            note = ""
+            if result.manifest.is_index and result.digest != result.source_digest:
+                note = f" (a filtered index: the source's is {result.source_digest})"
+            _say(f"copied    {item.target} {result.digest}{note}")
         for item in report.unchanged:
             _say(f"unchanged {item.target}")
         for item, error in report.failed:
@@ -430,7 +451,7 @@ async def cmd_save(args: argparse.Namespace) -> int:
             args.output,
             _settings(args),
             format=args.format,
-            platform=_platform(args),
+            platform=_platforms(args),
             all_platforms=args.all_platforms,
             emit=render,
         )
@@ -448,7 +469,7 @@ async def cmd_load(args: argparse.Namespace) -> int:
     try:
         # The archive's whole content by default (docker load's rule: it holds what its
         # maker chose); --all-platforms says so explicitly, --platform narrows an index.
-        platform = None if args.all_platforms else _platform(args)
+        platform = None if args.all_platforms else _platforms(args)
         results = await api.load(
             file, _settings(args), platform=platform, name=args.name, emit=render
         )
@@ -756,7 +777,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     platforms = _Parser(add_help=False)
     plat = platforms.add_mutually_exclusive_group()
-    plat.add_argument("--platform", help="OS/ARCH[/VARIANT] of an index to use")
+    plat.add_argument(
+        "--platform",
+        help="OS/ARCH[/VARIANT] of an index to use; a comma-separated list keeps those images "
+        "in a new index (whose digest differs from the source's)",
+    )
     plat.add_argument("--all-platforms", action="store_true", help="every image of an index")
 
     moving = [base, store, output, net, jobs, streams, platforms]

@@ -7,29 +7,57 @@ one task group, bounded by a limiter, transfers those (retry around each; the de
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import AsyncIterable, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterable, Callable, Coroutine, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 
+from . import jsonio
 from .digest import Digest
 from .endpoints import Destination, PartialSource, Source
-from .errors import IntegrityError, ManifestError, TransferError, first_error
+from .errors import IntegrityError, ManifestError, PlatformNotFound, TransferError, first_error
 from .graph import GraphBounds, Rules, image_blobs, walk
 from .manifest import MAX_CONFIG_BYTES, Descriptor, ImageManifest, Manifest, Platform
-from .progress import BlobDone, BlobProgress, BlobStart, Emit, ImageDone, ImageStart, ignore
+from .progress import (
+    BlobDone,
+    BlobProgress,
+    BlobStart,
+    Emit,
+    ImageDone,
+    ImageStart,
+    Message,
+    ignore,
+)
 from .retry import RetryPolicy, retrying
 
 SMALL_BLOB = 1 << 20  # blobs up to this size ...
 SMALL_JOBS = 4  # ... go this many times --jobs at once
 
 
+# What a caller may name: one platform, several (--platform linux/amd64,linux/arm64) or none.
+PlatformChoice = Platform | Sequence[Platform] | None
+
+
+def choosing(choice: PlatformChoice) -> tuple[Platform | None, tuple[Platform, ...]]:
+    """``CopyOptions``' (platform, platforms) for a choice: a list of one is that platform."""
+    if choice is None or isinstance(choice, Platform):
+        return choice, ()
+    unique = tuple(dict.fromkeys(choice))
+    if len(unique) <= 1:
+        return (unique[0] if unique else None), ()
+    return None, unique
+
+
 @dataclass(frozen=True)
 class CopyOptions:
     platform: Platform | None = None  # None: the whole index (copy keeps the source's digest)
+    # Several platforms: a new index of the source's entries for any of them (its digest
+    # differs from the source's unless it keeps every entry).
+    platforms: tuple[Platform, ...] = ()
     # Copy an index whose source lacks some children (a one-platform export): what is there,
     # under the index's own digest, the rest named in the result. Otherwise that is an error.
     allow_absent: bool = False
@@ -80,7 +108,17 @@ async def resolve(
         )
 
     rules = Rules(platform=options.platform, bounds=options.bounds, absent=_absent(source))
-    graph = await walk(source.name, [first], get, rules)
+    root = first
+    if options.platforms and options.platform is None and first.is_index:
+        root = filter_index(first, options.platforms)
+        if root is not first:
+            emit(
+                Message(
+                    f"{source.name}: a new index of {', '.join(map(str, options.platforms))}: "
+                    f"its digest {root.digest} differs from the source's {first.digest}"
+                )
+            )
+    graph = await walk(source.name, [root], get, rules)
     for image in graph.images:
         # Refused before anything is fetched: nothing reads a config past the cap anyway.
         config = image.image().config
@@ -101,7 +139,28 @@ async def resolve(
         )
     # Every manifest below the top one, children before the indexes that list them.
     images = [m.image() for m in graph.images]
-    return first, _Plan(first, graph.manifests[:-1], images, graph.absent)
+    return first, _Plan(root, graph.manifests[:-1], images, graph.absent)
+
+
+def filter_index(index: Manifest, platforms: Sequence[Platform]) -> Manifest:
+    """The index with only its entries for any of ``platforms`` (in its own order), or the
+    index itself when that is every entry. A filtered index is a new document: its digest
+    differs from the source's. None of them offered: PlatformNotFound."""
+    entries = index.index().manifests
+    chosen = {
+        d.digest for d in entries if d.platform and any(p.matches(d.platform) for p in platforms)
+    }
+    if not chosen:
+        index.index().select(platforms[0])  # raises, naming what the index offers
+        raise PlatformNotFound(f"no image for {', '.join(map(str, platforms))} in the index")
+    if all(d.digest in chosen for d in entries):
+        return index
+    doc = jsonio.loads(index.raw, strict=True)
+    doc["manifests"] = [
+        entry for entry in doc["manifests"] if Digest.parse(entry["digest"]) in chosen
+    ]
+    raw = json.dumps(doc, indent=3).encode()
+    return Manifest.from_bytes(raw, index.media_type, what=f"index filtered from {index.digest}")
 
 
 def describe_absent(children: Iterable[Descriptor]) -> str:

@@ -34,12 +34,12 @@ import yaml
 
 from .api import Settings, copy, session_for
 from .auth import Credentials
-from .copy import CopyOptions, CopyResult, resolve
+from .copy import CopyOptions, CopyResult, PlatformChoice, choosing, filter_index, resolve
 from .digest import Digest
 from .endpoints.address import Address
 from .endpoints.registry import RegistrySource, RunMounts
 from .errors import InvalidReference, TransferError, UsageError
-from .manifest import IMAGE_TYPES, Descriptor, Platform
+from .manifest import IMAGE_TYPES, Descriptor
 from .progress import Emit, Message, ignore
 from .reference import Reference, parse
 from .session import Session
@@ -343,7 +343,7 @@ async def mirror(
     *,
     dest_settings: Settings | None = None,
     scoped: bool = False,
-    platform: Platform | None = None,
+    platform: PlatformChoice = None,
     emit: Emit = ignore,
     session: Session | None = None,
     images: int = DEFAULT_IMAGES,
@@ -390,7 +390,7 @@ class _Run:
     settings: Settings
     dest_settings: Settings
     session: Session
-    platform: Platform | None
+    platform: PlatformChoice
     emit: Emit
     images: int
 
@@ -426,7 +426,7 @@ class _Run:
         """--dry-run: the manifests' declared sizes of the blobs each target repository lacks
         (a HEAD per blob), a blob shared by several images counted for the first only."""
         counted: set[Digest] = set()
-        options = CopyOptions(platform=self.platform, jobs=self.settings.jobs)
+        options = CopyOptions(*choosing(self.platform), jobs=self.settings.jobs)
         limiter = anyio.CapacityLimiter(self.images)
 
         async def size(entry: PlanEntry) -> None:
@@ -502,11 +502,13 @@ async def _unchanged(
     session: Session,
     source: Settings,
     target: Settings,
-    platform: Platform | None = None,
+    platform: PlatformChoice = None,
 ) -> tuple[bool, Digest | None]:
     """Does the target tag already name what the copy would put there? One HEAD on each side,
-    both at once (the source's index is read to find the platform's image when one is chosen).
-    Also the source's digest (None when its registry did not say)."""
+    both at once (the source's index is read to find the platform's image, or to filter it,
+    when platforms are chosen). Also the source's digest (None when its registry did not say)."""
+    one, several = choosing(platform)
+    whole = one is None and not several
     there: Descriptor | None = None
     here: Descriptor | None = None
 
@@ -517,20 +519,23 @@ async def _unchanged(
 
     async def head_source() -> None:
         nonlocal here
-        if item.source.digest is not None and platform is None:
+        if item.source.digest is not None and whole:
             return  # a digest names itself
         client = session.client(item.source, settings=source)
         here = await client.head_manifest(item.source.repository, item.source.identifier)
-        if here is not None and platform is not None and here.media_type not in IMAGE_TYPES:
-            # An index (or a registry that did not say): the platform's image is what is copied.
+        if here is not None and not whole and here.media_type not in IMAGE_TYPES:
+            # An index (or a registry that did not say): the platform's image is what is
+            # copied, or for several platforms the new index of theirs (filter_index).
             manifest = await client.get_manifest(item.source.repository, str(here.digest))
-            if manifest.is_index:
-                here = manifest.index().select(platform)
+            if manifest.is_index and one is not None:
+                here = manifest.index().select(one)
+            elif manifest.is_index:
+                here = filter_index(manifest, several).descriptor()
 
     async with anyio.create_task_group() as group:
         group.start_soon(head_target)
         group.start_soon(head_source)
-    if item.source.digest is not None and platform is None:
+    if item.source.digest is not None and whole:
         return there is not None and there.digest == item.source.digest, item.source.digest
     digest = here.digest if here is not None else None
     return there is not None and here is not None and here.digest == there.digest, digest
