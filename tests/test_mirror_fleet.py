@@ -7,6 +7,7 @@ import hashlib
 import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import yaml
 
 from fixtures.images import BuiltImages, inspect_raw
 from fixtures.registry import Registry, Request
+from fixtures.tokenserver import TokenServer
 from tests.helpers import ROOT, xfer, xfer_env
 from transfer.cli import build_parser
 from transfer.errors import UsageError
@@ -317,3 +319,30 @@ def test_copy_with_a_platform_list_writes_a_new_index(
         "copy", "--platform", "linux/s390x,linux/ppc64le", f"{registry.host}/{multi.ref}", target
     )
     assert none.code == 1 and "s390x" in none.err
+
+
+def test_a_rerun_from_a_token_registry_is_heads_and_one_token_per_scope(
+    token_registry: Registry, token_server: TokenServer, empty_registry: Registry, tmp_path: Path
+) -> None:
+    names = ("small", "shared-a", "shared-b", "multi")
+    config = tmp_path / "sync.yaml"
+    images = "".join(f"    public/{name}: ['1']\n" for name in names)
+    config.write_text(f"{token_registry.host}:\n  images:\n{images}")
+    assert xfer("mirror", config, empty_registry.host).code == 0
+    source_mark, target_mark, tokens = (
+        token_registry.mark(),
+        empty_registry.mark(),
+        token_server.mark(),
+    )
+    again = xfer("mirror", "--json", config, empty_registry.host)
+    assert again.code == 0, again.err
+    assert again.json_lines()[-1]["unchanged"] == len(names)
+    answered = [
+        r for r in token_registry.requests(source_mark) if r.kind != "base" and r.status != 401
+    ]
+    assert len(answered) == len(names)
+    assert all(r.method == "HEAD" and r.kind == "manifest" for r in answered)
+    target = [r for r in empty_registry.requests(target_mark) if r.kind != "base"]
+    assert len(target) == len(names) and all(r.method == "HEAD" for r in target)
+    scopes = Counter(r.scopes for r in token_server.requests(tokens))
+    assert len(scopes) == len(names) and set(scopes.values()) == {1}, scopes
