@@ -30,6 +30,7 @@ import httpx
 from . import jsonio
 from .body import ANSWER_FACTOR
 from .errors import AuthError, NetworkError, Unauthorized, UsageError
+from .transport import read_capped
 
 MAX_TOKEN_BODY = 1 << 20  # reliability case 4: a token answer larger than this is hostile
 DEFAULT_TOKEN_LIFETIME = 60.0  # the token spec's default when expires_in is absent
@@ -455,7 +456,9 @@ class TokenCache:
             # The whole answer is bounded: a read timeout alone lets a trickle run for ever.
             with anyio.fail_after(answer):
                 async with stream as resp:
-                    body = await _read_capped(resp, MAX_TOKEN_BODY, key.host)
+                    body = await read_capped(
+                        resp, MAX_TOKEN_BODY, f"token answer from {key.host}", key.host
+                    )
         except TimeoutError:
             raise NetworkError(
                 f"token service {httpx.URL(key.realm).netloc.decode()} for {key.host}: "
@@ -493,24 +496,6 @@ def _token_or_error(status: int, body: bytes, key: TokenKey) -> _Token:
             f"token service for {key.host} answered HTTP {status}", host=key.host, status=status
         )
     return parse_token_response(body, key.host)
-
-
-async def _read_capped(resp: httpx.Response, cap: int, host: str) -> bytes:
-    # Raw bytes only: the request asked for identity, and a body compressed anyway would be
-    # inflated whole, chunk by chunk, before the cap could stop it (a gzip bomb as a token).
-    encoding = resp.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
-        raise AuthError(
-            f"token answer from {host} is {encoding[:40]}-encoded although only identity was "
-            "accepted",
-            host=host,
-        )
-    chunks = bytearray()
-    async for chunk in resp.aiter_raw():
-        chunks += chunk
-        if len(chunks) > cap:
-            raise AuthError(f"token answer from {host} is larger than {cap} bytes", host=host)
-    return bytes(chunks)
 
 
 def parse_token_response(

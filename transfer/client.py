@@ -53,7 +53,6 @@ from .errors import (
     RangeError,
     RangeIgnored,
     RegistryError,
-    TooLarge,
     TooManyRequests,
     TransferError,
     Unauthorized,
@@ -62,7 +61,7 @@ from .errors import (
 from .ingest import Chunk
 from .manifest import ACCEPT, MAX_MANIFEST_BYTES, Descriptor, Manifest
 from .throttle import Throttle
-from .transport import HostTransport, TransportOptions
+from .transport import HostTransport, TransportOptions, read_capped
 
 MAX_ERROR_BODY = 64 << 10  # registry error bodies beyond this are not read (reliability case 4)
 # tags/list: a page is asked for 1000 tags (~130 KB at the longest names); 4 MiB leaves room for
@@ -379,7 +378,7 @@ class RegistryClient:
         )
         await self._expect(resp, (200,), what, reference=reference, keep_body=True)
         try:
-            raw = await _read_capped(resp, MAX_MANIFEST_BYTES, what, self.host)
+            raw = await read_capped(resp, MAX_MANIFEST_BYTES, what, self.host)
         finally:
             await resp.aclose()
         header = resp.headers.get("docker-content-digest")
@@ -695,7 +694,7 @@ class RegistryClient:
             )
             await self._expect(resp, (200,), what, keep_body=True)
             try:
-                body = await _read_capped(resp, MAX_TAGS_PAGE, what, self.host)
+                body = await read_capped(resp, MAX_TAGS_PAGE, what, self.host)
             finally:
                 await resp.aclose()
             page = _tags_of(body, what, self.host)
@@ -785,31 +784,6 @@ def _error_body(resp: httpx.Response, pace: Pace) -> bytes:
         pace.add(len(chunk))
         if len(body) > MAX_ERROR_BODY:
             break
-    return bytes(body)
-
-
-async def _read_capped(resp: httpx.Response, cap: int, what: str, host: str) -> bytes:
-    """The raw body, at most ``cap`` bytes; a body the server encoded anyway is refused: its
-    raw bytes are not the document, and decoding it would trust a server that ignored us."""
-    encoding = resp.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("", "identity"):
-        raise RegistryError(
-            f"{what}: the answer is {encoding[:40]}-encoded although only identity was accepted",
-            host=host,
-        )
-    length = resp.headers.get("content-length")
-    if length and length.isdigit() and int(length) > cap:
-        raise TooLarge(f"{what} is {length} bytes, more than the {cap} allowed", host=host)
-    body = bytearray()
-    pace = Pace.of(resp, what, host, small=True)  # a trickle must not hold it for ever
-    try:
-        async for chunk in resp.aiter_raw():
-            body += chunk
-            pace.add(len(chunk))
-            if len(body) > cap:
-                raise TooLarge(f"{what} is more than the {cap} bytes allowed", host=host)
-    except (httpx.TransportError, ssl.SSLError) as exc:
-        raise NetworkError(f"{what}: {reason(exc)}", host=host) from None
     return bytes(body)
 
 

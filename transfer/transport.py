@@ -25,8 +25,8 @@ import anyio
 import httpx
 
 from . import pool, redirects
-from .body import ANSWER_FACTOR
-from .errors import NetworkError, reason
+from .body import ANSWER_FACTOR, Pace
+from .errors import NetworkError, RegistryError, TooLarge, reason
 from .tls import certificate_problem, ssl_context
 
 MAX_REDIRECTS = redirects.MAX_REDIRECTS
@@ -220,3 +220,29 @@ class HostTransport:
             raise connect_error(exc, self.host, what) from None
         self.scheme_known = True
         return resp
+
+
+async def read_capped(resp: httpx.Response, cap: int, what: str, host: str) -> bytes:
+    """The raw body of a small answer (a manifest, a tags page, a token), at most ``cap`` bytes
+    and bounded in time; a body the server encoded anyway is refused: its raw bytes are not the
+    document, and inflating it would trust a server that ignored us (a gzip bomb as a token)."""
+    encoding = resp.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise RegistryError(
+            f"{what}: the answer is {encoding[:40]}-encoded although only identity was accepted",
+            host=host,
+        )
+    length = resp.headers.get("content-length")
+    if length and length.isdigit() and int(length) > cap:
+        raise TooLarge(f"{what} is {length} bytes, more than the {cap} allowed", host=host)
+    body = bytearray()
+    pace = Pace.of(resp, what, host, small=True)  # a trickle must not hold it for ever
+    try:
+        async for chunk in resp.aiter_raw():
+            body += chunk
+            pace.add(len(chunk))
+            if len(body) > cap:
+                raise TooLarge(f"{what} is more than the {cap} bytes allowed", host=host)
+    except (httpx.TransportError, ssl.SSLError) as exc:
+        raise NetworkError(f"{what}: {reason(exc)}", host=host) from None
+    return bytes(body)
