@@ -7,9 +7,10 @@ import email.utils
 import pytest
 
 from transfer.auth import Challenge, parse_challenges, parse_token_response
-from transfer.client import parse_content_range, parse_retry_after
+from transfer.client import parse_content_range
 from transfer.endpoints.address import parse_address
 from transfer.errors import AuthError, RangeError, UsageError
+from transfer.ratelimit import parse_retry_after
 from transfer.transport import is_loopback
 
 

@@ -75,6 +75,7 @@ class Settings:
     # Uploads: a blob larger than this goes in PATCH requests of at most this many bytes
     # (a proxy capping request bodies); None: one request per blob.
     chunk_size: int | None = None
+    max_requests_per_second: float | None = None  # per registry host, for the whole run
     # Per-registry TLS, plain-http and mirrors; None: read config.toml, registries.conf and
     # certs.d (config.load) once per Session, so a long-lived Settings sees edits.
     registries: RegistryConfig | None = None

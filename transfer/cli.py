@@ -219,6 +219,9 @@ def _settings(args: argparse.Namespace, credentials: Credentials | None = None) 
         chunk_size = _bytes_option("--chunk-size", args.chunk_size)
         if chunk_size < 1:
             raise UsageError("--chunk-size must be at least 1 byte")
+    rate = getattr(args, "max_requests_per_second", None)
+    if rate is not None and not (0 < rate < float("inf")):  # also refuses "nan"
+        raise UsageError("--max-requests-per-second must be a positive number")
     store = Path(args.store) if getattr(args, "store", None) else api.default_store()
     return api.Settings(
         store=store,
@@ -230,6 +233,7 @@ def _settings(args: argparse.Namespace, credentials: Credentials | None = None) 
         ranges=ranges,
         throttle=throttle,
         chunk_size=chunk_size,
+        max_requests_per_second=rate,
     )
 
 
@@ -734,6 +738,13 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--creds", help="USER:PASSWORD for the registry")
     net.add_argument("--username", "-u", help="user name; the password comes from stdin")
     net.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    net.add_argument(
+        "--max-requests-per-second",
+        type=float,
+        metavar="N",
+        help="send each registry host at most N requests a second, evenly spaced (a 429's "
+        "Retry-After and RateLimit-* headers are honoured for the whole run either way)",
+    )
 
     jobs = _Parser(add_help=False)  # moving blobs, from a registry or not
     jobs.add_argument(

@@ -10,7 +10,6 @@ the 401 round trip. Every answer's status is checked in one place (``_expect``).
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import hashlib
 import re
 import ssl
@@ -60,6 +59,7 @@ from .errors import (
 )
 from .ingest import Chunk
 from .manifest import ACCEPT, MAX_MANIFEST_BYTES, Descriptor, Manifest
+from .ratelimit import HostGate, parse_retry_after
 from .throttle import Throttle
 from .transport import HostTransport, TransportOptions, read_capped
 
@@ -104,20 +104,6 @@ def parse_content_range(value: str) -> tuple[int, int, int | None]:
     return start, end, total
 
 
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Retry-After in seconds or as an HTTP date (RFC 9110 §10.2.3)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(when.timestamp() - (time.time() if now is None else now), 0.0)
-
-
 def registry_error(
     resp: httpx.Response, body: bytes, *, what: str, host: str, reference: str | None = None
 ) -> RegistryError:
@@ -158,12 +144,13 @@ class RegistryClient:
         credentials: Credentials | None = None,
         http: httpx.AsyncClient | None = None,
         throttle: Throttle | None = None,
+        gate: HostGate | None = None,
     ) -> None:
         self.host = host
         self.throttle = throttle
         self.options = options or TransportOptions()
         self.credentials = credentials if credentials is not None else find_credentials(host)
-        self.transport = HostTransport(host, self.options, http)
+        self.transport = HostTransport(host, self.options, http, gate)
         self._http = self.transport.http
         self._challenge: Challenge | None = None
         self.tokens = TokenCache(self._http, self.credentials)

@@ -2,8 +2,10 @@
 
 ``Settings`` is what the user asked for (a frozen value, cheap to copy and vary); a ``Session``
 is what a run holds while it works: one ``RegistryClient`` (HTTP pool, TLS context, token cache,
-blocking body client) per registry host and credential source, the registry configuration read
-once, and the store. Every command and API call runs inside one; a mirror or a multi-image save
+blocking body client) per registry host and credential source, one gate per host that every
+request to it passes (ratelimit.py: a 429's pause and ``--max-requests-per-second`` hold for the
+whole run, whichever client or image meets them), the registry configuration read once, and the
+store. Every command and API call runs inside one; a mirror or a multi-image save
 reuses it across images, so the second image costs no new connection, scheme probe or token.
 Endpoints borrow its clients and never close them; closing the session closes them all.
 
@@ -23,6 +25,7 @@ from .config import load as load_registry_config
 from .endpoints.layout import Layout
 from .endpoints.registry import MirrorSource, RegistrySource
 from .progress import Emit, Message, ignore
+from .ratelimit import HostGate
 from .reference import Reference
 from .transport import TransportOptions
 
@@ -38,6 +41,7 @@ class Session:
         self.emit = emit
         self._config: RegistryConfig | None = settings.registries
         self._clients: dict[Hashable, RegistryClient] = {}
+        self._gates: dict[str, HostGate] = {}
         self._warned: set[str] = set()
         self._closed = False
 
@@ -64,6 +68,13 @@ class Session:
         if self._config is None:
             self._config = load_registry_config()
         return self._config
+
+    def gate(self, host: str) -> HostGate:
+        """The host's gate, shared by every client of the run that reaches it."""
+        gate = self._gates.get(host)
+        if gate is None:
+            gate = self._gates[host] = HostGate(self.settings.max_requests_per_second)
+        return gate
 
     def transport_for(self, host: str, settings: Settings | None = None) -> TransportOptions:
         """The command line's transport options with this host's configuration added."""
@@ -99,7 +110,11 @@ class Session:
                 Message(f"warning: TLS certificates of {host} are not verified (insecure)")
             )
         client = RegistryClient(
-            host, options=options, credentials=credentials, throttle=settings.throttle
+            host,
+            options=options,
+            credentials=credentials,
+            throttle=settings.throttle,
+            gate=self.gate(host),
         )
         self._clients[key] = client
         return client

@@ -11,6 +11,10 @@
 - **One exchange.** ``HostTransport.exchange`` sends one request (redirects followed by the
   redirect rules), bounds the answer's head in time and turns connection failures into
   NetworkError with the host named; authentication and status codes are the client's.
+- **The host's gate.** Every request waits at the host's ``HostGate`` (ratelimit.py: a pause
+  a 429 or ``RateLimit-*`` asked for, ``--max-requests-per-second``) before it is sent, and
+  every answer from the host tells the gate what it says about its limits. A session gives
+  every client of a host the same gate, so a 429 met by one image slows the run's others.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import httpx
 from . import pool, redirects
 from .body import ANSWER_FACTOR, Pace
 from .errors import NetworkError, RegistryError, TooLarge, reason
+from .ratelimit import HostGate
 from .tls import certificate_problem, ssl_context
 
 MAX_REDIRECTS = redirects.MAX_REDIRECTS
@@ -137,10 +142,15 @@ class HostTransport:
     """The clients of one registry host and the scheme it speaks; closes what it made."""
 
     def __init__(
-        self, host: str, options: TransportOptions, http: httpx.AsyncClient | None = None
+        self,
+        host: str,
+        options: TransportOptions,
+        http: httpx.AsyncClient | None = None,
+        gate: HostGate | None = None,
     ) -> None:
         self.host = host
         self.options = options
+        self.gate = gate or HostGate()  # a client of its own still honours its host's 429s
         self.http = http or make_http(options, host)
         # Big bodies go through the blocking twin only when the asynchronous client is ours:
         # there is no blocking twin of a client the caller supplied.
@@ -186,6 +196,9 @@ class HostTransport:
         one takes its time.
         """
         answer = self.options.read_timeout * ANSWER_FACTOR
+        gate = self.gate
+        if gate.active:  # outside the answer's bound: waiting our turn is not the server's time
+            await gate.wait()
         try:
             with anyio.fail_after(answer if bounded else None):
                 if blocking:
@@ -219,6 +232,8 @@ class HostTransport:
         except (httpx.TransportError, ssl.SSLError) as exc:
             raise connect_error(exc, self.host, what) from None
         self.scheme_known = True
+        if resp.url.host == request.url.host:  # a CDN redirected to has limits of its own
+            gate.observe(resp)
         return resp
 
 
