@@ -9,6 +9,7 @@ registry behind the fault proxy, by when the requests arrived there.
 from __future__ import annotations
 
 import email.utils
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,13 +82,48 @@ def test_a_sessions_clients_of_one_host_share_its_gate(tmp_path: Path) -> None:
         registries=transfer.RegistryConfig(),
         credentials=transfer.Credentials("u", "p"),
     )
-    session = transfer.Session(settings)
-    one = session.client(parse("registry.example/a:1"))
-    two = session.client(parse("registry.example/b:1"), settings=other)
-    elsewhere = session.client(parse("elsewhere.example/a:1"))
-    assert one is not two  # another credential source: another client, the same host
-    assert one.transport.gate is two.transport.gate
-    assert elsewhere.transport.gate is not one.transport.gate
+
+    async def main() -> None:
+        async with transfer.Session(settings) as session:
+            one = session.client(parse("registry.example/a:1"))
+            two = session.client(parse("registry.example/b:1"), settings=other)
+            elsewhere = session.client(parse("elsewhere.example/a:1"))
+            assert one is not two  # another credential source: another client, the same host
+            assert one.transport.gate is two.transport.gate
+            assert elsewhere.transport.gate is not one.transport.gate
+
+    anyio.run(main)
+
+
+def test_worker_threads_and_tasks_share_one_schedule() -> None:
+    """The rate's turns are handed out in order whoever asks: no caller starts early."""
+    rate = 20.0
+    gate = HostGate(rate)
+    starts: list[float] = []
+
+    async def main() -> float:
+        began = time.monotonic()
+        async with anyio.create_task_group() as group:
+            for _ in range(3):
+                group.start_soon(anyio.to_thread.run_sync, lambda: starts.append(_blocking(gate)))
+            for _ in range(3):
+                group.start_soon(lambda: _waited(gate, starts))
+        return began
+
+    began = anyio.run(main)
+    assert len(starts) == 6
+    for turn, start in enumerate(sorted(starts)):
+        assert start >= began + turn / rate - 0.001, (turn, start - began)
+
+
+def _blocking(gate: HostGate) -> float:
+    gate.wait_blocking()
+    return time.monotonic()
+
+
+async def _waited(gate: HostGate, starts: list[float]) -> None:
+    await gate.wait()
+    starts.append(time.monotonic())
 
 
 # ---- through the fault proxy ------------------------------------------------------------------

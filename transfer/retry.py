@@ -1,7 +1,9 @@
 """The one retry policy: tenacity, sleeping with anyio, honouring Retry-After.
 
 What is retryable is decided by the error itself (``TransferError.retryable``): network faults,
-408/429/5xx, a transfer that arrived corrupt. Everything else fails at once.
+408/429/5xx, a transfer that arrived corrupt. Everything else fails at once. A 429's pause
+holds for every request to its host (ratelimit.py's gate); here it is only the retried
+request's own wait.
 """
 
 from __future__ import annotations
