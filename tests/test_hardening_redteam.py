@@ -21,7 +21,7 @@ import pytest
 
 from fixtures import hostile as h
 from tests.helpers import index_refs, peak_rss, xfer_env
-from transfer import api, auth, cli, client, durable, redirects
+from transfer import api, auth, cli, client, durable, redirects, transport
 from transfer.api import Settings
 from transfer.digest import Digest, Verifier
 from transfer.endpoints.layout import Layout
@@ -378,7 +378,7 @@ async def _oversized_answer(length: bool) -> None:
         if length
         else httpx.Response(200, content=chunks(), request=request)
     )
-    await client._read_capped(response, MAX_MANIFEST_BYTES, "manifest", "registry.test")
+    await transport.read_capped(response, MAX_MANIFEST_BYTES, "manifest", "registry.test")
 
 
 def _longer_than_declared() -> None:
