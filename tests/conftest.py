@@ -40,6 +40,13 @@ def empty_registry() -> Iterator[Registry]:
         yield reg
 
 
+@pytest.fixture
+def target(empty_registry: Registry) -> Iterator[FaultProxy]:
+    """A fault proxy in front of ``empty_registry``: uploads observed and refused on demand."""
+    with FaultProxy(empty_registry.url) as proxy:
+        yield proxy
+
+
 @pytest.fixture(scope="session")
 def basic_registry(images: BuiltImages) -> Iterator[Registry]:
     """htpasswd registry (alice/secret) holding every image as ``test/<name>:1``."""

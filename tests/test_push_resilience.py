@@ -9,7 +9,6 @@ the result by ``skopeo inspect --raw`` (the manifest bytes the registry serves).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Unpack
 from urllib.parse import parse_qs, urlsplit, urlunsplit
@@ -32,13 +31,6 @@ from fixtures.registry import Registry
 from tests.helpers import Run, xfer
 
 _UPLOAD = re.compile(r"/blobs/uploads/([^/?]+)")
-
-
-@pytest.fixture
-def target(empty_registry: Registry) -> Iterator[FaultProxy]:
-    """A fault proxy in front of a fresh, empty target registry."""
-    with FaultProxy(empty_registry.url) as proxy:
-        yield proxy
 
 
 @pytest.fixture

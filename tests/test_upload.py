@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Unpack
 from urllib.parse import parse_qs, urlsplit
@@ -33,13 +32,6 @@ from tests.helpers import Run, xfer
 
 CAP = 4 << 20  # the proxy's body cap; the large image's big layer is 24 MiB
 _UPLOAD = re.compile(r"/blobs/uploads/([^/?]+)")
-
-
-@pytest.fixture
-def target(empty_registry: Registry) -> Iterator[FaultProxy]:
-    """A fault proxy in front of a fresh, empty target registry."""
-    with FaultProxy(empty_registry.url) as proxy:
-        yield proxy
 
 
 @pytest.fixture
