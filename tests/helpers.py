@@ -9,10 +9,13 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
+
+import anyio
 
 import transfer
 from fixtures.images import BuiltImages
@@ -199,3 +202,18 @@ def locked_by_another_process(path: Path) -> Iterator[None]:
     finally:
         holder.kill()
         holder.wait()
+
+
+T = TypeVar("T")
+
+
+def run_bounded(main: Callable[[], Awaitable[T]], seconds: float, what: str) -> T:
+    """``anyio.run(main)`` in a daemon thread of its own, failing the test if it has not returned
+    within ``seconds``: an await that waits for ever keeps its event loop, and pytest, with it."""
+    outcome: list[T] = []
+    runner = threading.Thread(target=lambda: outcome.append(anyio.run(main)), daemon=True)
+    runner.start()
+    runner.join(seconds)
+    assert not runner.is_alive(), f"{what} never returned"
+    assert len(outcome) == 1, f"{what} raised instead of returning"
+    return outcome[0]

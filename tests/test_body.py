@@ -18,6 +18,7 @@ import pytest
 from fixtures.faultproxy import FaultProxy, IgnoreRange
 from fixtures.images import BuiltImages, ImageInfo
 from fixtures.registry import Registry
+from tests.helpers import run_bounded
 from transfer import body as body_module
 from transfer.body import BlobBody, _direct_ok
 from transfer.client import BLOCKING_MIN, RegistryClient
@@ -323,13 +324,7 @@ def test_a_pump_cancelled_before_its_thread_took_it_returns_and_never_reads(
         returned.set()
         return scope.cancelled_caught
 
-    outcome: list[bool] = []
-    # In a thread of its own: a pump that waits for ever keeps its event loop waiting with it.
-    runner = threading.Thread(target=lambda: outcome.append(anyio.run(main)), daemon=True)
-    runner.start()
-    runner.join(15)
-    assert not runner.is_alive(), "the cancelled pump never returned"
-    assert outcome == [True]
+    assert run_bounded(main, 15, "the cancelled pump") is True
     time.sleep(0.3)  # a thread that ran the pump after all would call the sink meanwhile
     assert sunk == []
 

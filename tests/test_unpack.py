@@ -17,7 +17,6 @@ import stat
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ from fixtures.hostile import (
 )
 from fixtures.images import BuiltImages
 from fixtures.registry import Registry
-from tests.helpers import ROOT, peak_rss, xfer
+from tests.helpers import ROOT, peak_rss, run_bounded, xfer
 from transfer.api import Settings, unpack, unpack_sync
 from transfer.endpoints.address import parse_address
 from transfer.endpoints.layout import Layout
@@ -680,13 +679,7 @@ def test_38_an_unpack_cancelled_before_its_thread_started_returns_and_makes_noth
                 await unpack_image(reading, host.root)
         return scope.cancelled_caught
 
-    outcome: list[bool] = []
-    # In a thread of its own: an unpack that waits for ever keeps its event loop waiting too.
-    runner = threading.Thread(target=lambda: outcome.append(anyio.run(main)), daemon=True)
-    runner.start()
-    runner.join(15)
-    assert not runner.is_alive(), "the cancelled unpack never returned"
-    assert outcome == [True]
+    assert run_bounded(main, 15, "the cancelled unpack") is True
     time.sleep(0.3)  # a thread that ran the unpack after all would make the rootfs meanwhile
     assert not host.root.exists()
 
