@@ -200,6 +200,13 @@ def test_shard_auto_without_its_index_is_exit_2(tmp_path: Path) -> None:
     assert run.code == 2 and "0 to 2" in run.err
 
 
+def test_images_below_one_is_exit_2(tmp_path: Path) -> None:
+    config = tmp_path / "sync.yaml"
+    config.write_text("example.com:\n  images:\n    a: ['1']\n")
+    run = xfer("mirror", "--images", "0", config, "localhost:1")
+    assert run.code == 2 and "--images must be at least 1" in run.err
+
+
 def test_three_shards_at_once_copy_every_image_once_and_a_rerun_changes_nothing(
     registry: Registry, empty_registry: Registry, tmp_path: Path
 ) -> None:

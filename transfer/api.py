@@ -474,6 +474,9 @@ async def unpack(
         )
 
 
+MIRROR_IMAGES = 4  # images a mirror copies at once (each with -j blob transfers)
+
+
 async def mirror(
     config: str | Path,
     destination: str,
@@ -484,7 +487,7 @@ async def mirror(
     platform: PlatformChoice = None,
     emit: Emit = ignore,
     session: Session | None = None,
-    images: int = 4,
+    images: int = MIRROR_IMAGES,
     shard: Shard | None = None,
     dry_run: bool = False,
 ) -> MirrorReport:

@@ -336,8 +336,6 @@ async def cmd_mirror(args: argparse.Namespace) -> int:
     from .mirror import Shard  # YAML and semver load only for a mirror
 
     shard = Shard.parse(args.shard) if args.shard else None
-    if args.images < 1:
-        raise UsageError("--images must be at least 1")
     settings = _settings(args)
     dest_settings = replace(settings, credentials=None)
     if args.dest_creds:
@@ -832,7 +830,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scoped", action="store_true", help="prefix each target with the source host")
     p.add_argument("--dest-creds", metavar="USER:PASS", help="credentials for the target")
     p.add_argument(
-        "--images", type=int, default=4, metavar="N", help="images copied at once (default 4)"
+        "--images",
+        type=int,
+        default=api.MIRROR_IMAGES,
+        metavar="N",
+        help=f"images copied at once (default {api.MIRROR_IMAGES})",
     )
     p.add_argument(
         "--dry-run",

@@ -32,7 +32,7 @@ import anyio
 import semver
 import yaml
 
-from .api import Settings, copy, session_for
+from .api import MIRROR_IMAGES, Settings, copy, session_for
 from .auth import Credentials
 from .copy import CopyOptions, CopyResult, PlatformChoice, choosing, filter_index, resolve
 from .digest import Digest
@@ -302,7 +302,6 @@ class Shard:
         return int.from_bytes(digest[:8], "big") % self.count == self.index
 
 
-DEFAULT_IMAGES = 4  # images copied at once (each with -j blob transfers)
 HEADS_AT_ONCE = 32  # tag lists and manifest HEADs of the plan in flight at once (small requests)
 
 COPY, UNCHANGED, SKIP, FAILED = "copy", "unchanged", "skip", "failed"
@@ -346,7 +345,7 @@ async def mirror(
     platform: PlatformChoice = None,
     emit: Emit = ignore,
     session: Session | None = None,
-    images: int = DEFAULT_IMAGES,
+    images: int = MIRROR_IMAGES,
     shard: Shard | None = None,
     dry_run: bool = False,
 ) -> MirrorReport:
