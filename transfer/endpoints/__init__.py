@@ -16,6 +16,7 @@ from ..digest import Digest, Verifier
 from ..errors import StoreError
 from ..ingest import Chunk
 from ..manifest import Descriptor, Manifest
+from ..referrers import Referrer
 
 # opener(offset, end): the blob's bytes from offset, to end (exclusive) when given
 Opener = Callable[[int, int | None], AbstractAsyncContextManager[AsyncIterable[bytes]]]
@@ -108,6 +109,29 @@ class Destination(Protocol):
 
     async def aclose(self) -> None:
         """Release what it holds; without a commit, remove what it wrote that is not whole."""
+        ...
+
+
+@runtime_checkable
+class ReferrerSource(Protocol):
+    """A source that can say what refers to a manifest it holds (referrers.py)."""
+
+    async def get_referrers(self, subject: Descriptor) -> list[Referrer]:
+        """What refers to ``subject`` directly (not recursively: a caller asks again for the
+        referrers of each referrer): by ``subject`` (the referrers API, the fallback tag, a
+        layout's index entries) and by cosign's tag convention."""
+        ...
+
+
+@runtime_checkable
+class ReferrerDestination(Protocol):
+    """A destination that records referrers where readers look for them."""
+
+    async def put_referrer(self, referrer: Referrer, manifest: Manifest) -> None:
+        """Record ``manifest`` (already put by digest, its blobs first) as ``referrer``: a
+        registry with the referrers API indexes it itself, one without gets the fallback tag
+        index merged (never dropping another tool's entry); a layout lists it in index.json;
+        a cosign referrer gets its tag."""
         ...
 
 
