@@ -45,11 +45,13 @@ from ..manifest import (
 )
 from ..ociview import ORIGINAL, is_view_of, original_type
 from ..reference import parse
+from ..referrers import Referrer
 from .layout import REF_NAME
+from .layout_referrers import CONTAINERD_NAME as CONTAINERD_NAME
+from .layout_referrers import Listing, list_referrers
 from .tarindex import Member, TarIndex
 
 MAX_DOCUMENT = 16 << 20  # manifest.json, index.json: far above any real one
-CONTAINERD_NAME = "io.containerd.image.name"  # Docker 25+ puts the full name here
 DOCKER_LAYER_TAR = "application/vnd.docker.image.rootfs.diff.tar"
 DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 OCI_LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
@@ -191,6 +193,7 @@ class OciArchive(_Archive):
     def __init__(self, path: Path, name: str | None = None, tar: TarIndex | None = None) -> None:
         super().__init__(path, name, tar)
         self._entries: list[Descriptor] = []
+        self._listing: Listing | None = None
 
     def _load(self, tar: TarIndex) -> None:
         if "index.json" not in tar:
@@ -245,10 +248,33 @@ class OciArchive(_Archive):
     def _blob_name(self, desc: Descriptor) -> str:
         return f"blobs/{desc.digest.algorithm}/{desc.digest.encoded}"
 
+    async def referrer_listing(self) -> Listing:
+        """What index.json lists as referrers (layout_referrers), each candidate read once."""
+        tar = await self.tar()
+        if self._listing is None:
+
+            def read(desc: Descriptor) -> Manifest:
+                raw = tar.read_small(self._blob_name(desc), MAX_MANIFEST_BYTES)
+                return _verified_manifest(self.path, raw, desc, desc.digest)
+
+            self._listing = await anyio.to_thread.run_sync(list_referrers, self._entries, read)
+        return self._listing
+
+    async def get_referrers(self, subject: Descriptor) -> list[Referrer]:
+        """Referrers of ``subject`` this archive holds (``xfer save`` writes them beside their
+        images); a cosign tag counts in this archive's named image's repository."""
+        listing = await self.referrer_listing()
+        return listing.referrers(subject.digest, self.name)
+
+    async def referrers(self) -> list[tuple[Referrer, str | None]]:
+        """Every referrer index.json lists, with the name of its entry (a cosign tag's)."""
+        listing = await self.referrer_listing()
+        return [(f.referrer, f.name) for found in listing.found.values() for f in found]
+
     async def images(self) -> list[ArchivedImage]:
-        await self.tar()
+        listing = await self.referrer_listing()
         out = []
-        for desc in self._entries:
+        for desc in listing.roots(self._entries):
             # Docker 25+ keeps only the tag in ref.name and the full name beside it.
             label = desc.annotations.get(CONTAINERD_NAME) or desc.annotations.get(REF_NAME)
             name = normalised(label) if label else None
@@ -505,6 +531,12 @@ class ArchiveImageSource:
 
     async def get_manifest(self, identifier: str | Digest) -> Manifest:
         return await self.archive.get_manifest(identifier)
+
+    async def get_referrers(self, subject: Descriptor) -> list[Referrer]:
+        if isinstance(self.archive, OciArchive):
+            listing = await self.archive.referrer_listing()
+            return listing.referrers(subject.digest, self.name)
+        return []  # docker's manifest.json lists images only
 
     def absent(self, index: Manifest) -> list[Descriptor]:
         if isinstance(self.archive, OciArchive):

@@ -51,9 +51,11 @@ from ..graph import Rules, walk_sync
 from ..manifest import Descriptor, ImageManifest, Manifest, Platform
 from ..ociview import ORIGINAL, needs_view, views
 from ..reference import parse
+from ..referrers import Referrer
 from . import Opener, Progress
 from .archive_read import CONTAINERD_NAME, normalised
 from .layout import INDEX_MEDIA_TYPE, LAYOUT_VERSION, REF_NAME
+from .layout_referrers import cosign_name, docker_loads, referrer_entry
 
 FORMATS = ("docker", "oci")
 WRITE_BATCH = 1 << 20  # bytes gathered before one write (+hash) in a worker thread
@@ -158,6 +160,9 @@ class ArchiveDestination:
         self._manifests: dict[Digest, Manifest] = {}
         self._tagged: list[tuple[str, Manifest]] = []  # (name, top manifest), in save order
         self._views: dict[Digest, Manifest] = {}  # Docker original → its OCI view ("oci" only)
+        # Referrers, in the order they came: index.json lists them as the store does
+        # (layout_referrers); docker's manifest.json never does.
+        self._referrers: dict[Digest, tuple[Referrer, Manifest]] = {}
         self._finished = False
         self._broken = False
 
@@ -240,6 +245,13 @@ class ArchiveDestination:
                 await self._put_views(manifest)
             self._tagged = [(n, m) for n, m in self._tagged if n != tag] + [(tag, manifest)]
 
+    async def put_referrer(self, referrer: Referrer, manifest: Manifest) -> None:
+        """Listed in index.json at commit (its manifest and blobs went in already, by digest);
+        a plain docker archive (``--format docker``) has nowhere to list it."""
+        if self.oci:
+            await self.put_manifest(manifest, None)
+            self._referrers.setdefault(manifest.digest, (referrer, manifest))
+
     async def _put_views(self, manifest: Manifest) -> None:
         """The plain OCI archive is for OCI readers (skopeo, podman, umoci): a Docker image is
         named through its OCI view, its original kept beside it (``transfer.ociview``)."""
@@ -295,12 +307,58 @@ class ArchiveDestination:
                 annotations[ORIGINAL] = str(manifest.digest)
                 manifest = view
             entries.append(manifest.descriptor(annotations=annotations).to_json())
+        entries += self._referrer_entries()
         return _compact({"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": entries})
+
+    def _referrer_entries(self) -> list[dict[str, Any]]:
+        """A referrer with a subject: an unnamed entry (artifactType, annotations); a cosign
+        one: its tag, in its subject image's repository when that image has a full name."""
+        entries = []
+        for referrer, manifest in self._referrers.values():
+            if referrer.tag is None:
+                entries.append(referrer_entry(referrer, manifest).to_json())
+                continue
+            name = cosign_name(self._image_named(referrer.subject), referrer.tag)
+            annotations = {REF_NAME: name}
+            if normalised(name) == name:
+                annotations = {CONTAINERD_NAME: name, REF_NAME: name}
+            entries.append(manifest.descriptor(annotations=annotations).to_json())
+        return entries
+
+    def _image_named(self, subject: Digest) -> str | None:
+        """The name of the image ``subject`` belongs to: a tagged top manifest, a child of one,
+        or (for a referrer of a referrer) its own subject's image."""
+        for _ in range(len(self._referrers) + 1):
+            for name, top in self._tagged:
+                if top.digest == subject or subject in self._below(top):
+                    return name
+            found = self._referrers.get(subject)
+            if found is None:
+                return None
+            subject = found[0].subject
+        return None
+
+    def _below(self, top: Manifest) -> set[Digest]:
+        if not top.is_index:
+            return set()
+        out: set[Digest] = set()
+        pending = [top]
+        while pending:
+            manifest = pending.pop()
+            for child in manifest.index().manifests:
+                if child.digest not in out:
+                    out.add(child.digest)
+                    known = self._manifests.get(child.digest)
+                    if known is not None and known.is_index:
+                        pending.append(known)
+        return out
 
     def _docker_manifest(self) -> bytes:
         images: dict[Digest, dict[str, Any]] = {}
         for name, top in self._tagged:
             image, digest = self._platform_image(top)
+            if not docker_loads(self._manifests[digest]):
+                continue  # an artifact (a signature, an SBOM) saved by name: no docker image
             entry = images.get(digest)
             if entry is None:
                 entry = images[digest] = {

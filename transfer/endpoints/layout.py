@@ -12,6 +12,8 @@ index.json is what other tools read, so it names only what OCI readers understan
 schema 2 image's entry points at its OCI view and names the original (``transfer.ociview``),
 which ``find`` returns, so xfer pushes and saves the bytes whose digest a registry knows. An
 index stored without some children (``xfer load`` of a one-platform export) says which.
+Referrers (signatures, SBOMs) are entries too, as oras lists them: without a name, or under
+their cosign tag (``layout_referrers``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import os
 import stat
 import struct
 import sys
-from collections.abc import AsyncIterable, AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -40,10 +42,20 @@ from ..ingest import Chunk, Ingest
 from ..localfile import open_regular, read_capped, read_upto
 from ..manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest
 from ..ociview import ORIGINAL, is_view_of, needs_view, original_type, views
+from ..referrers import Referrer
 from ..space import Claim, free_bytes
 from . import Opener, Progress
+from .layout_referrers import (
+    REF_NAME as REF_NAME,
+)
+from .layout_referrers import (
+    Listing,
+    cosign_name,
+    list_referrers,
+    referrer_entry,
+    subject_of,
+)
 
-REF_NAME = "org.opencontainers.image.ref.name"
 # On an index.json entry: the children of an index that were deliberately not stored (it came
 # from an archive exported for some platforms only), comma-separated digests. verify does not
 # call them missing; a copy of the whole index names them (see ``LayoutSource.absent``).
@@ -409,6 +421,27 @@ class Layout:
             entries[:] = [e for e in entries if e.annotations.get(REF_NAME) != name]
             return len(entries) != before
 
+    # ---- referrers ----------------------------------------------------------------------------
+
+    def add_referrer(self, entry: Descriptor) -> None:
+        """List a stored manifest with a subject in index.json, unnamed (once per digest)."""
+        with self._index_locked() as entries:
+            if not any(e.digest == entry.digest and REF_NAME not in e.annotations for e in entries):
+                entries.append(entry)
+
+    def listing(self, entries: Sequence[Descriptor] | None = None) -> Listing:
+        """What index.json says about referrers: each unnamed entry's manifest read once."""
+        return list_referrers(self.read_index() if entries is None else entries, self.get_manifest)
+
+    def drop_entries(self, keep: Callable[[Descriptor], bool]) -> int:
+        """Remove the index.json entries ``keep`` refuses (gc: referrers whose subject went)."""
+        if all(keep(e) for e in self.read_index()):
+            return 0  # nothing to drop: index.json is not rewritten
+        with self._index_locked() as entries:
+            before = len(entries)
+            entries[:] = [e for e in entries if keep(e)]
+            return before - len(entries)
+
 
 def _read_chunks(handle: Any, length: int) -> _FileChunks:
     return _FileChunks(handle, length)
@@ -543,6 +576,14 @@ class LayoutSource:
         self.layout = layout
         self.name = ref_name
         self.local = str(layout.root)
+        self._listing: Listing | None = None  # read on the first question, once per source
+
+    async def get_referrers(self, subject: Descriptor) -> list[Referrer]:
+        """From index.json: unnamed entries whose manifest names ``subject``, cosign tags in
+        this image's repository (bare ones in an ``oci:`` layout), a fallback tag's index."""
+        if self._listing is None:
+            self._listing = await anyio.to_thread.run_sync(self.layout.listing)
+        return self._listing.referrers(subject.digest, self.name)
 
     async def get_manifest(self, identifier: str | Digest) -> Manifest:
         if isinstance(identifier, Digest):
@@ -597,8 +638,27 @@ class LayoutDestination:
 
     async def put_manifest(self, manifest: Manifest, tag: str | None) -> None:
         self.layout.put_bytes(manifest.descriptor(), manifest.raw)
-        if tag is not None:
-            self.layout.set_reference(tag, manifest, self.extra)
+        if tag is None:
+            return
+        subject = subject_of(manifest)
+        if subject is not None:
+            # An artifact about another manifest (an SBOM asked for by its tag) is kept as
+            # what it is, a referrer of its subject, never as an image of its own: gc then
+            # drops it with its subject, and no image list shows it.
+            self.layout.add_referrer(
+                referrer_entry(Referrer(manifest.descriptor(), subject), manifest)
+            )
+            return
+        self.layout.set_reference(tag, manifest, self.extra)
+
+    async def put_referrer(self, referrer: Referrer, manifest: Manifest) -> None:
+        """A referrer with a subject becomes an unnamed index.json entry; a cosign one keeps
+        its tag, in this image's repository where names are full references (the store)."""
+        self.layout.put_bytes(manifest.descriptor(), manifest.raw)
+        if referrer.tag is not None:
+            self.layout.set_reference(cosign_name(self.ref_name, referrer.tag), manifest)
+        else:
+            self.layout.add_referrer(referrer_entry(referrer, manifest))
 
     async def commit(self) -> None:
         return None

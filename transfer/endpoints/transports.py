@@ -176,7 +176,9 @@ class LayoutTransport:
 
 def only_image(layout: Layout, address: Address) -> str:
     """The name of a layout's one image; naming one is required when it holds several."""
-    names = [d.annotations.get(REF_NAME) for d in layout.read_index()]
+    entries = layout.read_index()
+    # Its referrers (signatures, SBOMs) are listed beside it: no images of their own.
+    names = [d.annotations.get(REF_NAME) for d in layout.listing(entries).roots(entries)]
     if len(names) == 1 and names[0]:
         return names[0]
     raise UsageError(
