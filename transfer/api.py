@@ -31,6 +31,7 @@ from .digest import Digest
 from .endpoints import read_blob
 from .endpoints.address import Address, parse_address
 from .endpoints.layout import REF_NAME, Layout, LayoutDestination
+from .endpoints.layout_referrers import cosign_tag
 from .endpoints.transports import Context, Origin, archive, open_destination, open_source
 from .errors import ArchiveError, StoreError, UsageError
 from .fetch import RangePolicy
@@ -43,6 +44,7 @@ from .throttle import Throttle
 from .transport import TransportOptions
 
 if TYPE_CHECKING:  # imported where used: a pull should not pay for tar, zstd or gc code
+    from .endpoints.archive_read import DockerArchive, OciArchive
     from .maintenance import GcReport, VerifyReport
     from .mirror import MirrorReport, Shard
     from .unpack import UnpackOptions, UnpackResult
@@ -293,7 +295,60 @@ async def load(
                 if others:
                     layout.set_references(others, result.manifest)
                 results += [result, *(replace(result, reference=n) for n in others)]
+            await _load_referrers(archive, layout, results, options, emit)
     return results
+
+
+async def _load_referrers(
+    archive: OciArchive | DockerArchive,
+    layout: Layout,
+    loaded: Sequence[CopyResult],
+    options: CopyOptions,
+    emit: Emit,
+) -> None:
+    """Every referrer an OCI archive's index.json lists goes into the store as the store keeps
+    them (by digest, listed unnamed, a cosign one under its tag in its image's repository),
+    whether or not the copy of its image carried it: a load reads every entry. One already
+    stored is not copied again."""
+    from .endpoints.archive_read import ArchiveImageSource, OciArchive
+    from .endpoints.layout_referrers import is_full_reference
+
+    if not isinstance(archive, OciArchive):
+        return  # docker's manifest.json lists images only
+    found = await archive.referrers()
+    if not found:
+        return
+    # Which loaded image a subject belongs to: the repository its cosign tags go in.
+    owner: dict[Digest, str] = {}
+    for result in loaded:
+        owner.setdefault(result.manifest.digest, result.reference)
+        owner.setdefault(result.source_digest, result.reference)
+        if result.manifest.is_index:
+            for child in result.manifest.index().manifests:
+                owner.setdefault(child.digest, result.reference)
+    # A referrer of a referrer (a signature of an SBOM) belongs where its subject does.
+    for _ in range(len(found)):
+        learned = False
+        for referrer, name in found:
+            digest = referrer.descriptor.digest
+            context = name if is_full_reference(name) else owner.get(referrer.subject)
+            if digest not in owner and context is not None:
+                owner[digest] = context
+                learned = True
+        if not learned:
+            break
+    whole = replace(options, platform=None, platforms=())  # a referrer goes in as it is
+    stored = {d.digest for d in layout.read_index()}
+    for referrer, name in found:
+        digest = referrer.descriptor.digest
+        if digest in stored and layout.has_blob(referrer.descriptor):
+            continue
+        context = name if is_full_reference(name) else owner.get(referrer.subject)
+        source = ArchiveImageSource(archive, str(digest))
+        destination = LayoutDestination(layout, context)
+        result = await copy_image(source, destination, digest, None, whole, emit)
+        await destination.put_referrer(referrer, result.manifest)
+        stored.add(digest)
 
 
 async def inspect(
@@ -383,8 +438,8 @@ def _images(settings: Settings) -> list[ImageEntry]:
     entries = []
     for entry in layout.read_index():
         name = entry.annotations.get(REF_NAME)
-        if not name:
-            continue
+        if not name or cosign_tag(name) is not None:
+            continue  # a referrer: kept with its image, not an image of its own
         desc = layout.resolve(entry)  # a Docker image's own digest, not its OCI view's
         entries.append(ImageEntry(name, desc.digest, desc.media_type, _image_size(layout, desc)))
     return entries
@@ -394,7 +449,7 @@ def _image_size(layout: Layout, desc: Descriptor) -> int:
     """Manifests, configs and layers of one image (or index), each blob counted once."""
     from .maintenance import reachable
 
-    return sum(blob.size for blob in reachable(layout, [desc]).blobs.values())
+    return sum(blob.size for blob in reachable(layout, [desc], referrers=False).blobs.values())
 
 
 async def remove(references: Sequence[str], settings: Settings | None = None) -> list[str]:

@@ -3,10 +3,14 @@
 Reachability starts at ``index.json`` and walks indexes and manifests down to configs and
 layers; an entry that points at the OCI view of a Docker image also reaches the original it
 names (``transfer.ociview``), and the children an entry records as absent (an index loaded from
-a one-platform export) are not reported missing. ``gc`` holds the store exclusively (pulls
-hold it shared), so a blob written by a pull that has not yet tagged its image is never
-mistaken for garbage. A manifest that cannot be read (damaged, missing) hides what its image
-uses, so gc then deletes nothing at all.
+a one-platform export) are not reported missing. Referrers (signatures, SBOMs: unnamed entries
+with a subject, cosign tags) are no roots: each is reached from its subject (``Edge.REFERRER``,
+listed once per walk by ``layout_referrers``), so it is kept while its subject is, and gc drops
+it, and its own referrers, with its subject, entry and blobs alike.
+
+``gc`` holds the store exclusively (pulls hold it shared), so a blob written by a pull that has
+not yet tagged its image is never mistaken for garbage. A manifest that cannot be read (damaged,
+missing) hides what its image uses, so gc then deletes nothing at all.
 
 A pull trusts a stored blob of the right size (one ``lstat``: it is asked for every blob of
 every pull), so a damaged one is never fetched again by itself: ``verify --repair`` removes the
@@ -25,6 +29,7 @@ from pathlib import Path
 
 from .digest import Digest
 from .endpoints.layout import ABSENT, REF_NAME, Layout
+from .endpoints.layout_referrers import Listing
 from .errors import InvalidDigest, StoreError
 from .graph import Edge, Rules, is_foreign, walk_sync
 from .localfile import open_regular
@@ -49,11 +54,24 @@ class Reachable:
     unreadable: list[Unreadable] = field(default_factory=list)
 
 
-def reachable(layout: Layout, roots: list[Descriptor] | None = None) -> Reachable:
-    """Every blob reachable from ``roots`` (default: every image of index.json). The walk has
-    no bounds (a store legitimately holds many manifests) and goes past a manifest it cannot
-    read, recording it: what that one uses is unknown."""
-    tops = layout.read_index() if roots is None else roots
+def reachable(
+    layout: Layout,
+    roots: list[Descriptor] | None = None,
+    *,
+    referrers: bool = True,
+    listing: Listing | None = None,
+) -> Reachable:
+    """Every blob reachable from ``roots`` (default: every image of index.json, the referrers
+    not among them), with the referrers of what is reached unless ``referrers`` is off. The
+    walk has no bounds (a store legitimately holds many manifests) and goes past a manifest it
+    cannot read, recording it: what that one uses is unknown."""
+    entries = layout.read_index() if roots is None or referrers else []
+    if referrers and listing is None:
+        listing = layout.listing(entries)
+    if roots is not None:
+        tops = roots
+    else:
+        tops = listing.roots(entries) if listing is not None else entries
     # Children an index entry records as deliberately not stored are not damage.
     recorded = {text for d in tops for text in d.annotations.get(ABSENT, "").split(",") if text}
 
@@ -63,7 +81,10 @@ def reachable(layout: Layout, roots: list[Descriptor] | None = None) -> Reachabl
 
     def original(desc: Descriptor) -> list[tuple[Edge, Descriptor]]:
         found = layout.resolve(desc)  # an OCI view's Docker original is kept with it
-        return [(Edge.ORIGINAL, found)] if found.digest != desc.digest else []
+        related = [(Edge.ORIGINAL, found)] if found.digest != desc.digest else []
+        if listing is not None:
+            related += [(Edge.REFERRER, d) for d in listing.edges.get(desc.digest, ())]
+        return related
 
     rules = Rules(bounds=None, keep_going=True, read_unknown=False, absent=absent)
     graph = walk_sync(str(layout.root), tops, layout.get_manifest, rules, original)
@@ -76,10 +97,13 @@ def reachable(layout: Layout, roots: list[Descriptor] | None = None) -> Reachabl
 
 
 def users(layout: Layout, digests: set[Digest]) -> list[str]:
-    """The images (index.json names) that reach any of ``digests``: what to pull again."""
+    """The images (index.json names) that reach any of ``digests`` (themselves or through a
+    referrer): what to pull again."""
+    entries = layout.read_index()
+    listing = layout.listing(entries)
     names = []
-    for top in layout.read_index():
-        if digests & set(reachable(layout, [top]).blobs):
+    for top in listing.roots(entries):
+        if digests & set(reachable(layout, [top], listing=listing).blobs):
             names.append(top.annotations.get(REF_NAME) or str(top.digest))
     return names
 
@@ -204,6 +228,9 @@ def collect(layout: Layout, *, all_partials: bool = False, now: float | None = N
                 f"again (or xfer rm it) and run gc again",
             )
         keep = found.blobs
+        # Entries whose manifest goes (referrers of what is gone) leave index.json first:
+        # it never names a blob that is not there.
+        layout.drop_entries(lambda entry: entry.digest in keep)
         left: list[str] = []
         for path, digest in _stored(layout):
             if digest is not None and digest in keep:
