@@ -14,6 +14,7 @@ import json
 import shutil
 import subprocess
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import anyio
 import pytest
 
 import transfer
+from fixtures.daemons import Dockerd, engines
 from fixtures.images import BuiltImages
 from tests.helpers import STORE_HOST, fill_store, stored_blobs, xfer
 from transfer.copy import CopyOptions, copy_image
@@ -476,6 +478,31 @@ def test_docker_loads_only_images_decided_by_config_type_and_layers(
     assert not docker_loads(layout.get_manifest(signed.sbom))
     multi = images.images["multi"]
     assert not docker_loads(Manifest.from_bytes(multi.raw))  # an index: its child is described
+
+
+@pytest.fixture(scope="module")
+def dockerd() -> Iterator[Dockerd]:
+    with engines() as (_, daemon):
+        yield daemon
+
+
+def test_docker_loads_a_saved_signed_image_and_only_the_image(
+    dockerd: Dockerd, images: BuiltImages, tmp_path: Path
+) -> None:
+    signed = _signed_layout(images, tmp_path / "signed")
+    archive = tmp_path / "signed.tar"
+    ref = f"{STORE_HOST}/signed-small:1"
+    _save_signed(signed, archive, None, ref)
+
+    out = dockerd.docker("load", "-i", str(archive))
+    assert [line for line in out.splitlines() if line.startswith("Loaded image")] == [
+        f"Loaded image: {ref}"
+    ]
+    config = images.images["small"].config
+    assert config is not None
+    assert dockerd.inspect(ref)["Id"] == config.digest
+    listed = dockerd.docker("images", "--format", "{{.Repository}}:{{.Tag}}")
+    assert not [line for line in listed.splitlines() if ".sig" in line or "sha256-" in line]
 
 
 # ---- other tools read the layout ---------------------------------------------------------------
