@@ -255,4 +255,3 @@ def list_referrers(
 
 def _may_be_manifest(media_type: str) -> bool:
     return "manifest" in media_type or "image.index" in media_type
-
