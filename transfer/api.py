@@ -78,6 +78,9 @@ class Settings:
     # (a proxy capping request bodies); None: one request per blob.
     chunk_size: int | None = None
     max_requests_per_second: float | None = None  # per registry host, for the whole run
+    # Archives written (oci-archive:, docker-archive:): volumes NAME.001.tar, … of at most
+    # this many bytes each (endpoints/volumes.py); None: one file.
+    volume_size: int | None = None
     # Per-registry TLS, plain-http and mirrors; None: read config.toml, registries.conf and
     # certs.d (config.load) once per Session, so a long-lived Settings sees edits.
     registries: RegistryConfig | None = None
@@ -200,11 +203,14 @@ async def save(
     format: str | None = None,
     platform: PlatformChoice = None,
     all_platforms: bool = False,
+    max_size: int | None = None,
     emit: Emit = ignore,
     session: Session | None = None,
 ) -> list[CopyResult]:
-    """Images → one archive, each blob once. A bare reference is an image of the store;
-    ``docker://REF`` streams from the registry (any endpoint address works). The default
+    """Images → one archive, each blob once (``max_size``: volumes ``NAME.001.tar``, … of at
+    most that many bytes, whole blobs each; default: the settings' ``volume_size``). A bare
+    reference is an image of the store; ``docker://REF`` streams from the registry (any
+    endpoint address works). The default
     format loads with ``docker load`` and reads as ``oci-archive:``; ``format`` "docker" or
     "oci" writes the plain ones. One platform per image (this machine's) unless
     ``all_platforms``: docker's manifest.json then lists this platform's image."""
@@ -215,7 +221,7 @@ async def save(
     results = []
     async with (
         session_for(settings, session) as (settings, session),
-        archive(Path(output), format) as writing,
+        archive(Path(output), format, max_size=max_size or settings.volume_size) as writing,
     ):
         options = CopyOptions(*choosing(chosen), jobs=settings.jobs, retry=settings.retry)
         for address in addresses:

@@ -455,12 +455,23 @@ async def cmd_save(args: argparse.Namespace) -> int:
             format=args.format,
             platform=_platforms(args),
             all_platforms=args.all_platforms,
+            max_size=_volume_size(args),
             emit=render,
         )
     finally:
         render.close()
     render.summary()
     return 0
+
+
+def _volume_size(args: argparse.Namespace) -> int | None:
+    """``--max-size 4G``: archive volumes of at most that many bytes."""
+    if not getattr(args, "max_size", None):
+        return None
+    size = _bytes_option("--max-size", args.max_size)
+    if size < 4096:
+        raise UsageError("--max-size must be at least 4K (a volume holds tar headers too)")
+    return size
 
 
 async def cmd_load(args: argparse.Namespace) -> int:
@@ -860,6 +871,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--format",
         choices=("docker", "oci"),
         help="only docker's manifest.json or only an OCI layout (default: both, as Docker 25+)",
+    )
+    p.add_argument(
+        "--max-size",
+        metavar="SIZE",
+        help="write volumes FILE.001.tar, FILE.002.tar, ... of whole blobs, each at most SIZE "
+        "(e.g. 4G); a rerun after an interruption keeps the volumes finished",
     )
     p.set_defaults(func=cmd_save)
 

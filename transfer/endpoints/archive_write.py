@@ -54,7 +54,7 @@ from ..reference import parse
 from ..referrers import Referrer
 from . import Opener, Progress
 from .archive_read import CONTAINERD_NAME, normalised
-from .layout import INDEX_MEDIA_TYPE, LAYOUT_VERSION, REF_NAME
+from .layout import ABSENT, INDEX_MEDIA_TYPE, LAYOUT_VERSION, REF_NAME
 from .layout_referrers import cosign_name, docker_loads, referrer_entry
 
 FORMATS = ("docker", "oci")
@@ -81,6 +81,19 @@ def create_beside(path: Path) -> tuple[int, Path]:
     return fd, temp
 
 
+def tar_header(name: str, size: int, directory: bool = False) -> bytes:
+    """The fixed header of one member (mtime 0, uid/gid 0, no user names)."""
+    info = tarfile.TarInfo(name)
+    info.mtime = 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mode = 0o755 if directory else 0o644
+    info.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
+    info.size = 0 if directory else size
+    # PAX only adds an extended header when a name does not fit ustar (sha512 blobs).
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict")
+
+
 class TarWriter:
     """A tar file written sequentially with fixed headers (blocking: used from worker threads),
     into a new temporary file beside ``target`` (``temp``), which the caller renames."""
@@ -95,15 +108,7 @@ class TarWriter:
         self.position += len(data)
 
     def header(self, name: str, size: int, directory: bool = False) -> None:
-        info = tarfile.TarInfo(name)
-        info.mtime = 0
-        info.uid = info.gid = 0
-        info.uname = info.gname = ""
-        info.mode = 0o755 if directory else 0o644
-        info.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
-        info.size = 0 if directory else size
-        # PAX only adds an extended header when a name does not fit ustar (sha512 blobs).
-        self._write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict"))
+        self._write(tar_header(name, size, directory))
 
     def data(self, chunk: bytes) -> None:
         self._write(chunk)
@@ -203,9 +208,11 @@ class ArchiveDestination:
     async def put_blob(self, desc: Descriptor, opener: Opener, progress: Progress) -> int:
         if desc.digest in self._written:
             return 0
-        tar = await self._writer()
         name = _blob_name(desc.digest)
-        await self._directories(tar, name)
+        tar = await self._member(name, desc.size)
+        if tar is None:  # already held where this member goes (a volume kept from a rerun)
+            self._written.add(desc.digest)
+            return 0
         start = tar.position
         verifier = Verifier(desc.digest, desc.size)
         received = 0
@@ -230,15 +237,13 @@ class ArchiveDestination:
                 self._broken = True  # commit() will refuse: the file has a torn member
             raise
         self._written.add(desc.digest)
+        await self._member_done(name)
         return received
 
     async def put_manifest(self, manifest: Manifest, tag: str | None) -> None:
         self._manifests[manifest.digest] = manifest
         if self.oci and manifest.digest not in self._written:
-            tar = await self._writer()
-            name = _blob_name(manifest.digest)
-            await self._directories(tar, name)
-            await self._io(tar.add, name, manifest.raw)
+            await self._add(_blob_name(manifest.digest), manifest.raw)
             self._written.add(manifest.digest)
         if tag is not None:
             if self.format == "oci" and needs_view(manifest):
@@ -255,18 +260,33 @@ class ArchiveDestination:
     async def _put_views(self, manifest: Manifest) -> None:
         """The plain OCI archive is for OCI readers (skopeo, podman, umoci): a Docker image is
         named through its OCI view, its original kept beside it (``transfer.ociview``)."""
-        tar = await self._writer()
         for view in views(manifest, lambda desc: self._manifests.get(desc.digest)):
             if view.digest not in self._written:
-                name = _blob_name(view.digest)
-                await self._directories(tar, name)
-                await self._io(tar.add, name, view.raw)
+                await self._add(_blob_name(view.digest), view.raw)
                 self._written.add(view.digest)
             self._views[manifest.digest] = view
 
-    async def commit(self) -> None:
-        """Write the index documents and move the archive into place: once, after every
-        image went in (the archive appears only complete)."""
+    # ---- where members go (a volume set, volumes.py, decides otherwise) ------------------------
+
+    async def _member(self, name: str, size: int) -> TarWriter | None:
+        """The tar the member ``name`` of ``size`` bytes is written into next (its directory
+        entries written first); None when it is already there."""
+        tar = await self._writer()
+        await self._directories(tar, name)
+        return tar
+
+    async def _member_done(self, name: str) -> None:
+        """The member ``name`` is complete in the tar ``_member`` gave."""
+
+    async def _add(self, name: str, data: bytes) -> None:
+        """A small member (a manifest) written whole."""
+        tar = await self._member(name, len(data))
+        if tar is not None:
+            await self._io(tar.add, name, data)
+            await self._member_done(name)
+
+    def _documents(self, annotations: dict[str, str] | None = None) -> list[tuple[str, bytes]]:
+        """The index documents that complete the archive (``annotations``: on index.json)."""
         if not self._tagged:
             raise ArchiveError(f"no image to write into {self.path}")
         if self._broken:
@@ -275,9 +295,15 @@ class ArchiveDestination:
             )
         documents = []
         if self.oci:
-            documents.append(("index.json", self._oci_index()))
+            documents.append(("index.json", self._oci_index(annotations)))
         if self.docker:
             documents.append(("manifest.json", self._docker_manifest()))
+        return documents
+
+    async def commit(self) -> None:
+        """Write the index documents and move the archive into place: once, after every
+        image went in (the archive appears only complete)."""
+        documents = self._documents()
         tar = await self._writer()
         for name, data in documents:
             await self._io(tar.add, name, data)
@@ -296,7 +322,7 @@ class ArchiveDestination:
 
     # ---- the index documents ------------------------------------------------------------------
 
-    def _oci_index(self) -> bytes:
+    def _oci_index(self, top: dict[str, str] | None = None) -> bytes:
         entries = []
         for name, manifest in self._tagged:
             annotations = {REF_NAME: name}
@@ -306,9 +332,30 @@ class ArchiveDestination:
             if view is not None:
                 annotations[ORIGINAL] = str(manifest.digest)
                 manifest = view
+            absent = self._absent(manifest)
+            if absent:  # an export of some platforms: the rest is left out on purpose
+                annotations[ABSENT] = ",".join(absent)
             entries.append(manifest.descriptor(annotations=annotations).to_json())
         entries += self._referrer_entries()
-        return _compact({"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": entries})
+        doc: dict[str, Any] = {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE}
+        doc["manifests"] = entries
+        if top:
+            doc["annotations"] = top
+        return _compact(doc)
+
+    def _absent(self, manifest: Manifest) -> list[str]:
+        """The children of an index (at any depth) not written: ``xfer verify`` then knows
+        they were left out on purpose (as the store records it), not lost."""
+        if not manifest.is_index:
+            return []
+        out = []
+        for child in manifest.index().manifests:
+            found = self._manifests.get(child.digest)
+            if found is None:
+                out.append(str(child.digest))
+            else:
+                out += self._absent(found)
+        return out
 
     def _referrer_entries(self) -> list[dict[str, Any]]:
         """A referrer with a subject: an unnamed entry (artifactType, annotations); a cosign

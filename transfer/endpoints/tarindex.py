@@ -10,13 +10,21 @@ capped, so a huge PAX header cannot make us allocate, and PAX headers are read b
 (a global one skipped, an extended one of bounded records), so no header's records are copied
 into every member. Symlinks and hardlinks to other members are followed (docker save and
 skopeo write them for shared layers), a bounded number of hops.
+
+A volume set (``NAME.001.tar``, ``NAME.002.tar``, …: an archive written with a maximum size,
+see ``volumes.py``) is read as one archive: ``TarIndex.read`` takes ``NAME.tar`` when that is
+absent and the first volume exists, or the first volume itself, and indexes each volume in turn
+up to the one holding the index documents; every volume is checked as a whole tar on its own,
+so a missing, cut or garbled one is named. A member name appearing in two volumes is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import posixpath
+import re
 import stat
 import tarfile
 from collections.abc import AsyncIterator
@@ -36,7 +44,13 @@ MAX_HEADER_READ = 1 << 20  # one header read by tarfile (PAX records, GNU long n
 MAX_LINK_HOPS = 8
 READ_CHUNK = 1 << 20
 HASH_CHUNK = 4 << 20
+MAX_VOLUMES = 10_000
+# index.json's annotation, on the last volume of a set: how many volumes the set has.
+VOLUMES = "dev.xfer.volumes"
+# What marks the last volume of a set: the index documents, which are written last.
+DOCUMENTS = ("index.json", "manifest.json")
 _BLOCK = 512
+_VOLUME = re.compile(r"(?P<stem>.+)\.(?P<number>\d{3,})(?P<suffix>\.tar)?")
 
 
 @dataclass(frozen=True)
@@ -44,6 +58,7 @@ class Member:
     name: str
     offset: int  # where the data starts in the file
     size: int
+    volume: int = 0  # which file of a volume set (0: the first, or the only one)
 
 
 @dataclass(frozen=True)
@@ -85,36 +100,126 @@ def clean_name(name: str, where: Path) -> str:
     return "/".join(parts)
 
 
-class TarIndex:
-    """A tar file opened for reading by member name; ``close()`` releases the descriptor."""
+def volume_path(path: Path, number: int) -> Path:
+    """Volume ``number`` (1-based) of the set written for ``path``: ``NAME.tar`` →
+    ``NAME.001.tar``; a name without ``.tar`` gets the number at its end (``NAME.001``)."""
+    if path.suffix == ".tar":
+        return path.with_name(f"{path.stem}.{number:03d}.tar")
+    return path.with_name(f"{path.name}.{number:03d}")
 
-    def __init__(self, path: Path, fd: int, members: dict[str, Member | _Link | None]) -> None:
+
+def set_name(first: Path) -> Path | None:
+    """``NAME.tar`` for a path named like the first volume of a set (``NAME.001.tar``)."""
+    match = _VOLUME.fullmatch(first.name)
+    if match is None or int(match["number"]) != 1:
+        return None
+    return first.with_name(match["stem"] + (match["suffix"] or ""))
+
+
+def _open(path: Path) -> int:
+    try:
+        return open_regular(path, f"archive {path}", follow=True)  # a FIFO would hang
+    except FileNotFoundError:
+        raise ArchiveError(f"cannot open archive {path}: No such file or directory") from None
+    except StoreError as exc:
+        raise ArchiveError(str(exc)) from None
+
+
+class TarIndex:
+    """A tar file (or a volume set of them) opened for reading by member name; ``close()``
+    releases the descriptors."""
+
+    def __init__(
+        self,
+        path: Path,
+        fd: int,
+        members: dict[str, Member | _Link | None],
+        volumes: list[tuple[Path, int]] | None = None,
+    ) -> None:
         self.path = path
         self.fd = fd
+        # Every file read, in order, with its descriptor: one, or the volumes of a set.
+        self.volumes = volumes if volumes is not None else [(path, fd)]
         self._members = members  # None: a directory or a special file, never data
-        # (data offset, algorithm) → (hex digest, head): a docker-archive may list one layer
-        # thousands of times, and each member is hashed once (members are immutable here).
-        self._hashed: dict[tuple[int, str], tuple[str, bytes]] = {}
+        # (volume, data offset, algorithm) → (hex digest, head): a docker-archive may list one
+        # layer thousands of times, and each member is hashed once (members are immutable).
+        self._hashed: dict[tuple[int, int, str], tuple[str, bytes]] = {}
+
+    @property
+    def is_set(self) -> bool:
+        return len(self.volumes) > 1 or self.volumes[0][0] != self.path
 
     @classmethod
     def read(cls, path: Path) -> TarIndex:
-        """Read every header once (blocking: call it in a worker thread)."""
-        try:
-            fd = open_regular(path, f"archive {path}", follow=True)  # a FIFO would hang
-        except FileNotFoundError:
-            raise ArchiveError(f"cannot open archive {path}: No such file or directory") from None
-        except StoreError as exc:
-            raise ArchiveError(str(exc)) from None
+        """Read every header once (blocking: call it in a worker thread). ``path`` absent but
+        its first volume there, or ``path`` the first volume of a set: the whole set."""
+        if not os.path.lexists(path) and os.path.lexists(volume_path(path, 1)):
+            return cls.read_set(path)
+        tar = cls.read_file(path)
+        base = set_name(path)
+        if base is not None and not any(name in tar for name in DOCUMENTS):
+            # The first volume of a set: it holds blobs alone, the last one the documents.
+            tar.close()
+            return cls.read_set(base)
+        return tar
+
+    @classmethod
+    def read_file(cls, path: Path) -> TarIndex:
+        """One tar file, whatever its name (blocking)."""
+        fd = _open(path)
         try:
             return cls(path, fd, _scan(path, fd))
         except BaseException:
             os.close(fd)
             raise
 
+    @classmethod
+    def read_set(cls, path: Path) -> TarIndex:
+        """The volumes ``NAME.001.tar``, ``NAME.002.tar``, … of ``path`` = ``NAME.tar``, read
+        in turn up to the first that holds the index documents (the last one written)."""
+        volumes: list[tuple[Path, int]] = []
+        members: dict[str, Member | _Link | None] = {}
+        where: dict[str, Path] = {}
+        try:
+            for number in range(1, MAX_VOLUMES + 1):
+                current = volume_path(path, number)
+                if not os.path.lexists(current):
+                    raise ArchiveError(
+                        f"volume {current} of {path} is missing"
+                        + (" (the last one read has no index.json)" if number > 1 else ""),
+                        hint="copy every volume of the set into one directory",
+                    )
+                fd = _open(current)
+                volumes.append((current, fd))
+                found = _scan(current, fd, volume=number - 1)
+                for name, entry in found.items():
+                    if name in members and not (entry is None and members[name] is None):
+                        raise ArchiveError(
+                            f"volume set {path}: member {name} is in both {where[name]} "
+                            f"and {current}"
+                        )
+                    members[name] = entry
+                    where[name] = current
+                if any(name in found for name in DOCUMENTS):
+                    tar = cls(path, volumes[0][1], members, volumes)
+                    _check_count(tar, current, number)
+                    return tar
+            raise ArchiveError(f"volume set {path}: no index.json in {MAX_VOLUMES} volumes")
+        except BaseException:
+            for _, fd in volumes:
+                os.close(fd)
+            raise
+
+    def where(self, member: Member) -> Path:
+        """The file holding ``member`` (its volume, in a set)."""
+        return self.volumes[member.volume][0]
+
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        for _, fd in self.volumes:
+            if fd >= 0:
+                os.close(fd)
+        self.volumes = [(p, -1) for p, _ in self.volumes]
+        self.fd = -1
 
     def __contains__(self, name: str) -> bool:
         return name in self._members
@@ -148,7 +253,7 @@ class TarIndex:
 
     def hash(self, member: Member, algorithm: str = "sha256") -> tuple[str, bytes]:
         """(hex digest, first bytes) of a member, read in chunks (blocking), once."""
-        known = self._hashed.get((member.offset, algorithm))
+        known = self._hashed.get((member.volume, member.offset, algorithm))
         if known is not None:
             return known
         hasher = hashlib.new(algorithm)
@@ -160,7 +265,7 @@ class TarIndex:
                 head = chunk[:8]
             hasher.update(chunk)
             position += len(chunk)
-        self._hashed[member.offset, algorithm] = found = (hasher.hexdigest(), head)
+        self._hashed[member.volume, member.offset, algorithm] = found = (hasher.hexdigest(), head)
         return found
 
     async def chunks(
@@ -183,14 +288,37 @@ class TarIndex:
             hasher.update(chunk)
         return chunk
 
+    def read_at(self, member: Member, size: int, position: int) -> bytes:
+        """``size`` bytes of ``member`` from ``position`` (blocking)."""
+        return self._pread(member, size, position)
+
     def _pread(self, member: Member, size: int, position: int) -> bytes:
-        data = os.pread(self.fd, size, member.offset + position)
+        where, fd = self.volumes[member.volume]
+        data = os.pread(fd, size, member.offset + position)
         if len(data) != size:  # the file shrank since it was indexed
-            raise ArchiveError(f"archive {self.path} is truncated in {member.name}")
+            raise ArchiveError(f"archive {where} is truncated in {member.name}")
         return data
 
 
-def _scan(path: Path, fd: int) -> dict[str, Member | _Link | None]:
+def _check_count(tar: TarIndex, last: Path, count: int) -> None:
+    """The set's index.json says how many volumes it has: a set read short of that (its last
+    volume replaced by an older one) or past it is named."""
+    if "index.json" not in tar:
+        return  # docker's manifest.json alone (--format docker) has no place for the count
+    try:
+        doc = json.loads(tar.read_small("index.json", MAX_HEADER_READ * 16))
+    except ValueError:
+        return  # not JSON: the archive reader names that
+    annotations = doc.get("annotations") if isinstance(doc, dict) else None
+    text = annotations.get(VOLUMES) if isinstance(annotations, dict) else None
+    if isinstance(text, str) and text != str(count):
+        raise ArchiveError(
+            f"volume set {tar.path}: {last} is volume {count}, but its index.json says the "
+            f"set has {text[:20]} volumes"
+        )
+
+
+def _scan(path: Path, fd: int, volume: int = 0) -> dict[str, Member | _Link | None]:
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         raise ArchiveError(f"archive {path} is not a regular file")
@@ -208,7 +336,7 @@ def _scan(path: Path, fd: int) -> dict[str, Member | _Link | None]:
                 mode="r",
                 tarinfo=BoundedPaxInfo,
             )
-            end = _walk(tar, path, st.st_size, members)
+            end = _walk(tar, path, st.st_size, members, volume)
         except (tarfile.TarError, EOFError, ValueError) as exc:  # UnicodeError is a ValueError
             raise ArchiveError(f"archive {path} is not a readable tar file: {exc}") from None
     # tarfile stops quietly at a cut or garbled header; an honest tar ends with a zero block.
@@ -218,7 +346,11 @@ def _scan(path: Path, fd: int) -> dict[str, Member | _Link | None]:
 
 
 def _walk(
-    tar: tarfile.TarFile, path: Path, file_size: int, members: dict[str, Member | _Link | None]
+    tar: tarfile.TarFile,
+    path: Path,
+    file_size: int,
+    members: dict[str, Member | _Link | None],
+    volume: int = 0,
 ) -> int:
     """Fill ``members`` from the headers; returns where the end-of-archive block must be."""
     count = 0
@@ -234,7 +366,7 @@ def _walk(
         if info.isreg() and not info.sparse:
             if info.offset_data + info.size > file_size:
                 raise ArchiveError(f"archive {path} is truncated in {name}")
-            entry = Member(name, info.offset_data, info.size)
+            entry = Member(name, info.offset_data, info.size, volume)
         elif info.issym():
             entry = _Link(_link_target(posixpath.dirname(name), info.linkname, name, path))
         elif info.islnk():

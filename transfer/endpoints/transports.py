@@ -205,16 +205,22 @@ class ArchiveTransport:
     ) -> AbstractAsyncContextManager[Writing]:
         assert address.path is not None
         fmt = "oci" if self.kind == "oci-archive" else None  # docker-archive: docker 25's
-        return archive(address.path, fmt, _archive_name(address, origin.address))
+        name = _archive_name(address, origin.address)
+        return archive(address.path, fmt, name, max_size=context.settings.volume_size)
 
 
 def archive(
-    path: Path, format: str | None, tag: str | None = None
+    path: Path, format: str | None, tag: str | None = None, *, max_size: int | None = None
 ) -> AbstractAsyncContextManager[Writing]:
     """An archive being written (``format`` as ``xfer save --format``); several images may go
-    in before the block ends."""
+    in before the block ends. ``max_size``: volumes ``NAME.001.tar``, … of at most that many
+    bytes each (``volumes.VolumeDestination``)."""
     from .archive_write import ArchiveDestination
 
+    if max_size is not None:
+        from .volumes import VolumeDestination
+
+        return _writing(VolumeDestination(path, max_size, format), tag)
     return _writing(ArchiveDestination(path, format), tag)
 
 
