@@ -273,6 +273,31 @@ def test_the_store_keeps_referrers_as_oras_lays_them_out_and_cosign_tags_in_the_
     assert xfer("verify", store=store).code == 0
 
 
+def test_the_store_says_which_referrers_it_holds_so_a_rerun_writes_nothing(
+    images: BuiltImages, tmp_path: Path, store: Path
+) -> None:
+    signed = _signed_layout(images, tmp_path / "signed")
+    ref = f"{STORE_HOST}/small:1"
+    source = LayoutSource(Layout(signed.layout), signed.name)
+
+    async def held(root: Path) -> list[bool]:
+        found = await source.get_referrers(signed.image)
+        found += await source.get_referrers(signed.sbom)
+        destination = LayoutDestination(Layout(root), ref)
+        return [await destination.has_referrer(r) for r in found]
+
+    assert anyio.run(held, tmp_path / "empty") == [False, False, False]
+    _into_store(signed, store, ref)
+    assert anyio.run(held, store) == [True, True, True]
+    # Under another repository's name the cosign tags are not there yet; the SBOM entry is.
+    other = LayoutDestination(Layout(store), f"{STORE_HOST}/elsewhere:1")
+    found = anyio.run(source.get_referrers, signed.image)
+    assert {r.tag is None: anyio.run(other.has_referrer, r) for r in found} == {
+        True: True,
+        False: False,
+    }
+
+
 def test_a_manifest_with_a_subject_put_with_a_tag_becomes_a_referrer_not_an_image(
     images: BuiltImages, tmp_path: Path, store: Path
 ) -> None:

@@ -250,6 +250,11 @@ class ArchiveDestination:
                 await self._put_views(manifest)
             self._tagged = [(n, m) for n, m in self._tagged if n != tag] + [(tag, manifest)]
 
+    async def has_referrer(self, referrer: Referrer) -> bool:
+        """Listed already; or a plain docker archive, which has nowhere to list one (its
+        blobs would only sit in the tar unreferenced)."""
+        return not self.oci or referrer.descriptor.digest in self._referrers
+
     async def put_referrer(self, referrer: Referrer, manifest: Manifest) -> None:
         """Listed in index.json at commit (its manifest and blobs went in already, by digest);
         a plain docker archive (``--format docker``) has nowhere to list it."""

@@ -651,6 +651,18 @@ class LayoutDestination:
             return
         self.layout.set_reference(tag, manifest, self.extra)
 
+    async def has_referrer(self, referrer: Referrer) -> bool:
+        """Stored and listed where ``put_referrer`` lists it (a rerun then writes nothing)."""
+        if not self.layout.has_blob(referrer.descriptor):
+            return False
+        name = None
+        if referrer.tag is not None:
+            name = cosign_name(self.ref_name, referrer.tag)
+        return any(
+            e.digest == referrer.descriptor.digest and e.annotations.get(REF_NAME) == name
+            for e in self.layout.read_index()
+        )
+
     async def put_referrer(self, referrer: Referrer, manifest: Manifest) -> None:
         """A referrer with a subject becomes an unnamed index.json entry; a cosign one keeps
         its tag, in this image's repository where names are full references (the store)."""
