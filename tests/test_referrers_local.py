@@ -367,6 +367,23 @@ def test_gc_keeps_referrers_while_their_subject_is_kept_and_drops_them_with_it(
     ]
 
 
+def test_verify_walks_referrers_and_names_a_missing_blob_of_one(
+    images: BuiltImages, tmp_path: Path, store: Path
+) -> None:
+    signed = _signed_layout(images, tmp_path / "signed")
+    ref = f"{STORE_HOST}/small:1"
+    _into_store(signed, store, ref)
+    assert xfer("verify", store=store).code == 0
+    sbom_layer = json.loads(Layout(store).read_blob(signed.sbom))["layers"][0]["digest"]
+    Layout(store).blob_path(Digest.parse(sbom_layer)).unlink()
+
+    run = xfer("verify", "--json", store=store)
+    assert run.code == 1
+    assert f"blob {sbom_layer} is missing" in run.out + run.err
+    report = run.json_lines()[-1]
+    assert report["pull"] == [ref]  # the image whose referrer lacks it: pull it again
+
+
 def test_a_cosign_tag_whose_subject_is_gone_is_no_root(
     images: BuiltImages, tmp_path: Path, store: Path
 ) -> None:
