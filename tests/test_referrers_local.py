@@ -384,6 +384,22 @@ def test_verify_walks_referrers_and_names_a_missing_blob_of_one(
     assert report["pull"] == [ref]  # the image whose referrer lacks it: pull it again
 
 
+def test_a_referrer_that_cannot_be_read_stops_gc_until_it_is_removed_by_digest(
+    images: BuiltImages, tmp_path: Path, store: Path
+) -> None:
+    signed = _signed_layout(images, tmp_path / "signed")
+    ref = f"{STORE_HOST}/small:1"
+    _into_store(signed, store, ref)
+    Layout(store).blob_path(signed.sbom.digest).unlink()  # what the SBOM is about: unknown
+
+    gc = xfer("gc", store=store)
+    assert gc.code == 1 and str(signed.sbom.digest) in gc.err
+    assert xfer("rm", str(signed.sbom.digest), store=store).code == 0
+    assert xfer("gc", store=store).code == 0
+    assert str(signed.sbom.digest) not in {e["digest"] for e in _index(store)}
+    assert xfer("verify", store=store).code == 0
+
+
 def test_a_cosign_tag_whose_subject_is_gone_is_no_root(
     images: BuiltImages, tmp_path: Path, store: Path
 ) -> None:

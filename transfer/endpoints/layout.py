@@ -416,9 +416,16 @@ class Layout:
         return [d for d in index.index().manifests if not self.has_blob(d)]
 
     def remove_reference(self, name: str) -> bool:
+        """Drop the entry named ``name``; a bare digest also drops an unnamed entry of that
+        digest (a referrer that cannot be read, which gc cannot place, can so be removed)."""
+
+        def named(entry: Descriptor) -> bool:
+            own = entry.annotations.get(REF_NAME)
+            return own == name or (own is None and str(entry.digest) == name)
+
         with self._index_locked() as entries:
             before = len(entries)
-            entries[:] = [e for e in entries if e.annotations.get(REF_NAME) != name]
+            entries[:] = [e for e in entries if not named(e)]
             return len(entries) != before
 
     # ---- referrers ----------------------------------------------------------------------------
