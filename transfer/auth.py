@@ -48,6 +48,12 @@ _HUB_HOSTS = frozenset(
     ("docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com")
 )
 HELPER_TIMEOUT = 30.0
+# Token fetches in flight at once to one realm. Each fetch at once is a connection of its own
+# (a handshake, over TLS two round trips more); a few, kept alive, carry a run's tokens, where
+# one per scope at once (a mirror's images) opened as many connections as repositories, and a
+# token service accepting handshakes one by one (a short listen backlog) dropped the rest for
+# a SYN retry (1 s).
+TOKEN_FETCHES_AT_ONCE = 4
 
 
 @dataclass(frozen=True)
@@ -397,6 +403,7 @@ class TokenCache:
         self.credentials = credentials
         self._tokens: dict[TokenKey, _Token] = {}
         self._locks: dict[TokenKey, anyio.Lock] = {}
+        self._realms: dict[str, anyio.CapacityLimiter] = {}
         self.fetches = 0
 
     def cached(self, key: TokenKey) -> str | None:
@@ -417,7 +424,11 @@ class TokenCache:
             token = self.cached(key)
             if token:
                 return token
-            fetched = await self._fetch(key)
+            realm = self._realms.get(key.realm)
+            if realm is None:
+                realm = self._realms[key.realm] = anyio.CapacityLimiter(TOKEN_FETCHES_AT_ONCE)
+            async with realm:
+                fetched = await self._fetch(key)
             self._tokens[key] = fetched
             return fetched.value
 

@@ -61,7 +61,7 @@ from .ingest import Chunk
 from .manifest import ACCEPT, MAX_MANIFEST_BYTES, Descriptor, Manifest
 from .ratelimit import HostGate, parse_retry_after
 from .throttle import Throttle
-from .transport import HostTransport, TransportOptions, read_capped
+from .transport import HostTransport, TransportOptions, read_capped, release, release_blocking
 
 MAX_ERROR_BODY = 64 << 10  # registry error bodies beyond this are not read (reliability case 4)
 # tags/list: a page is asked for 1000 tags (~130 KB at the longest names); 4 MiB leaves room for
@@ -154,6 +154,11 @@ class RegistryClient:
         self._http = self.transport.http
         self._challenge: Challenge | None = None
         self.tokens = TokenCache(self._http, self.credentials)
+        # The first contact: until the host has answered once (its scheme and its challenge
+        # known), one request goes and the others wait for its answer, instead of each meeting
+        # the same 401 (or the same failed TLS probe) on a connection of its own.
+        self._contacted = False  # the host answered once (or its first request failed)
+        self._contact: anyio.Event | None = None  # set then; made by the first request
 
     async def __aenter__(self) -> RegistryClient:
         return self
@@ -218,65 +223,125 @@ class RegistryClient:
             httpx.URL(url), httpx.URL(self.base_url)
         )
         retried = authflow.Retried()
-        while True:
-            request = self._http.build_request(
-                method,
-                url or f"{self.base_url}{path}",
-                headers=dict(headers or {}),
-                content=content,
-            )
-            if foreign:
-                redirects.drop_secrets(request.headers)
-                used = None
-            else:
-                used = await self._authorize(request, scopes)
-            resp = await self.transport.exchange(
-                request,
-                follow=follow_redirects,
-                what=what,
-                blocking=blocking,
-                relative=url is None,
-                # An upload streaming a body of its own takes its time; any other answer's head
-                # is bounded as a whole.
-                bounded=content is None or isinstance(content, bytes | str),
-            )
-            if resp is None:
-                continue  # the scheme was found out: build the request again on it
-            if resp.status_code != 401:
-                return resp
-            if foreign:
-                await _close(resp)
-                raise Unauthorized(
-                    f"{what}: {redirects.where(request.url)}, where the registry sent it, asks "
-                    f"for credentials; those of {self.host} go to {self.host} only",
-                    host=self.host,
-                    status=401,
+        first = False if foreign else await self._first_contact()
+        try:
+            while True:
+                request = self._http.build_request(
+                    method,
+                    url or f"{self.base_url}{path}",
+                    headers=dict(headers or {}),
+                    content=content,
                 )
-            if not redirects.same_origin(resp.url, request.url):
-                return resp  # another host challenges: it gets nothing of ours (case 7)
-            step = authflow.next_step(
-                parse_challenges(resp.headers.get_list("www-authenticate")),
-                scopes,
-                _sent(request, used),
-                retried,
-                host=self.host,
-                has_username=bool(self.credentials and self.credentials.username),
-            )
-            action = step.action
-            if isinstance(action, authflow.GiveUp):
-                return resp
-            try:
-                if isinstance(action, authflow.Refuse):
-                    raise Unauthorized(action.message, host=self.host, status=401, hint=action.hint)
-                if action.challenge.scheme == "bearer":
-                    self._check_realm(action.challenge.realm)
-            except TransferError:
+                if foreign:
+                    redirects.drop_secrets(request.headers)
+                    used = None
+                else:
+                    used = await self._authorize(request, scopes)
+                resp = await self.transport.exchange(
+                    request,
+                    follow=follow_redirects,
+                    what=what,
+                    blocking=blocking,
+                    relative=url is None,
+                    # An upload streaming a body of its own takes its time; any other answer's head
+                    # is bounded as a whole.
+                    bounded=content is None or isinstance(content, bytes | str),
+                )
+                if resp is None:
+                    continue  # the scheme was found out: build the request again on it
+                if resp.status_code != 401:
+                    return resp
+                if foreign:
+                    await _close(resp)
+                    raise Unauthorized(
+                        f"{what}: {redirects.where(request.url)}, where the registry sent it, asks "
+                        f"for credentials; those of {self.host} go to {self.host} only",
+                        host=self.host,
+                        status=401,
+                    )
+                if not redirects.same_origin(resp.url, request.url):
+                    return resp  # another host challenges: it gets nothing of ours (case 7)
+                step = authflow.next_step(
+                    parse_challenges(resp.headers.get_list("www-authenticate")),
+                    scopes,
+                    _sent(request, used),
+                    retried,
+                    host=self.host,
+                    has_username=bool(self.credentials and self.credentials.username),
+                )
+                action = step.action
+                if isinstance(action, authflow.GiveUp):
+                    return resp
+                try:
+                    if isinstance(action, authflow.Refuse):
+                        raise Unauthorized(
+                            action.message, host=self.host, status=401, hint=action.hint
+                        )
+                    if action.challenge.scheme == "bearer":
+                        self._check_realm(action.challenge.realm)
+                except TransferError:
+                    await _close(resp)
+                    raise
+                if isinstance(action, authflow.Refetch) and used is not None:
+                    self.tokens.invalidate(*used)
                 await _close(resp)
-                raise
-            if isinstance(action, authflow.Refetch) and used is not None:
-                self.tokens.invalidate(*used)
+                self._challenge, scopes, retried = action.challenge, action.scopes, step.retried
+                if first:
+                    self._made_contact()  # the challenge is known: the others go with a token
+        finally:
+            if first:
+                self._made_contact()  # failed or not, the others go (and meet what it met)
+
+    async def _first_contact(self) -> bool:
+        """True for the request that makes the host's first contact; the others wait for it."""
+        if self._contacted:
+            return False
+        if self._contact is None:
+            self._contact = anyio.Event()
+            return True
+        await self._contact.wait()
+        return False
+
+    def _made_contact(self) -> None:
+        self._contacted = True
+        if self._contact is not None:
+            self._contact.set()
+
+    async def greet(self) -> None:
+        """``GET /v2/`` as the host's first contact, when nothing was sent to it yet: its scheme
+        and challenge are learned and its connection kept, and no token is fetched (a token
+        needs a scope). A run about to send many requests at once to the host (a mirror's plan)
+        greets it first, so none of them meets a 401: one request per repository, not two."""
+        if self._contacted or self._contact is not None:
+            return
+        self._contact = anyio.Event()
+        try:
+            while True:
+                request = self._http.build_request("GET", f"{self.base_url}/v2/")
+                resp = await self.transport.exchange(request, follow=False, what="ping")
+                if resp is not None:
+                    break
+            challenges = parse_challenges(resp.headers.get_list("www-authenticate"))
             await _close(resp)
-            self._challenge, scopes, retried = action.challenge, action.scopes, step.retried
+            if resp.status_code == 401 and redirects.same_origin(resp.url, request.url):
+                challenge = authflow.choose(
+                    challenges, self.host, bool(self.credentials and self.credentials.username)
+                )
+                if not isinstance(challenge, authflow.Refuse) and (
+                    challenge.scheme != "bearer" or self._realm_ok(challenge.realm)
+                ):
+                    self._challenge = challenge
+        except TransferError:
+            pass  # the requests that follow meet the same problem and report it
+        finally:
+            self._made_contact()
+
+    def _realm_ok(self, realm: str) -> bool:
+        try:
+            self._check_realm(realm)
+        except TransferError:
+            return False
+        return True
 
     def _check_realm(self, realm: str) -> None:
         """A token realm gets our password: not over a downgrade, not to link-local (case 8)."""
@@ -387,7 +452,7 @@ class RegistryClient:
             scopes=(f"repository:{repository}:pull",),
             headers={"Accept": ACCEPT},
         )
-        await resp.aclose()
+        await _close(resp)
         if resp.status_code == 404:
             return None
         await self._expect(resp, (200,), f"manifest {self.host}/{repository}:{identifier}")
@@ -413,7 +478,7 @@ class RegistryClient:
         resp = await self.send(
             "HEAD", f"/v2/{repository}/blobs/{digest}", scopes=scopes, follow_redirects=True
         )
-        await resp.aclose()
+        await _close(resp)
         if resp.status_code == 404:
             return False
         await self._expect(resp, (200,), f"blob {digest}")
@@ -612,7 +677,7 @@ class RegistryClient:
         """Best effort: a failed upload should not linger at the registry (case 48)."""
         try:
             resp = await self.send("DELETE", location, scopes=self._push_scopes(repository))
-            await resp.aclose()
+            await _close(resp)
         except TransferError:
             pass
 
@@ -758,10 +823,11 @@ async def _body(
 
 
 async def _close(resp: httpx.Response) -> None:
+    """Close an answer; a short one gives its connection back to the pool (transport.release)."""
     if isinstance(resp.stream, httpx.SyncByteStream):
-        resp.close()  # a closed socket or a connection back to the pool: no waiting
+        release_blocking(resp)  # a closed socket or a connection back to the pool: no waiting
     else:
-        await resp.aclose()
+        await release(resp)
 
 
 def _error_body(resp: httpx.Response, pace: Pace) -> bytes:

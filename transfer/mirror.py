@@ -34,6 +34,7 @@ import yaml
 
 from .api import MIRROR_IMAGES, Settings, copy, session_for
 from .auth import Credentials
+from .client import RegistryClient
 from .copy import CopyOptions, CopyResult, PlatformChoice, choosing, filter_index, resolve
 from .digest import Digest
 from .endpoints.address import Address
@@ -400,6 +401,12 @@ class _Run:
             for item, s in items
         ]
         limiter = anyio.CapacityLimiter(HEADS_AT_ONCE)
+        # Each host first answers one GET /v2/ (its scheme and challenge learned, a connection
+        # kept), so the HEADs that follow, all at once, go with a token: one HEAD per tag.
+        clients = {id(c): c for item, s in items for c in self._clients(item, s)}
+        async with anyio.create_task_group() as group:
+            for client in clients.values():
+                group.start_soon(client.greet)
 
         async def decide(entry: PlanEntry) -> None:
             assert entry.item is not None and entry.settings is not None
@@ -420,6 +427,17 @@ class _Run:
             for entry in entries:
                 group.start_soon(decide, entry)
         return entries
+
+    def _clients(self, item: MirrorItem, settings: Settings) -> list[RegistryClient]:
+        """The clients the image's HEADs will use (none if making them fails: its HEADs then
+        fail with the reason, for this image only)."""
+        try:
+            return [
+                self.session.client(item.source, settings=settings),
+                self.session.client(item.target, settings=self.dest_settings),
+            ]
+        except TransferError:
+            return []
 
     async def sizes(self, entries: list[PlanEntry]) -> None:
         """--dry-run: the manifests' declared sizes of the blobs each target repository lacks

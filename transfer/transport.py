@@ -35,6 +35,10 @@ from .ratelimit import HostGate
 from .tls import certificate_problem, ssl_context
 
 MAX_REDIRECTS = redirects.MAX_REDIRECTS
+# An answer's body at most this long is read to its end before the answer is closed, so its
+# connection goes back to the pool (see ``release``); a longer one costs its connection.
+RELEASE_MAX = 64 << 10
+RELEASE_WAIT = 2.0  # seconds a short body may take to arrive before its connection is dropped
 
 
 @dataclass(frozen=True)
@@ -235,6 +239,60 @@ class HostTransport:
         if resp.url.host == request.url.host:  # a CDN redirected to has limits of its own
             gate.observe(resp)
         return resp
+
+
+def _method(resp: httpx.Response) -> str | None:
+    try:
+        return resp.request.method
+    except RuntimeError:  # an answer made without a request (a test's)
+        return None
+
+
+def _short(resp: httpx.Response) -> bool:
+    """Whether what is left of an answer's body is known to be short (or none at all)."""
+    if resp.status_code in (204, 304) or _method(resp) == "HEAD":
+        return True
+    length = resp.headers.get("content-length", "")
+    return length.isdigit() and int(length) <= RELEASE_MAX
+
+
+async def release(resp: httpx.Response) -> None:
+    """Close an answer and keep its connection for the next request.
+
+    httpcore returns a connection to its pool only when the answer was read to its end; an
+    answer closed before that closes its connection, even a HEAD's or a 401's, whose end is
+    in hand already (h11 still has to be asked for it). Closed unread, every manifest HEAD,
+    401 and upload step cost a new connection: over TLS a handshake, behind a 25 ms path two
+    round trips more (a no-op mirror rerun paid that for each of its HEADs and 401s). So a
+    body known to be short is read first (bounded in bytes and time); any other answer, a
+    blob's, is closed as before: its bytes are worth less than a new connection.
+    """
+    if resp.is_closed:
+        return
+    if _short(resp):
+        with anyio.move_on_after(RELEASE_WAIT):
+            try:
+                async for _ in resp.aiter_raw():
+                    pass  # at most RELEASE_MAX, as the Content-Length said
+            except (httpx.HTTPError, httpx.StreamError, ssl.SSLError, OSError):
+                pass  # the connection is closed below; nothing of the answer is lost
+    await resp.aclose()
+
+
+def release_blocking(resp: httpx.Response) -> None:
+    """``release`` for the blocking client's answers, which are closed on the event loop: only
+    an answer whose end needs no read from the socket (a HEAD's, an empty body) is finished,
+    so nothing here can wait."""
+    if resp.is_closed:
+        return
+    no_body = _method(resp) == "HEAD" or resp.headers.get("content-length") == "0"
+    if no_body or resp.status_code in (204, 304):
+        try:
+            for _ in resp.iter_raw():
+                pass
+        except (httpx.HTTPError, httpx.StreamError, ssl.SSLError, OSError):
+            pass
+    resp.close()
 
 
 async def read_capped(resp: httpx.Response, cap: int, what: str, host: str) -> bytes:
