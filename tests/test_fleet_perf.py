@@ -130,11 +130,12 @@ async def _token_for(client: RegistryClient, scope: str) -> None:
     await resp.aclose()
 
 
-def test_a_no_op_mirror_rerun_is_one_head_per_tag_per_side_and_one_token_per_scope(
+def test_a_no_op_mirror_rerun_is_one_head_per_tag_per_side_and_one_token_request_per_host(
     counted: Counted, token_server: TokenServer, empty_registry: Registry, tmp_path: Path
 ) -> None:
     """The rerun's whole traffic: one ``GET /v2/`` per host (its challenge), one manifest HEAD
-    per tag on each side, one token per (host, scope); no request meets a second 401."""
+    per tag on each side, each (host, scope) asked of the token service once, in one request;
+    no HEAD meets a 401."""
     config = tmp_path / "sync.yaml"
     images = "".join(f"    public/{name}: ['1']\n" for name in NAMES)
     config.write_text(f"{counted.host}:\n  images:\n{images}")
@@ -151,5 +152,27 @@ def test_a_no_op_mirror_rerun_is_one_head_per_tag_per_side_and_one_token_per_sco
         others = [(r.method, r.path, r.status) for r in sent if r.method != "HEAD"]
         assert len(others) == 1 and others[0][:2] == ("GET", "/v2/"), others
         assert all(r.status == 200 for r in sent if r.method == "HEAD"), sent
-    scopes = Counter(r.scopes for r in token_server.requests(tokens))
-    assert len(scopes) == len(NAMES) and set(scopes.values()) == {1}, scopes
+    asked = token_server.requests(tokens)
+    scopes = Counter(scope for r in asked for scope in r.scopes)
+    assert scopes == {f"repository:public/{n}:pull": 1 for n in NAMES}, asked
+    assert len(asked) == 1, asked  # the plan's scopes of one host go in one token request
+
+
+def test_a_scope_the_token_leaves_out_is_fetched_alone_and_fails_only_its_image(
+    counted: Counted, token_server: TokenServer, empty_registry: Registry, tmp_path: Path
+) -> None:
+    """Anonymous: the token service grants ``public/*`` only, so the plan's one token has no
+    access to ``private/small``; that image's HEAD meets a 401, asks a token of its own (also
+    refused) and fails, after the public ones were copied."""
+    config = tmp_path / "sync.yaml"
+    images = "".join(f"    {repo}: ['1']\n" for repo in ("public/small", "private/small"))
+    config.write_text(f"{counted.host}:\n  images:\n{images}")
+    tokens = token_server.mark()
+    run = xfer("mirror", "--json", config, empty_registry.host)
+    assert run.code == 1, run.err
+    summary = run.json_lines()[-1]
+    assert summary["copied"] == 1, summary
+    assert [f["source"].split("/", 1)[1] for f in summary["failed"]] == ["private/small:1"]
+    asked = [r.scopes for r in token_server.requests(tokens)]
+    assert asked[0] == ("repository:private/small:pull", "repository:public/small:pull"), asked
+    assert ("repository:private/small:pull",) in asked[1:], asked

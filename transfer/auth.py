@@ -54,6 +54,9 @@ HELPER_TIMEOUT = 30.0
 # token service accepting handshakes one by one (a short listen backlog) dropped the rest for
 # a SYN retry (1 s).
 TOKEN_FETCHES_AT_ONCE = 4
+# Scopes a run said it will ask for (TokenCache.expect) go together, this many to one token
+# request: a few kilobytes of token at most, under the header limits of common front ends.
+SCOPES_PER_TOKEN = 16
 
 
 @dataclass(frozen=True)
@@ -396,15 +399,27 @@ class _Token:
 
 
 class TokenCache:
-    """Bearer tokens by TokenKey; one fetch at a time per key, renewed before they expire."""
+    """Bearer tokens by TokenKey; one fetch at a time per key, renewed before they expire.
+
+    A run that knows which scopes it is about to use (a mirror's plan: one repository per
+    image) says so first (``expect``); the first request for one of them then fetches one token
+    for a batch of them (up to SCOPES_PER_TOKEN), which every request of the batch's scopes
+    uses: one token request where there were as many as repositories, each made while the
+    others waited for a connection to the realm. A scope the token service left out of the
+    token is met by the registry's 401 and fetched alone (the refused token dropped for it)."""
 
     def __init__(self, http: httpx.AsyncClient, credentials: Credentials | None) -> None:
         self.http = http
         self.credentials = credentials
         self._tokens: dict[TokenKey, _Token] = {}
-        self._locks: dict[TokenKey, anyio.Lock] = {}
+        self._pending: dict[TokenKey, anyio.Event] = {}  # keys a fetch in flight will fill
         self._realms: dict[str, anyio.CapacityLimiter] = {}
+        self._expected: dict[str, None] = {}  # single scopes, in the order they were said
         self.fetches = 0
+
+    def expect(self, scopes: Sequence[str]) -> None:
+        """Scopes the run will ask tokens for, one per request, soon."""
+        self._expected.update(dict.fromkeys(scopes))
 
     def cached(self, key: TokenKey) -> str | None:
         token = self._tokens.get(key)
@@ -419,18 +434,45 @@ class TokenCache:
             del self._tokens[key]
 
     async def get(self, key: TokenKey) -> str:
-        lock = self._locks.setdefault(key, anyio.Lock())
-        async with lock:  # concurrent blobs wait for one token request, no stampede
+        while True:  # concurrent requests wait for the one token request of their key
             token = self.cached(key)
             if token:
                 return token
+            pending = self._pending.get(key)
+            if pending is None:
+                break
+            await pending.wait()  # it failed if nothing is cached then: the loop fetches
+        batch = self._batch(key)
+        done = anyio.Event()
+        for member in batch:
+            self._pending[member] = done
+        try:
             realm = self._realms.get(key.realm)
             if realm is None:
                 realm = self._realms[key.realm] = anyio.CapacityLimiter(TOKEN_FETCHES_AT_ONCE)
+            scopes = [scope for member in batch for scope in member.scopes]
             async with realm:
-                fetched = await self._fetch(key)
-            self._tokens[key] = fetched
+                fetched = await self._fetch(TokenKey.of(key.host, key.realm, key.service, scopes))
+            for member in batch:
+                self._tokens[member] = fetched
             return fetched.value
+        finally:
+            for member in batch:
+                del self._pending[member]
+            done.set()
+
+    def _batch(self, key: TokenKey) -> list[TokenKey]:
+        """``key`` and, when it is one expected scope, more expected scopes without a token."""
+        if len(key.scopes) != 1 or key.scopes[0] not in self._expected:
+            return [key]
+        batch = [key]
+        for scope in self._expected:
+            if len(batch) == SCOPES_PER_TOKEN:
+                break
+            other = TokenKey(key.host, key.realm, key.service, (scope,))
+            if other != key and other not in self._pending and not self.cached(other):
+                batch.append(other)
+        return batch
 
     async def _fetch(self, key: TokenKey) -> _Token:
         if not key.realm.startswith(("https://", "http://")):

@@ -21,6 +21,7 @@ from collections.abc import (
     Container,
     Iterator,
     Mapping,
+    Sequence,
 )
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -291,6 +292,11 @@ class RegistryClient:
         finally:
             if first:
                 self._made_contact()  # failed or not, the others go (and meet what it met)
+
+    def expect_pulls(self, repositories: Sequence[str]) -> None:
+        """The run is about to read these repositories, each at once with the others: their
+        pull scopes go to the token service together (TokenCache.expect)."""
+        self.tokens.expect([f"repository:{repository}:pull" for repository in repositories])
 
     async def _first_contact(self) -> bool:
         """True for the request that makes the host's first contact; the others wait for it."""

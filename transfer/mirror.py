@@ -39,7 +39,7 @@ from .copy import CopyOptions, CopyResult, PlatformChoice, choosing, filter_inde
 from .digest import Digest
 from .endpoints.address import Address
 from .endpoints.registry import RegistrySource, RunMounts
-from .errors import InvalidReference, TransferError, UsageError
+from .errors import InvalidReference, TransferError, UsageError, first_error
 from .manifest import IMAGE_TYPES, Descriptor
 from .progress import Emit, Message, ignore
 from .reference import Reference, parse
@@ -403,7 +403,13 @@ class _Run:
         limiter = anyio.CapacityLimiter(HEADS_AT_ONCE)
         # Each host first answers one GET /v2/ (its scheme and challenge learned, a connection
         # kept), so the HEADs that follow, all at once, go with a token: one HEAD per tag.
-        clients = {id(c): c for item, s in items for c in self._clients(item, s)}
+        # Their tokens: one request for the pull scopes of a host's repositories, not one each.
+        clients: dict[int, RegistryClient] = {}
+        for item, s in items:
+            sides = (item.source, item.target)  # no clients when making them failed: none
+            for client, reference in zip(self._clients(item, s), sides, strict=False):
+                clients[id(client)] = client
+                client.expect_pulls([reference.repository])
         async with anyio.create_task_group() as group:
             for client in clients.values():
                 group.start_soon(client.greet)
@@ -549,9 +555,13 @@ async def _unchanged(
             elif manifest.is_index:
                 here = filter_index(manifest, several).descriptor()
 
-    async with anyio.create_task_group() as group:
-        group.start_soon(head_target)
-        group.start_soon(head_source)
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(head_target)
+            group.start_soon(head_source)
+    except BaseExceptionGroup as group_error:
+        # Bare, so the plan marks this image failed (a 401, a 500) and the others go on.
+        raise first_error(group_error) from None
     if item.source.digest is not None and whole:
         return there is not None and there.digest == item.source.digest, item.source.digest
     digest = here.digest if here is not None else None
