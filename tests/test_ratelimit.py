@@ -174,6 +174,9 @@ def test_a_limit_met_by_one_image_pauses_the_runs_other_requests_to_that_host(
         settings = transfer.Settings(store=tmp_path / "store", registries=transfer.RegistryConfig())
         results: list[transfer.CopyResult] = []
         async with transfer.Session(settings) as session:
+            # The host's first contact made before the pulls (as a mirror's plan does): else the
+            # image whose manifest made it would send its blobs as the limit's answer arrives.
+            await session.client(transfer.parse(refs[0])).greet()
 
             async def one(index: int, ref: str) -> None:
                 own = transfer.Settings(
