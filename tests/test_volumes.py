@@ -248,3 +248,34 @@ def test_a_rerun_keeps_matching_volumes_and_rewrites_those_that_differ(
     assert stored_blobs(loaded)
     held = [n for v in _volumes(base) for n in _blob_members(v)]
     assert sorted(held) == sorted(_blob_members(single))
+
+
+def test_an_archive_named_like_a_first_volume_is_read_as_itself(
+    images: BuiltImages, store: Path, tmp_path: Path
+) -> None:
+    refs = fill_store(store, images, "small")
+    archive = tmp_path / "weekly.001.tar"
+    assert xfer("save", refs["small"], "-o", archive, store=store).code == 0
+    run = xfer("load", archive, store=tmp_path / "other")
+    assert run.code == 0, run.err
+    assert run.out.split() == [refs["small"]]
+
+
+def test_a_shorter_set_removes_what_an_older_export_left_at_its_name(
+    images: BuiltImages, store: Path, tmp_path: Path
+) -> None:
+    """Left there, an older export's later volumes or single file would be read for this one."""
+    single = tmp_path / "single.tar"
+    refs = _save_two(store, images, single)
+    base = tmp_path / "set.tar"
+    small = str(max(single.stat().st_size // 4, 8192))
+    assert xfer("save", *refs.values(), "-o", base, "--max-size", small, store=store).code == 0
+    assert len(_volumes(base)) >= 4
+    base.write_bytes(single.read_bytes())  # an older single-file export of the same name
+    run = xfer("save", refs["small"], "-o", base, "--max-size", "1G", store=store)
+    assert run.code == 0, run.err
+    assert _volumes(base) == [tmp_path / "set.001.tar"]
+    assert not base.exists()
+    run = xfer("load", base, store=tmp_path / "other")
+    assert run.code == 0, run.err
+    assert run.out.split() == [refs["small"]]

@@ -44,6 +44,7 @@ from .throttle import Throttle
 from .transport import TransportOptions
 
 if TYPE_CHECKING:  # imported where used: a pull should not pay for tar, zstd or gc code
+    from .bundlecheck import BundleReport
     from .endpoints.archive_read import DockerArchive, OciArchive
     from .maintenance import GcReport, VerifyReport
     from .mirror import MirrorReport, Shard
@@ -504,6 +505,29 @@ def _verify(settings: Settings, repair: bool) -> VerifyReport:
     return verify_layout(layout, repair=repair)
 
 
+async def verify_bundle(endpoint: str | Address, *, expect: str | None = None) -> BundleReport:
+    """Check an ``oci-archive:FILE`` (one file or a volume set) or ``oci:DIR`` before trusting
+    it: every blob re-hashed in one streaming pass, every image's graph checked complete (or
+    relying only on what the bundle says it relies on), ``expect`` compared with its root
+    digest (the sha256 of its index.json). Problems are in the report, every one of them."""
+    address = endpoint if isinstance(endpoint, Address) else parse_address(endpoint)
+    if expect is not None:
+        expect = str(Digest.parse(expect))
+    from .bundlecheck import verify_archive, verify_layout
+
+    if address.kind == "oci-archive" and address.path is not None and not address.name:
+        path = address.path
+        return await anyio.to_thread.run_sync(
+            functools.partial(verify_archive, path, expect=expect, endpoint=str(address))
+        )
+    if address.kind == "oci" and address.path is not None and not address.name:
+        path = address.path
+        return await anyio.to_thread.run_sync(
+            functools.partial(verify_layout, path, expect=expect, endpoint=str(address))
+        )
+    raise UsageError(f"xfer verify checks the store, oci-archive:FILE or oci:DIR, not {address}")
+
+
 def config_platform(config: bytes) -> Platform:
     return ImageConfig.from_bytes(config).platform
 
@@ -614,5 +638,6 @@ images_sync = synchronous(images)
 remove_sync = synchronous(remove)
 gc_sync = synchronous(gc)
 verify_sync = synchronous(verify)
+verify_bundle_sync = synchronous(verify_bundle)
 login_sync = synchronous(login)
 logout_sync = synchronous(logout)

@@ -21,7 +21,7 @@ from . import api
 from .auth import Credentials
 from .copy import SMALL_JOBS, CopyResult
 from .endpoints.address import parse_address
-from .errors import StoreError, TransferError, UsageError, printable
+from .errors import ArchiveError, StoreError, TransferError, UsageError, printable
 from .fetch import RangePolicy
 from .manifest import Index, Platform
 from .progress import (
@@ -626,6 +626,10 @@ async def cmd_gc(args: argparse.Namespace) -> int:
 
 
 async def cmd_verify(args: argparse.Namespace) -> int:
+    if args.endpoint and not args.endpoint.startswith("store:"):
+        return await _verify_bundle(args)
+    if args.expect:
+        raise UsageError("--expect checks a bundle: xfer verify oci-archive:FILE --expect DIGEST")
     report = await api.verify(_settings(args), repair=args.repair)
     if args.json:
         print(
@@ -673,6 +677,37 @@ async def cmd_verify(args: argparse.Namespace) -> int:
         raise StoreError(
             f"the store {store} has {len(report.problems)} problems: " + report.problems[0],
             hint=hint,
+        )
+    return 0
+
+
+async def _verify_bundle(args: argparse.Namespace) -> int:
+    """``xfer verify oci-archive:FILE`` / ``oci:DIR``: every problem on stdout, one line each
+    (naming the blob, the volume), a short summary, exit 1 when there is any."""
+    if args.repair:
+        raise UsageError("--repair mends the store; a bundle is exported again instead")
+    started = time.monotonic()
+    report = await api.verify_bundle(args.endpoint, expect=args.expect)
+    seconds = round(time.monotonic() - started, 3)
+    if args.json:
+        print(json.dumps({"event": "verify", **report.__dict__, "seconds": seconds}))
+    else:
+        for problem in report.problems:
+            _say(problem)
+        if not args.quiet:
+            state = "ok" if not report.problems else f"{len(report.problems)} problems"
+            volumes = f" in {report.volumes} volumes" if report.volumes > 1 else ""
+            relied = f", {report.relied_on} relied on from outside" if report.relied_on else ""
+            print(
+                f"{report.endpoint}: {report.images} images, {report.blobs} blobs "
+                f"({_size(report.bytes)}){volumes}{relied} in {seconds:.1f}s: {state}; "
+                f"root {report.root}",
+                file=sys.stderr,
+            )
+    if report.problems:
+        raise ArchiveError(
+            f"{report.endpoint} has {len(report.problems)} problems: {report.problems[0]}",
+            hint="export it again, or copy the damaged or missing files again",
         )
     return 0
 
@@ -940,7 +975,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_gc)
 
     p = sub.add_parser(
-        "verify", parents=[base, store, output], help="re-hash the store, report corruption"
+        "verify",
+        parents=[base, store, output],
+        help="re-hash the store, or a bundle (oci-archive:FILE, a volume set, oci:DIR), and "
+        "check every image's graph is complete; report every damaged or missing blob",
+    )
+    p.add_argument(
+        "endpoint",
+        nargs="?",
+        metavar="ENDPOINT",
+        help="oci-archive:FILE (or a volume set: FILE or its first volume) or oci:DIR "
+        "(default: the store)",
+    )
+    p.add_argument(
+        "--expect",
+        metavar="ROOT-DIGEST",
+        help="the bundle's root digest (sha256 of its index.json), as its export printed",
     )
     p.add_argument(
         "--repair",

@@ -174,41 +174,93 @@ class TarIndex:
             raise
 
     @classmethod
-    def read_set(cls, path: Path) -> TarIndex:
+    def read_set(cls, path: Path, problems: list[str] | None = None) -> TarIndex:
         """The volumes ``NAME.001.tar``, ``NAME.002.tar``, … of ``path`` = ``NAME.tar``, read
-        in turn up to the first that holds the index documents (the last one written)."""
+        in turn up to the first that holds the index documents (the last one written).
+
+        ``problems`` (``xfer verify``): instead of stopping at the first, every missing, cut or
+        garbled volume is recorded there and the rest read (a damaged volume's sound members
+        kept), up to the highest-numbered volume present."""
         volumes: list[tuple[Path, int]] = []
         members: dict[str, Member | _Link | None] = {}
         where: dict[str, Path] = {}
+        last = MAX_VOLUMES if problems is None else _highest_volume(path)
+
+        def fail(message: str, hint: str | None = None) -> None:
+            if problems is None:
+                raise ArchiveError(message, hint=hint)
+            problems.append(message)
+
         try:
-            for number in range(1, MAX_VOLUMES + 1):
+            for number in range(1, last + 1):
                 current = volume_path(path, number)
                 if not os.path.lexists(current):
-                    raise ArchiveError(
+                    fail(
                         f"volume {current} of {path} is missing"
-                        + (" (the last one read has no index.json)" if number > 1 else ""),
+                        + (
+                            " (the last one read has no index.json)"
+                            if number > 1 and problems is None
+                            else ""
+                        ),
                         hint="copy every volume of the set into one directory",
                     )
-                fd = _open(current)
-                volumes.append((current, fd))
-                found = _scan(current, fd, volume=number - 1)
+                    volumes.append((current, -1))
+                    continue
+                found: dict[str, Member | _Link | None] = {}
+                try:
+                    fd = _open(current)
+                    volumes.append((current, fd))
+                    _scan(current, fd, number - 1, found)
+                except ArchiveError as exc:
+                    fail(str(exc))
+                    if len(volumes) < number:
+                        volumes.append((current, -1))
                 for name, entry in found.items():
                     if name in members and not (entry is None and members[name] is None):
-                        raise ArchiveError(
+                        fail(
                             f"volume set {path}: member {name} is in both {where[name]} "
                             f"and {current}"
                         )
+                        continue
                     members[name] = entry
                     where[name] = current
                 if any(name in found for name in DOCUMENTS):
                     tar = cls(path, volumes[0][1], members, volumes)
-                    _check_count(tar, current, number)
+                    try:
+                        _check_count(tar, current, number)
+                    except ArchiveError as exc:
+                        fail(str(exc))
                     return tar
-            raise ArchiveError(f"volume set {path}: no index.json in {MAX_VOLUMES} volumes")
+            fail(
+                f"volume {volume_path(path, last + 1)} of {path} is missing (no volume read "
+                "holds index.json: the set's last one is missing)"
+            )
+            return cls(path, volumes[0][1] if volumes else -1, members, volumes)
         except BaseException:
             for _, fd in volumes:
-                os.close(fd)
+                if fd >= 0:
+                    os.close(fd)
             raise
+
+    @classmethod
+    def read_sound(cls, path: Path) -> tuple[TarIndex, list[str]]:
+        """The archive or volume set ``path`` names, as much of it as is sound, and what is
+        wrong with the rest (``xfer verify``: every problem named, not the first)."""
+        problems: list[str] = []
+        if not os.path.lexists(path) and os.path.lexists(volume_path(path, 1)):
+            return cls.read_set(path, problems), problems
+        fd = _open(path)
+        members: dict[str, Member | _Link | None] = {}
+        try:
+            _scan(path, fd, 0, members)
+        except ArchiveError as exc:
+            problems.append(str(exc))
+        base = set_name(path)
+        if base is not None and not any(n in members for n in DOCUMENTS):
+            os.close(fd)
+            problems = []  # the set's reading meets this volume's problem again
+            return cls.read_set(base, problems), problems
+        return cls(path, fd, members), problems
 
     def where(self, member: Member) -> Path:
         """The file holding ``member`` (its volume, in a set)."""
@@ -223,6 +275,17 @@ class TarIndex:
 
     def __contains__(self, name: str) -> bool:
         return name in self._members
+
+    def named(self) -> list[tuple[str, Member]]:
+        """Every name that stands for a regular member (links followed), with that member;
+        names that are directories, special files or broken links left out."""
+        out = []
+        for name in self._members:
+            try:
+                out.append((name, self.member(name)))
+            except ArchiveError:
+                continue
+        return out
 
     def names(self) -> list[str]:
         return list(self._members)
@@ -300,6 +363,21 @@ class TarIndex:
         return data
 
 
+def _highest_volume(path: Path) -> int:
+    """The highest volume number of ``path``'s set in its directory (1 when there is none)."""
+    if path.suffix == ".tar":  # as volume_path names them
+        pattern = re.compile(re.escape(path.stem) + r"\.(\d{3,})\.tar")
+    else:
+        pattern = re.compile(re.escape(path.name) + r"\.(\d{3,})")
+    numbers = [1]
+    with os.scandir(path.parent) as entries:
+        for entry in entries:
+            match = pattern.fullmatch(entry.name)
+            if match is not None:
+                numbers.append(int(match.group(1)))
+    return min(max(numbers), MAX_VOLUMES)
+
+
 def _check_count(tar: TarIndex, last: Path, count: int) -> None:
     """The set's index.json says how many volumes it has: a set read short of that (its last
     volume replaced by an older one) or past it is named."""
@@ -318,7 +396,13 @@ def _check_count(tar: TarIndex, last: Path, count: int) -> None:
         )
 
 
-def _scan(path: Path, fd: int, volume: int = 0) -> dict[str, Member | _Link | None]:
+def _scan(
+    path: Path,
+    fd: int,
+    volume: int = 0,
+    members: dict[str, Member | _Link | None] | None = None,
+) -> dict[str, Member | _Link | None]:
+    """Every header of the file (into ``members``, as far as it gets before an error)."""
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         raise ArchiveError(f"archive {path} is not a regular file")
@@ -328,7 +412,7 @@ def _scan(path: Path, fd: int, volume: int = 0) -> dict[str, Member | _Link | No
             f"archive {path} is {kind}-compressed",
             hint="decompress it first (members are read in place, not extracted)",
         )
-    members: dict[str, Member | _Link | None] = {}
+    members = {} if members is None else members
     with os.fdopen(os.dup(fd), "rb") as raw:
         try:
             tar = tarfile.TarFile(
