@@ -152,6 +152,7 @@ class ArchiveDestination:
     ``copy_image``, then ``commit()`` completes the file."""
 
     concurrent = False
+    tar_class: type[TarWriter] = TarWriter  # how the file is written (a bundle: in parallel)
 
     def __init__(self, path: Path, format: str | None = None) -> None:
         if format is not None and format not in FORMATS:
@@ -189,7 +190,7 @@ class ArchiveDestination:
         if self._tar is None:
             if self.path.is_dir():
                 raise ArchiveError(f"cannot write archive {self.path}: it is a directory")
-            self._tar = await self._io(TarWriter, self.path)
+            self._tar = await self._io(self.tar_class, self.path)
             if self.oci:
                 await self._io(self._tar.add, "oci-layout", _compact(LAYOUT_VERSION))
         return self._tar
