@@ -575,6 +575,7 @@ async def mirror(
     images: int = MIRROR_IMAGES,
     shard: Shard | None = None,
     dry_run: bool = False,
+    since: Sequence[str] = (),
 ) -> MirrorReport:
     """What the file ``config`` names (skopeo sync's YAML source format) → the registry
     ``destination`` (``host[:port][/prefix]``), each image at ``DEST/<repository>:<tag>``
@@ -584,8 +585,51 @@ async def mirror(
     credential files only). One image that fails does not stop the others: the report lists
     it, as it lists what was copied, what was unchanged and the tags no reference can name.
     ``images`` copies run at once; ``shard`` keeps one worker's share of the images (by target
-    repository); ``dry_run`` only plans: ``report.plan`` says what each image would get."""
+    repository); ``dry_run`` only plans: ``report.plan`` says what each image would get.
+
+    Bundles (``transfer.bundle``): ``destination`` ``oci-archive:FILE`` or ``oci:DIR`` exports
+    the images into one (``since``: bundles, layouts or index.json files whose blobs the far
+    side holds, left out; ``report.root`` is the bundle's root digest); ``config``
+    ``oci-archive:FILE`` or ``oci:DIR`` imports a bundle's images into the registry."""
+    from . import bundle
     from .mirror import mirror as mirror_config  # YAML and semver load only for a mirror
+
+    text_config = str(config)
+    if text_config.startswith(("oci:", "oci-archive:")):
+        if since:
+            raise UsageError("--since is for an export into a bundle, not an import")
+        return await bundle.import_bundle(
+            parse_address(text_config),
+            destination,
+            settings,
+            dest_settings=dest_settings,
+            scoped=scoped,
+            platform=platform,
+            emit=emit,
+            session=session,
+            images=images,
+            shard=shard,
+            dry_run=dry_run,
+        )
+    if destination.startswith(("oci:", "oci-archive:")):
+        try:
+            text = await anyio.Path(config).read_text()
+        except OSError as exc:
+            raise UsageError(f"cannot read mirror configuration {config}: {exc.strerror}") from None
+        return await bundle.export(
+            text,
+            parse_address(destination),
+            settings,
+            platform=platform,
+            emit=emit,
+            session=session,
+            images=images,
+            shard=shard,
+            dry_run=dry_run,
+            since=since,
+        )
+    if since:
+        raise UsageError("--since is for an export into a bundle (oci-archive:FILE or oci:DIR)")
 
     try:
         text = await anyio.Path(config).read_text()

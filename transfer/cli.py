@@ -353,16 +353,18 @@ async def cmd_mirror(args: argparse.Namespace) -> int:
             images=args.images,
             shard=shard,
             dry_run=args.dry_run,
+            since=args.since or (),
         )
     finally:
         render.close()
     if args.dry_run:
         return _mirror_plan(args, report)
+    root = str(report.root) if report.root is not None else None
     moved = sum(r.bytes_transferred for r in report.copied)
     # The contract's last line: a "done" total, with what a mirror adds to it.
     summary: dict[str, Any] = {
         "event": "done",
-        "digest": None,
+        "digest": root,  # an export: the bundle's root digest (its index.json's)
         "bytes_transferred": moved,
         "blobs_transferred": sum(r.blobs_transferred for r in report.copied),
         "blobs_skipped": sum(r.blobs_skipped for r in report.copied),
@@ -393,8 +395,12 @@ async def cmd_mirror(args: argparse.Namespace) -> int:
             ],
         },
     }
+    if report.bundle is not None:
+        summary.update(bundle=report.bundle, root_digest=root, relied_on=report.relied_on)
     if args.json:
         print(json.dumps(summary))
+    elif args.quiet and root is not None:
+        _say(root)
     elif not args.quiet:
         for item, result in report.copied_items:
             note = ""
@@ -410,6 +416,11 @@ async def cmd_mirror(args: argparse.Namespace) -> int:
             f"{len(report.failed)} failed, {len(report.skipped)} invalid tags skipped "
             f"({_size(moved)} moved)"
         )
+        if report.bundle is not None:
+            relies = (
+                f", relies on {report.relied_on} blobs it leaves out" if report.relied_on else ""
+            )
+            _say(f"bundle {report.bundle}{relies}: root digest {root}")
     if report.failed:
         _, error = report.failed[0]
         raise TransferError(f"{len(report.failed)} images failed to mirror; first: {error}")
@@ -871,8 +882,23 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[base, output, net, jobs, streams, uploads, platforms],  # registry to registry
         help="many repositories into one registry",
     )
-    p.add_argument("config", metavar="CONFIG", help="skopeo sync's YAML source format")
-    p.add_argument("destination", metavar="DEST", help="host[:port][/prefix]")
+    p.add_argument(
+        "config",
+        metavar="SRC",
+        help="skopeo sync's YAML source format, or a bundle: oci-archive:FILE, oci:DIR",
+    )
+    p.add_argument(
+        "destination",
+        metavar="DEST",
+        help="host[:port][/prefix], or a bundle to export into: oci-archive:FILE, oci:DIR",
+    )
+    p.add_argument(
+        "--since",
+        action="append",
+        metavar="OLD",
+        help="export only the blobs OLD lacks (repeatable): an earlier bundle, an OCI layout "
+        "or an index.json of what the far side holds; the bundle records what it relies on",
+    )
     p.add_argument("--scoped", action="store_true", help="prefix each target with the source host")
     p.add_argument("--dest-creds", metavar="USER:PASS", help="credentials for the target")
     p.add_argument(

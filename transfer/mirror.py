@@ -1,5 +1,8 @@
 """`xfer mirror`: many repositories and tags from a skopeo-sync YAML file into one registry.
 
+(Into a bundle, ``oci-archive:FILE`` or ``oci:DIR``, and from one into a registry:
+``transfer.bundle``, which uses the plan below.)
+
 The configuration is skopeo sync's source format, so users bring the file they have:
 
     registry.example.com:
@@ -171,6 +174,11 @@ class MirrorReport:
     skipped: list[SkippedTag] = field(default_factory=list)
     plan: list[PlanEntry] = field(default_factory=list)  # every image and what the run did
     copied_items: list[tuple[MirrorItem, CopyResult]] = field(default_factory=list)
+    # An export into a bundle (transfer.bundle): where, its root digest (index.json's), and
+    # how many blobs it relies on from outside (an incremental bundle).
+    bundle: str | None = None
+    root: Digest | None = None
+    relied_on: int = 0
 
 
 def _target(source: Reference, destination: str, scoped: bool) -> Reference:

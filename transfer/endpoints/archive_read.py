@@ -81,6 +81,9 @@ class _Archive:
         self._tar = tar
         self._loaded = False
         self._lock = anyio.Lock()
+        # Blobs an incremental bundle relies on from outside (``transfer.bundle``): its images
+        # name them, the file does not hold them, and that is not damage.
+        self.relied_on: dict[Digest, Descriptor] = {}
 
     async def tar(self) -> TarIndex:
         async with self._lock:
@@ -141,8 +144,11 @@ class _Archive:
         if manifest.is_index:
             return  # its children are checked as they are read
         for desc in manifest.image().blobs():
-            if not desc.urls:  # foreign layers live elsewhere and are not copied
-                self._sized_member(tar, desc)
+            if desc.urls:  # foreign layers live elsewhere and are not copied
+                continue
+            if desc.digest in self.relied_on and self._blob_name(desc) not in tar:
+                continue  # a blob the bundle relies on from outside: the target holds it
+            self._sized_member(tar, desc)
 
 
 def normalised(name: str) -> str | None:
@@ -211,6 +217,7 @@ class OciArchive(_Archive):
             ]
         except ManifestError as exc:
             raise ArchiveError(exc.message) from None
+        self.relied_on = _relied_on(tar, doc, self.path)
 
     def _original(self, tar: TarIndex, desc: Descriptor) -> Descriptor:
         """An entry pointing at an OCI view (``xfer save --format oci`` of a Docker image):
@@ -332,6 +339,22 @@ class OciArchive(_Archive):
             if wanted and any(n and normalised(n) == wanted for n in names):
                 return desc
         raise ArchiveError(f"archive {self.path} has no image named {identifier}")
+
+
+def _relied_on(tar: TarIndex, doc: Any, path: Path) -> dict[Digest, Descriptor]:
+    """The blobs an incremental bundle's record says it relies on from outside."""
+    from ..bundle import MAX_RECORD_BYTES, parse_record, record_digest
+
+    record = record_digest(doc, f"archive {path}")
+    if record is None:
+        return {}
+    name = f"blobs/{record.algorithm}/{record.encoded}"
+    if name not in tar:
+        raise ArchiveError(f"archive {path}: its relies-on record {record} is not in it")
+    raw = tar.read_small(name, MAX_RECORD_BYTES)
+    if Digest.of(raw, record.algorithm) != record:
+        raise ArchiveError(f"archive {path}: its relies-on record {record} is damaged")
+    return parse_record(raw, f"archive {path}")
 
 
 # ---- docker-archive ------------------------------------------------------------------------------

@@ -1,0 +1,310 @@
+"""Air-gapped bundles: ``xfer mirror CONFIG oci-archive:B.tar`` exports a mirror set, ``--since``
+makes incremental bundles, and ``xfer mirror oci-archive:B.tar HOST/PREFIX`` imports them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fixtures.images import BuiltImages, ImageInfo, inspect_raw
+from fixtures.registry import Registry
+from tests.helpers import xfer
+from transfer.bundle import RELIES_ON, RELIES_ON_TYPE, SINCE
+
+WRITES = {"PUT", "POST", "PATCH", "DELETE"}
+NAMES = ("small", "multi", "shared-a", "shared-b")  # multi: a two-platform index
+
+
+@pytest.fixture
+def second_registry() -> Iterator[Registry]:
+    with Registry() as reg:
+        yield reg
+
+
+def _config(path: Path, host: str, repos: dict[str, list[str]]) -> Path:
+    lines = [f"{host}:", "  images:"]
+    lines += [f"    {repo}: {json.dumps(tags)}" for repo, tags in repos.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _members(bundle: Path) -> dict[str, bytes]:
+    with tarfile.open(bundle) as tar:
+        names = tar.getnames()
+        assert len(names) == len(set(names)), "a member written twice"
+        return {
+            m.name: tar.extractfile(m).read()  # type: ignore[union-attr]
+            for m in tar.getmembers()
+            if m.isfile()
+        }
+
+
+def _blobs(members: dict[str, bytes]) -> set[str]:
+    found = set()
+    for name, data in members.items():
+        if name.startswith("blobs/sha256/"):
+            assert hashlib.sha256(data).hexdigest() == name.rsplit("/", 1)[1], name
+            found.add("sha256:" + name.rsplit("/", 1)[1])
+    return found
+
+
+def _all_blobs(info: ImageInfo) -> set[str]:
+    """Every blob and manifest of an image (for an index: its children's too)."""
+    found = {info.digest}
+    for child in info.children:
+        found |= _all_blobs(child)
+    found |= {b.digest for b in info.blobs}
+    return found
+
+
+def _export(config: Path, bundle: str, *extra: str) -> dict[str, object]:
+    run = xfer("mirror", "--json", *extra, config, bundle)
+    assert run.code == 0, run.err
+    summary: dict[str, object] = run.json_lines()[-1]
+    return summary
+
+
+def test_export_holds_every_image_once_under_its_source_name_and_imports_with_its_digests(
+    registry: Registry, second_registry: Registry, images: BuiltImages, tmp_path: Path
+) -> None:
+    config = _config(tmp_path / "sync.yaml", registry.host, {f"test/{n}": ["1"] for n in NAMES})
+    bundle = tmp_path / "bundle.tar"
+    summary = _export(config, f"oci-archive:{bundle}")
+
+    members = _members(bundle)
+    index = members["index.json"]
+    root = "sha256:" + hashlib.sha256(index).hexdigest()
+    assert summary["digest"] == summary["root_digest"] == root
+    assert summary["copied"] == len(NAMES) and summary["relied_on"] == 0
+    entries = json.loads(index)["manifests"]
+    named = {e["annotations"]["org.opencontainers.image.ref.name"]: e["digest"] for e in entries}
+    assert named == {f"{registry.host}/test/{n}:1": images.images[n].digest for n in NAMES}
+    for entry in entries:
+        annotations = entry["annotations"]
+        assert (
+            annotations["io.containerd.image.name"]
+            == annotations["org.opencontainers.image.ref.name"]
+        )
+    # every blob of every image (each platform of the index too), each once; docker's
+    # manifest.json beside the layout, as save writes it
+    wanted = set().union(*(_all_blobs(images.images[n]) for n in NAMES))
+    assert _blobs(members) == wanted
+    assert "manifest.json" in members and "oci-layout" in members
+
+    plain = xfer("mirror", "-q", config, f"oci-archive:{tmp_path / 'again.tar'}")
+    assert plain.code == 0 and plain.out.strip() == root  # the same images: the same root
+
+    run = xfer("mirror", "--json", f"oci-archive:{bundle}", f"{second_registry.host}/site")
+    assert run.code == 0, run.err
+    assert run.json_lines()[-1]["copied"] == len(NAMES)
+    for name in NAMES:
+        there = inspect_raw(f"{second_registry.host}/site/test/{name}:1")
+        assert there == images.images[name].raw
+
+
+def test_a_rerun_of_an_import_is_one_manifest_head_per_image(
+    registry: Registry, second_registry: Registry, tmp_path: Path
+) -> None:
+    config = _config(tmp_path / "sync.yaml", registry.host, {f"test/{n}": ["1"] for n in NAMES})
+    bundle = tmp_path / "bundle.tar"
+    _export(config, f"oci-archive:{bundle}")
+    first = xfer("mirror", f"oci-archive:{bundle}", f"{second_registry.host}/site")
+    assert first.code == 0, first.err
+
+    mark = second_registry.mark()
+    again = xfer("mirror", "--json", f"oci-archive:{bundle}", f"{second_registry.host}/site")
+    assert again.code == 0, again.err
+    summary = again.json_lines()[-1]
+    assert summary["copied"] == 0 and summary["unchanged"] == len(NAMES)
+    asked = [r for r in second_registry.requests(mark) if r.kind != "base"]
+    assert sorted((r.method, r.kind, r.repo) for r in asked) == sorted(
+        ("HEAD", "manifest", f"site/test/{n}") for n in NAMES
+    )
+
+
+def _tag(registry: Registry, ref: str, target: str) -> None:
+    run = xfer("copy", f"{registry.host}/{ref}", target)
+    assert run.code == 0, run.err
+
+
+def test_an_incremental_bundle_holds_only_new_blobs_and_imports_on_top_of_the_first(
+    registry: Registry,
+    empty_registry: Registry,
+    second_registry: Registry,
+    images: BuiltImages,
+    tmp_path: Path,
+) -> None:
+    source = empty_registry
+    small, shared_a, shared_b = (images.images[n] for n in ("small", "shared-a", "shared-b"))
+    _tag(registry, small.ref, f"{source.host}/app:1")
+    _tag(registry, shared_a.ref, f"{source.host}/base:1")
+    config = _config(tmp_path / "sync.yaml", source.host, {"app": [], "base": []})
+    first = tmp_path / "week1.tar"
+    _export(config, f"oci-archive:{first}")
+
+    _tag(registry, shared_b.ref, f"{source.host}/app:2")  # one new tag, sharing base's layers
+    second = tmp_path / "week2.tar"
+    summary = _export(config, f"oci-archive:{second}", "--since", str(first))
+
+    members = _members(second)
+    index = json.loads(members["index.json"])
+    # every manifest, old and new
+    assert {e["digest"] for e in index["manifests"]} == {
+        small.digest,
+        shared_a.digest,
+        shared_b.digest,
+    }
+    old = _all_blobs(small) | _all_blobs(shared_a)
+    new = {b.digest for b in shared_b.blobs} - old
+    record = index["annotations"][RELIES_ON]
+    held = _blobs(members)
+    # only the new tag's new blobs, the manifests, and the record of what it relies on
+    assert held == new | {small.digest, shared_a.digest, shared_b.digest, record}
+    doc = json.loads(members[f"blobs/sha256/{record.split(':')[1]}"])
+    assert doc["mediaType"] == RELIES_ON_TYPE
+    relied = {b["digest"] for b in doc["blobs"]}
+    assert relied == {b.digest for b in shared_b.blobs} & old | (
+        {b.digest for b in small.blobs} | {b.digest for b in shared_a.blobs}
+    )
+    assert summary["relied_on"] == len(relied)
+    assert (
+        index["annotations"][SINCE]
+        == "sha256:" + hashlib.sha256(_members(first)["index.json"]).hexdigest()
+    )
+    assert "manifest.json" not in members  # docker load needs every layer in the file
+
+    target = f"{second_registry.host}/site"
+    assert xfer("mirror", f"oci-archive:{first}", target).code == 0
+    run = xfer("mirror", "--json", f"oci-archive:{second}", target)
+    assert run.code == 0, run.err
+    done = run.json_lines()[-1]
+    assert done["copied"] == 1 and done["unchanged"] == 2
+    assert inspect_raw(f"{target}/app:2") == shared_b.raw
+    assert inspect_raw(f"{target}/app:1") == small.raw
+    assert inspect_raw(f"{target}/base:1") == shared_a.raw
+
+
+def test_an_incremental_bundle_into_an_empty_registry_names_the_missing_blobs_and_writes_nothing(
+    registry: Registry,
+    empty_registry: Registry,
+    second_registry: Registry,
+    images: BuiltImages,
+    tmp_path: Path,
+) -> None:
+    source = empty_registry
+    shared_a, shared_b = images.images["shared-a"], images.images["shared-b"]
+    _tag(registry, shared_a.ref, f"{source.host}/app:1")
+    config = _config(tmp_path / "sync.yaml", source.host, {"app": []})
+    first = tmp_path / "week1.tar"
+    _export(config, f"oci-archive:{first}")
+    _tag(registry, shared_b.ref, f"{source.host}/app:2")
+    second = tmp_path / "week2.tar"
+    _export(config, f"oci-archive:{second}", "--since", f"oci-archive:{first}")
+
+    mark = second_registry.mark()
+    run = xfer("mirror", f"oci-archive:{second}", f"{second_registry.host}/site")
+    assert run.code == 1
+    shared = {b.digest for b in shared_b.blobs} & {b.digest for b in shared_a.blobs}
+    assert shared
+    for digest in shared:
+        assert digest in run.err
+    assert "nothing was written" in run.err
+    assert not [r for r in second_registry.requests(mark) if r.method in WRITES]
+
+
+def test_load_fills_the_store_from_a_bundle(
+    registry: Registry, images: BuiltImages, tmp_path: Path, store: Path
+) -> None:
+    config = _config(tmp_path / "sync.yaml", registry.host, {"test/small": ["1"]})
+    bundle = tmp_path / "bundle.tar"
+    _export(config, f"oci-archive:{bundle}")
+    run = xfer("load", bundle, store=store)
+    assert run.code == 0, run.err
+    ref = f"{registry.host}/test/small:1"
+    assert ref in run.out
+    shown = xfer("inspect", "--raw", f"store:{ref}", store=store)
+    assert shown.code == 0 and shown.out.encode() == images.images["small"].raw
+
+
+def test_an_oci_layout_is_a_bundle_too_exported_incrementally_and_imported(
+    registry: Registry,
+    empty_registry: Registry,
+    second_registry: Registry,
+    images: BuiltImages,
+    tmp_path: Path,
+) -> None:
+    source = empty_registry
+    shared_a, shared_b = images.images["shared-a"], images.images["shared-b"]
+    _tag(registry, shared_a.ref, f"{source.host}/app:1")
+    config = _config(tmp_path / "sync.yaml", source.host, {"app": []})
+    first = tmp_path / "week1"
+    summary = _export(config, f"oci:{first}")
+    index = (first / "index.json").read_bytes()
+    assert summary["root_digest"] == "sha256:" + hashlib.sha256(index).hexdigest()
+    names = [
+        e["annotations"]["org.opencontainers.image.ref.name"]
+        for e in json.loads(index)["manifests"]
+    ]
+    assert names == [f"{source.host}/app:1"]
+
+    _tag(registry, shared_b.ref, f"{source.host}/app:2")
+    second = tmp_path / "week2"
+    summary = _export(config, f"oci:{second}", "--since", f"oci:{first}")
+    doc = json.loads((second / "index.json").read_bytes())
+    assert RELIES_ON in doc["annotations"] and summary["relied_on"] > 0
+    stored = {f"sha256:{p.name}" for p in (second / "blobs" / "sha256").iterdir()}
+    assert not stored & ({b.digest for b in shared_a.blobs})
+
+    target = f"{second_registry.host}/site"
+    assert xfer("mirror", f"oci:{first}", target).code == 0
+    run = xfer("mirror", f"oci:{second}", target)
+    assert run.code == 0, run.err
+    assert inspect_raw(f"{target}/app:2") == shared_b.raw
+    assert inspect_raw(f"{target}/app:1") == shared_a.raw
+
+
+def test_a_dry_run_export_plans_with_bytes_and_writes_nothing(
+    registry: Registry, images: BuiltImages, tmp_path: Path
+) -> None:
+    config = _config(tmp_path / "sync.yaml", registry.host, {"test/small": ["1"]})
+    bundle = tmp_path / "bundle.tar"
+    run = xfer("mirror", "--json", "--dry-run", config, f"oci-archive:{bundle}")
+    assert run.code == 0, run.err
+    plan, done = run.json_lines()[-2:]
+    small = images.images["small"]
+    assert plan["action"] == "copy" and plan["bytes"] == sum(b.size for b in small.blobs)
+    assert done["dry_run"] is True
+    assert not bundle.exists() and not list(tmp_path.glob("bundle.tar*"))
+
+
+def test_since_is_refused_for_a_registry_to_registry_mirror(
+    registry: Registry, tmp_path: Path
+) -> None:
+    config = _config(tmp_path / "sync.yaml", registry.host, {"test/small": ["1"]})
+    run = xfer("mirror", "--since", str(tmp_path / "x.tar"), config, f"{registry.host}/m")
+    assert run.code == 2 and "--since" in run.err
+
+
+def test_docker_loads_a_bundle_of_two_images(
+    registry: Registry, images: BuiltImages, tmp_path: Path
+) -> None:
+    from fixtures.daemons import Containerd, Dockerd
+
+    config = _config(
+        tmp_path / "sync.yaml", registry.host, {"test/small": ["1"], "test/docker": ["1"]}
+    )
+    bundle = tmp_path / "bundle.tar"
+    _export(config, f"oci-archive:{bundle}")
+    with Containerd() as containerd, Dockerd(containerd) as dockerd:
+        out = dockerd.docker("load", "-i", str(bundle))
+        for name in ("small", "docker"):
+            ref = f"{registry.host}/test/{name}:1"
+            assert f"Loaded image: {ref}" in out
+            config_blob = images.images[name].config
+            assert config_blob is not None
+            assert dockerd.inspect(ref)["Id"] == config_blob.digest

@@ -1,0 +1,751 @@
+"""Air-gapped bundles: a mirror set in one file (or layout), shipped whole or as what changed.
+
+``xfer mirror CONFIG oci-archive:BUNDLE.tar`` (or ``oci:DIR``) exports every image the sync
+YAML names into one bundle, the layout ``xfer save`` writes (OCI layout, and docker's
+``manifest.json`` when the bundle is whole); each image's ``org.opencontainers.image.ref.name``
+and ``io.containerd.image.name`` is its full source reference. ``xfer mirror oci-archive:BUNDLE.tar
+HOST/PREFIX`` imports it: each image to ``PREFIX/<source repository>:<tag>``.
+
+The bundle's root digest is the digest of its ``index.json``: it names the whole content, since
+index.json names every image by digest and (below) the record of what the bundle relies on.
+
+Incremental bundles (``--since OLD``, repeatable: a bundle, an OCI layout, or an ``index.json``
+of what the far side holds) leave out every blob OLD holds; every manifest is still included.
+What the bundle then relies on from outside is recorded in one content-addressed JSON blob of
+the bundle (``blobs/sha256/HEX``, media type ``RELIES_ON_TYPE``)::
+
+    {"mediaType": "application/vnd.dev.xfer.bundle.relies-on.v1+json",
+     "blobs": [{"digest": "sha256:…", "size": N}, …]}          # sorted by digest
+
+named by the annotation ``dev.xfer.bundle.relies-on`` (its digest) on index.json itself, so the
+root digest covers it; ``dev.xfer.bundle.since`` lists the root digests of the OLD bundles it
+was made against (comma-separated, where they were bundles or layouts). Readers
+(``archive_read``) accept an image whose blobs are missing from the file when the record names
+them; an import first checks, with HEADs, that the target registry holds every one of them
+that the images it is about to write use, and names the missing ones before writing anything.
+An incremental bundle has no ``manifest.json``: ``docker load`` needs every layer in the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+
+from . import jsonio
+from .copy import CopyOptions, PlatformChoice, _Plan, choosing, copy_image, resolve
+from .digest import Digest
+from .endpoints import Destination, Source
+from .endpoints.address import Address
+from .endpoints.archive_read import CONTAINERD_NAME, normalised
+from .endpoints.layout import REF_NAME, Layout, LayoutDestination
+from .endpoints.registry import RunMounts
+from .endpoints.transports import Context, Origin, open_destination
+from .errors import ArchiveError, TransferError, UsageError
+from .manifest import Descriptor
+from .progress import Emit, Message, ignore
+from .reference import Reference, parse
+
+if TYPE_CHECKING:
+    from .api import Settings
+    from .mirror import MirrorReport, PlanEntry, Shard
+    from .session import Session
+
+RELIES_ON = "dev.xfer.bundle.relies-on"
+SINCE = "dev.xfer.bundle.since"
+RELIES_ON_TYPE = "application/vnd.dev.xfer.bundle.relies-on.v1+json"
+# ~100 bytes a blob: far above any real bundle's record, bounded as index.json is.
+MAX_RECORD_BYTES = 64 << 20
+MAX_INDEX_BYTES = 64 << 20
+HEADS_AT_ONCE = 32  # manifest walks and HEADs in flight at once (small requests)
+
+
+def record_bytes(blobs: Iterable[Descriptor]) -> bytes:
+    """The relies-on record: each blob once, sorted by digest (the same set, the same bytes)."""
+    unique = {d.digest: d for d in blobs}
+    doc = {
+        "mediaType": RELIES_ON_TYPE,
+        "blobs": [{"digest": str(d.digest), "size": d.size} for _, d in sorted(unique.items())],
+    }
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def parse_record(raw: bytes, where: str) -> dict[Digest, Descriptor]:
+    """A relies-on record's blobs by digest; anything else in it is an ``ArchiveError``."""
+    try:
+        doc = jsonio.loads(raw, strict=True)
+        if not isinstance(doc, dict) or doc.get("mediaType") != RELIES_ON_TYPE:
+            raise ValueError(f"not a {RELIES_ON_TYPE}")
+        blobs = doc.get("blobs")
+        if not isinstance(blobs, list):
+            raise ValueError("no blobs list")
+        found: dict[Digest, Descriptor] = {}
+        for entry in blobs:
+            size = entry.get("size") if isinstance(entry, dict) else None
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise ValueError("a blob without a size")
+            digest = Digest.parse(str(entry.get("digest")))
+            found[digest] = Descriptor("application/octet-stream", digest, size)
+        return found
+    except (ValueError, TransferError, jsonio.JSONError) as exc:
+        raise ArchiveError(f"{where}: the bundle's relies-on record is not valid: {exc}") from None
+
+
+def record_digest(index: object, where: str) -> Digest | None:
+    """The relies-on record an index.json document names, if any."""
+    annotations = index.get("annotations") if isinstance(index, dict) else None
+    text = annotations.get(RELIES_ON) if isinstance(annotations, dict) else None
+    if text is None:
+        return None
+    try:
+        return Digest.parse(str(text))
+    except TransferError:
+        raise ArchiveError(f"{where}: index.json's {RELIES_ON} is not a digest") from None
+
+
+# ---- what the far side holds (--since) -----------------------------------------------------------
+
+
+@dataclass
+class Held:
+    """The blobs a far side holds (every one of them left out of an incremental bundle), and
+    the root digests of the bundles that say so."""
+
+    blobs: set[Digest]
+    roots: list[Digest]
+
+
+def _blob_names(names: Iterable[str]) -> set[Digest]:
+    found = set()
+    for name in names:
+        parts = name.strip("/").split("/")
+        if len(parts) == 3 and parts[0] == "blobs":
+            try:
+                found.add(Digest.parse(f"{parts[1]}:{parts[2]}"))
+            except TransferError:
+                continue  # not a blob (a stray file): nothing claimed
+    return found
+
+
+def held_by_archive(path: Path) -> Held:
+    """An earlier bundle (a tar): every blob member, and what it itself relied on."""
+    from .endpoints.tarindex import TarIndex
+
+    tar = TarIndex.read(path)
+    try:
+        if "index.json" not in tar:
+            raise UsageError(f"--since {path}: not an OCI archive (no index.json)")
+        raw = tar.read_small("index.json", MAX_INDEX_BYTES)
+        blobs = _blob_names(tar.names())
+        doc = _index_doc(raw, str(path))
+        record = record_digest(doc, str(path))
+        if record is not None:
+            name = f"blobs/{record.algorithm}/{record.encoded}"
+            if name not in tar:
+                raise ArchiveError(f"{path}: its relies-on record {record} is not in it")
+            blobs |= set(parse_record(tar.read_small(name, MAX_RECORD_BYTES), str(path)))
+        return Held(blobs, [Digest.of(raw)])
+    finally:
+        tar.close()
+
+
+def held_by_layout(path: Path) -> Held:
+    """An OCI layout directory (a bundle exported as ``oci:DIR``, or what the far side keeps):
+    every file under ``blobs/``, and what its index.json says it relied on."""
+    from .localfile import read_capped
+
+    if not (path / "oci-layout").is_file():
+        raise UsageError(f"--since {path}: not an OCI image layout (no oci-layout file)")
+    names = []
+    for algorithm in ("sha256", "sha512"):
+        directory = path / "blobs" / algorithm
+        if directory.is_dir():
+            names += [f"blobs/{algorithm}/{entry}" for entry in os.listdir(directory)]
+    blobs = _blob_names(names)
+    raw = read_capped(path / "index.json", MAX_INDEX_BYTES, str(path / "index.json"))
+    doc = _index_doc(raw, str(path))
+    record = record_digest(doc, str(path))
+    if record is not None:
+        file = path / "blobs" / record.algorithm / record.encoded
+        data = read_capped(file, MAX_RECORD_BYTES, str(file))
+        if Digest.of(data, record.algorithm) != record:
+            raise ArchiveError(f"{path}: its relies-on record {record} is damaged")
+        blobs |= set(parse_record(data, str(path)))
+    return Held(blobs, [Digest.of(raw)])
+
+
+def _index_doc(raw: bytes, where: str) -> dict[str, object]:
+    try:
+        doc = jsonio.loads(raw, strict=True)
+    except jsonio.JSONError as exc:
+        raise ArchiveError(f"{where}: index.json is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ArchiveError(f"{where}: index.json is not an OCI index")
+    return doc
+
+
+async def held_by_index(path: Path, session: Session, settings: Settings) -> Held:
+    """An ``index.json`` of what the far side holds: every image it names (by its full source
+    reference and digest) was imported whole there, so every blob of its graph is held; the
+    graphs are read from the source registries (manifests only)."""
+    from .copy import CopyOptions, resolve
+    from .endpoints.registry import RegistrySource
+    from .localfile import read_capped
+    from .reference import parse
+
+    raw = read_capped(path, MAX_INDEX_BYTES, str(path))
+    doc = _index_doc(raw, str(path))
+    entries = doc.get("manifests")
+    if not isinstance(entries, list):
+        raise UsageError(f"--since {path}: index.json has no manifests list")
+    held: set[Digest] = set()
+    options = CopyOptions(allow_absent=True, jobs=settings.jobs, retry=settings.retry)
+    limiter = anyio.CapacityLimiter(HEADS_AT_ONCE)
+
+    async def walk(entry: Descriptor) -> None:
+        name = entry.annotations.get(CONTAINERD_NAME) or entry.annotations.get(REF_NAME)
+        if not name:
+            raise UsageError(f"--since {path}: an image ({entry.digest}) without its reference")
+        ref = parse(name)
+        async with limiter:
+            source = RegistrySource(session.client(ref, settings=settings), ref)
+            top, plan = await resolve(source, entry.digest, options)
+        held.update(d.digest for d in plan.blobs())
+        held.update(m.digest for m in [top, plan.top, *plan.children])
+
+    descriptors = []
+    for at, item in enumerate(entries):
+        try:
+            descriptors.append(Descriptor.from_json(item, what=f"{path}: manifests[{at}]"))
+        except TransferError as exc:
+            raise UsageError(f"--since {path}: {exc}") from None
+    async with anyio.create_task_group() as group:
+        for desc in descriptors:
+            group.start_soon(walk, desc)
+    return Held(held, [Digest.of(raw)])
+
+
+async def held_by(since: Sequence[str], session: Session, settings: Settings) -> Held:
+    """What every ``--since`` names, together: ``oci-archive:FILE`` or a tar file, ``oci:DIR``
+    or a directory, or an ``index.json`` file."""
+    held = Held(set(), [])
+    for text in since:
+        kind, _, rest = text.partition(":")
+        path = Path(rest) if kind in ("oci", "oci-archive") and rest else Path(text)
+        if kind == "oci" or path.is_dir():
+            found = await anyio.to_thread.run_sync(held_by_layout, path)
+        elif not path.is_file():
+            raise UsageError(f"--since {text}: no such file or directory")
+        elif kind != "oci-archive" and _is_json(path):
+            found = await held_by_index(path, session, settings)
+        else:
+            found = await anyio.to_thread.run_sync(held_by_archive, path)
+        held.blobs |= found.blobs
+        held.roots += found.roots
+    return held
+
+
+def _is_json(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(512).lstrip()[:1] == b"{"
+
+
+# ---- export: a mirror set into one bundle ------------------------------------------------------
+
+
+async def export(
+    config_text: str,
+    target: Address,
+    settings: Settings | None = None,
+    *,
+    platform: PlatformChoice = None,
+    emit: Emit = ignore,
+    session: Session | None = None,
+    images: int = 4,
+    shard: Shard | None = None,
+    dry_run: bool = False,
+    since: Sequence[str] = (),
+) -> MirrorReport:
+    """Every image the sync YAML names into one bundle (``oci-archive:FILE`` or ``oci:DIR``),
+    read ``images`` at once, each blob written once; ``since``: leave out what those hold."""
+    from .api import session_for
+    from .mirror import COPY, SKIP, MirrorItem, MirrorReport, PlanEntry, parse_config, plan
+    from .mirror import _settings_for as settings_for
+
+    if images < 1:
+        raise UsageError("--images must be at least 1")
+    sources = parse_config(config_text)
+    async with session_for(settings, session) as (settings, session):
+        report = MirrorReport()
+        wanted = await plan(sources, settings, emit, skipped=report.skipped, session=session)
+        items = [(ref, settings_for(source, settings)) for ref, source in wanted]
+        if shard is not None:
+            items = [(ref, s) for ref, s in items if shard.owns(ref)]
+            emit(Message(f"mirror: shard {shard.index}/{shard.count}: {len(items)} images"))
+        held = await held_by(since, session, settings)
+        entries = [
+            PlanEntry(str(ref), str(target), COPY, item=MirrorItem(ref, ref), settings=s)
+            for ref, s in items
+        ]
+        report.plan = entries + [
+            PlanEntry(f"{s.repository}:{s.tag}", "", SKIP, reason=s.reason) for s in report.skipped
+        ]
+        options = CopyOptions(*choosing(platform), jobs=settings.jobs, retry=settings.retry)
+        run = _Export(session, options, emit, anyio.CapacityLimiter(images), held)
+        if dry_run:
+            await run.sizes(entries)
+            return report
+        if target.kind == "oci-archive":
+            assert target.path is not None
+            await run.archive(target.path, entries, report)
+        else:
+            assert target.path is not None
+            await run.layout(target.path, entries, report)
+        report.bundle = str(target)
+        return report
+
+
+@dataclass
+class _Export:
+    session: Session
+    options: CopyOptions
+    emit: Emit
+    limiter: anyio.CapacityLimiter
+    held: Held
+
+    async def sizes(self, entries: list[PlanEntry]) -> None:
+        """--dry-run: the declared sizes of the blobs the bundle would hold, each counted once."""
+        from .endpoints.registry import RegistrySource
+
+        counted: set[Digest] = set(self.held.blobs)
+
+        async def size(entry: PlanEntry) -> None:
+            assert entry.item is not None and entry.settings is not None
+            ref = entry.item.source
+            try:
+                async with self.limiter:
+                    client = self.session.client(ref, settings=entry.settings)
+                    _, plan = await resolve(
+                        RegistrySource(client, ref), ref.identifier, self.options
+                    )
+            except TransferError as exc:
+                entry.action, entry.reason = "failed", str(exc)
+                return
+            total = 0
+            for blob in plan.blobs():
+                if blob.digest not in counted:
+                    counted.add(blob.digest)
+                    total += blob.size
+            entry.bytes = total
+
+        async with anyio.create_task_group() as group:
+            for entry in entries:
+                group.start_soon(size, entry)
+
+    async def copies(
+        self,
+        entries: list[PlanEntry],
+        report: MirrorReport,
+        destination: Callable[[Reference], Destination],
+    ) -> None:
+        from .endpoints.address import Address
+        from .endpoints.transports import Context, open_source
+
+        async def one(entry: PlanEntry) -> None:
+            assert entry.item is not None and entry.settings is not None
+            ref = entry.item.source
+            try:
+                async with (
+                    self.limiter,
+                    open_source(
+                        Address("registry", reference=ref),
+                        Context(self.session, entry.settings, self.emit),
+                    ) as reading,
+                ):
+                    result = await copy_image(
+                        reading.source,
+                        destination(ref),
+                        reading.identifier,
+                        str(ref),
+                        self.options,
+                        self.emit,
+                    )
+            except TransferError as exc:
+                entry.action, entry.reason = "failed", str(exc)
+                report.failed.append((entry.item, str(exc)))
+                self.emit(Message(f"failed {ref}: {exc}"))
+                return
+            report.copied.append(result)
+            report.copied_items.append((entry.item, result))
+
+        async with anyio.create_task_group() as group:
+            for entry in entries:
+                group.start_soon(one, entry)
+        if report.failed:
+            item, error = report.failed[0]
+            raise TransferError(
+                f"{len(report.failed)} images could not be read, so the bundle was not "
+                f"written; first: {item.source}: {error}"
+            )
+
+    async def archive(self, path: Path, entries: list[PlanEntry], report: MirrorReport) -> None:
+        from .endpoints.bundle_write import BundleDestination
+
+        bundle = BundleDestination(path, self.held.blobs)
+        async with contextlib.aclosing(bundle):
+            await bundle.start()
+            await self.copies(entries, report, lambda ref: bundle)
+            if bundle.relied_on:
+                record = await bundle.put_document(record_bytes(bundle.relied_on.values()))
+                bundle.annotations[RELIES_ON] = str(record.digest)
+            if self.held.roots:
+                bundle.annotations[SINCE] = ",".join(str(d) for d in self.held.roots)
+            await bundle.commit()
+        assert bundle.root is not None
+        report.root = bundle.root
+        report.relied_on = len(bundle.relied_on)
+
+    async def layout(self, path: Path, entries: list[PlanEntry], report: MirrorReport) -> None:
+        from .endpoints.layout import Layout
+
+        layout = Layout(path)
+        relied: dict[Digest, Descriptor] = {}
+        with layout.in_use():
+            await self.copies(
+                entries,
+                report,
+                lambda ref: _LayoutBundle(layout, str(ref), self.held.blobs, relied),
+            )
+            annotations = {}
+            if relied:
+                data = record_bytes(relied.values())
+                desc = Descriptor(RELIES_ON_TYPE, Digest.of(data), len(data))
+                await anyio.to_thread.run_sync(layout.put_bytes, desc, data)
+                annotations[RELIES_ON] = str(desc.digest)
+            if self.held.roots:
+                annotations[SINCE] = ",".join(str(d) for d in self.held.roots)
+            report.root = await anyio.to_thread.run_sync(_annotate_index, layout, annotations)
+        report.relied_on = len(relied)
+
+
+def _annotate_index(layout: Layout, annotations: dict[str, str]) -> Digest:
+    """index.json with the bundle's own annotations (replacing earlier ones); its digest."""
+    from .durable import atomic_write
+    from .localfile import read_capped
+
+    path = layout.root / "index.json"
+    raw = read_capped(path, MAX_INDEX_BYTES, str(path))
+    doc = _index_doc(raw, str(layout.root))
+    doc.pop("annotations", None)
+    entries = doc.get("manifests")
+    if isinstance(entries, list):  # in order of name, as an archive bundle's
+        entries.sort(key=_entry_name)
+    if annotations:
+        doc["annotations"] = dict(sorted(annotations.items()))
+    data = json.dumps(doc, indent=2).encode() + b"\n"
+    if data != raw:
+        layout.sync_blobs()
+        atomic_write(path, data)
+    return Digest.of(data)
+
+
+def _entry_name(entry: object) -> str:
+    annotations = entry.get("annotations") if isinstance(entry, dict) else None
+    name = annotations.get(REF_NAME) if isinstance(annotations, dict) else None
+    return str(name or "")
+
+
+class _LayoutBundle(LayoutDestination):
+    """One image into a bundle that is an OCI layout: named by its full source reference (also
+    as containerd reads it); blobs the far side holds are reported present and recorded."""
+
+    def __init__(
+        self,
+        layout: Layout,
+        name: str,
+        leave_out: set[Digest],
+        relied_on: dict[Digest, Descriptor],
+    ) -> None:
+        super().__init__(layout, name, {CONTAINERD_NAME: name})
+        self.leave_out = leave_out
+        self.relied_on = relied_on
+
+    async def has_blob(self, desc: Descriptor) -> bool:
+        if desc.digest in self.leave_out:
+            if not self.layout.has_blob(desc):
+                self.relied_on.setdefault(desc.digest, desc)
+            return True
+        return await super().has_blob(desc)
+
+
+# ---- import: a bundle into a registry -------------------------------------------------------
+
+
+@dataclass
+class _Image:
+    """One image of a bundle: its name (full source reference) and how to read it."""
+
+    name: str
+    digest: Digest
+    source: Source
+
+
+@contextlib.asynccontextmanager
+async def open_bundle(
+    address: Address,
+) -> AsyncIterator[tuple[list[_Image], dict[Digest, Descriptor]]]:
+    """The named images of a bundle (``oci-archive:FILE`` or ``oci:DIR``), and the blobs it
+    relies on from outside; open until the block ends."""
+    from .endpoints.archive_read import ArchiveImageSource, OciArchive, open_archive
+    from .endpoints.layout import LayoutSource
+
+    assert address.path is not None
+    if address.kind == "oci-archive":
+        archive = await open_archive(address.path)
+        async with contextlib.aclosing(archive):
+            if not isinstance(archive, OciArchive):
+                raise UsageError(f"{address.path} is a docker archive, not a bundle")
+            found = []
+            for image in await archive.images():
+                if isinstance(image.identifier, Digest) and image.names:
+                    source = ArchiveImageSource(archive, image.names[0])
+                    found.append(_Image(image.names[0], image.identifier, source))
+            yield found, archive.relied_on
+        return
+    layout = Layout(address.path)
+    if not layout.exists():
+        raise UsageError(f"{address.path} is not an OCI image layout (no oci-layout file)")
+    found = []
+    for entry in await anyio.to_thread.run_sync(layout.read_index):
+        name = entry.annotations.get(CONTAINERD_NAME) or entry.annotations.get(REF_NAME)
+        if name and normalised(name):
+            desc = await anyio.to_thread.run_sync(layout.resolve, entry)
+            found.append(_Image(name, desc.digest, LayoutSource(layout, name)))
+    relied = await anyio.to_thread.run_sync(_layout_relies_on, layout)
+    with layout.in_use():
+        yield found, relied
+
+
+def _layout_relies_on(layout: Layout) -> dict[Digest, Descriptor]:
+    from .localfile import read_capped
+
+    path = layout.root / "index.json"
+    record = record_digest(
+        _index_doc(read_capped(path, MAX_INDEX_BYTES, str(path)), str(path)), str(path)
+    )
+    if record is None:
+        return {}
+    file = layout.blob_path(record)
+    data = read_capped(file, MAX_RECORD_BYTES, str(file))
+    if Digest.of(data, record.algorithm) != record:
+        raise ArchiveError(f"{layout.root}: its relies-on record {record} is damaged")
+    return parse_record(data, str(layout.root))
+
+
+async def import_bundle(
+    source: Address,
+    destination: str,
+    settings: Settings | None = None,
+    *,
+    dest_settings: Settings | None = None,
+    scoped: bool = False,
+    platform: PlatformChoice = None,
+    emit: Emit = ignore,
+    session: Session | None = None,
+    images: int = 4,
+    shard: Shard | None = None,
+    dry_run: bool = False,
+) -> MirrorReport:
+    """Every image of a bundle to ``destination`` (``host[:port][/prefix]``), each at
+    ``DEST/<source repository>:<tag>``, its digest kept; an image the target tag already
+    names is left (one HEAD); for an incremental bundle the target must hold every blob it
+    relies on that the images to write use (HEADs, all at once), else nothing is written and
+    the missing blobs are named."""
+    from .api import session_for
+    from .mirror import (
+        COPY,
+        UNCHANGED,
+        MirrorItem,
+        MirrorReport,
+        PlanEntry,
+        _check_destination,
+        _target,
+    )
+
+    _check_destination(destination)
+    if images < 1:
+        raise UsageError("--images must be at least 1")
+    async with (
+        session_for(settings, session) as (settings, session),
+        open_bundle(source) as (found, relied),
+    ):
+        dest_settings = dest_settings or replace(settings, credentials=None)
+        options = CopyOptions(*choosing(platform), jobs=settings.jobs, retry=settings.retry)
+        report = MirrorReport()
+        work = []
+        for image in found:
+            ref = parse(image.name)
+            item = MirrorItem(ref, _target(ref, destination, scoped))
+            if shard is None or shard.owns(item.target):
+                work.append((image, item))
+        if shard is not None:
+            emit(Message(f"mirror: shard {shard.index}/{shard.count}: {len(work)} images"))
+        limiter = anyio.CapacityLimiter(HEADS_AT_ONCE)
+        entries = [
+            PlanEntry(str(item.source), str(item.target), COPY, image.digest, item=item)
+            for image, item in work
+        ]
+        plans: dict[str, _Plan] = {}
+
+        async def decide(image: _Image, entry: PlanEntry) -> None:
+            assert entry.item is not None
+            target = entry.item.target
+            async with limiter:
+                _, plan = await resolve(image.source, image.digest, options)
+                plans[entry.source] = plan
+                client = session.client(target, settings=dest_settings)
+                there = await client.head_manifest(target.repository, target.identifier)
+            if there is not None and there.digest == plan.top.digest:
+                entry.action = UNCHANGED
+
+        async with anyio.create_task_group() as group:
+            for (image, _), entry in zip(work, entries, strict=True):
+                group.start_soon(decide, image, entry)
+        report.plan = entries
+        copying = [
+            (image, e) for (image, _), e in zip(work, entries, strict=True) if e.action == COPY
+        ]
+        for entry in entries:
+            if entry.action == UNCHANGED and entry.item is not None:
+                report.unchanged.append(entry.item)
+                emit(Message(f"unchanged {entry.item.target}"))
+        if dry_run:
+            await _import_sizes(copying, plans, relied, session, dest_settings, limiter)
+            return report
+        mounts = RunMounts()
+        needed = await _relied_needed(
+            copying, entries, plans, relied, session, dest_settings, limiter, mounts
+        )
+        if needed:
+            shown = ", ".join(f"{repo}@{d}" for repo, d in needed[:5])
+            more = f" and {len(needed) - 5} more" if len(needed) > 5 else ""
+            raise TransferError(
+                f"{source}: the target lacks {len(needed)} blobs this incremental bundle relies "
+                f"on: {shown}{more}; nothing was written",
+                hint="import the bundles it was made after (its --since) first",
+            )
+        copies = anyio.CapacityLimiter(images)
+
+        async def copy_one(image: _Image, entry: PlanEntry) -> None:
+            assert entry.item is not None
+            item = entry.item
+            address = Address("registry", reference=item.target)
+            try:
+                async with (
+                    copies,
+                    open_destination(
+                        address, Context(session, dest_settings, emit), Origin(mounts=mounts)
+                    ) as writing,
+                ):
+                    result = await copy_image(
+                        image.source, writing.destination, image.digest, writing.tag, options, emit
+                    )
+            except TransferError as exc:
+                entry.action, entry.reason = "failed", str(exc)
+                report.failed.append((item, str(exc)))
+                emit(Message(f"failed {item.source}: {exc}"))
+                return
+            report.copied.append(result)
+            report.copied_items.append((item, result))
+
+        async with anyio.create_task_group() as group:
+            for image, entry in copying:
+                group.start_soon(copy_one, image, entry)
+        return report
+
+
+async def _relied_needed(
+    copying: list[tuple[_Image, PlanEntry]],
+    entries: list[PlanEntry],
+    plans: dict[str, _Plan],
+    relied: dict[Digest, Descriptor],
+    session: Session,
+    settings: Settings,
+    limiter: anyio.CapacityLimiter,
+    mounts: RunMounts,
+) -> list[tuple[str, Digest]]:
+    """The (target repository, blob) pairs of the images to write, that the bundle relies on
+    from outside and the target lacks: every pair asked at once (HEADs). A blob missing from
+    an image's own repository may be in another the bundle's images go to (a new repository
+    whose base layers an earlier bundle brought to another): found there, it is mounted."""
+    users: dict[Digest, list[Reference]] = {}  # a relied-on blob → the targets whose images use it
+    for entry in entries:
+        if entry.item is not None and entry.source in plans:
+            for blob in plans[entry.source].blobs():
+                if blob.digest in relied:
+                    users.setdefault(blob.digest, []).append(entry.item.target)
+    pairs: dict[tuple[str, Digest], Reference] = {}
+    for _, entry in copying:
+        assert entry.item is not None
+        target = entry.item.target
+        for blob in plans[entry.source].blobs():
+            if blob.digest in relied:
+                pairs.setdefault((f"{target.registry}/{target.repository}", blob.digest), target)
+    missing: list[tuple[str, Digest]] = []
+
+    async def head(key: tuple[str, Digest], target: Reference) -> None:
+        digest = key[1]
+        async with limiter:
+            client = session.client(target, settings=settings)
+            if await client.has_blob(target.repository, digest, push=True):
+                return
+            others = dict.fromkeys(
+                t.repository for t in users.get(digest, []) if t.repository != target.repository
+            )
+            for other in others:
+                if await client.has_blob(other, digest):
+                    mounts.setdefault(digest, other)
+                    return
+        missing.append(key)
+
+    async with anyio.create_task_group() as group:
+        for key, target in pairs.items():
+            group.start_soon(head, key, target)
+    return sorted(missing)
+
+
+async def _import_sizes(
+    copying: list[tuple[_Image, PlanEntry]],
+    plans: dict[str, _Plan],
+    relied: dict[Digest, Descriptor],
+    session: Session,
+    settings: Settings,
+    limiter: anyio.CapacityLimiter,
+) -> None:
+    """--dry-run: the declared sizes of the blobs each target repository lacks (a HEAD per
+    blob), a blob shared by several images counted for the first only."""
+    counted: set[Digest] = set(relied)
+
+    async def size(entry: PlanEntry) -> None:
+        assert entry.item is not None
+        target = entry.item.target
+        total = 0
+        for blob in plans[entry.source].blobs():
+            if blob.digest in counted:
+                continue
+            counted.add(blob.digest)
+            async with limiter:
+                client = session.client(target, settings=settings)
+                if not await client.has_blob(target.repository, blob.digest):
+                    total += blob.size
+        entry.bytes = total
+
+    async with anyio.create_task_group() as group:
+        for _, entry in copying:
+            group.start_soon(size, entry)
