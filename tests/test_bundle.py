@@ -308,3 +308,46 @@ def test_docker_loads_a_bundle_of_two_images(
             config_blob = images.images[name].config
             assert config_blob is not None
             assert dockerd.inspect(ref)["Id"] == config_blob.digest
+
+
+def test_since_an_index_json_leaves_out_what_its_images_hold(
+    registry: Registry, empty_registry: Registry, images: BuiltImages, tmp_path: Path
+) -> None:
+    """The far side's index.json alone (no blobs): its images' graphs, read from their source
+    registry, are what it holds; the bundle is the one --since the whole bundle makes."""
+    source = empty_registry
+    shared_a, shared_b = images.images["shared-a"], images.images["shared-b"]
+    _tag(registry, shared_a.ref, f"{source.host}/app:1")
+    config = _config(tmp_path / "sync.yaml", source.host, {"app": []})
+    first = tmp_path / "week1.tar"
+    _export(config, f"oci-archive:{first}")
+    index = tmp_path / "index.json"
+    index.write_bytes(_members(first)["index.json"])
+    _tag(registry, shared_b.ref, f"{source.host}/app:2")
+
+    by_index = tmp_path / "by-index.tar"
+    by_bundle = tmp_path / "by-bundle.tar"
+    summary = _export(config, f"oci-archive:{by_index}", "--since", str(index))
+    _export(config, f"oci-archive:{by_bundle}", "--since", str(first))
+    assert summary["relied_on"] > 0
+    assert _blobs(_members(by_index)) == _blobs(_members(by_bundle))
+    assert not _blobs(_members(by_index)) & {b.digest for b in shared_a.blobs}
+
+
+def test_a_bundle_in_volumes_imports_and_names_its_root(
+    registry: Registry, second_registry: Registry, images: BuiltImages, tmp_path: Path
+) -> None:
+    config = _config(tmp_path / "sync.yaml", registry.host, {f"test/{n}": ["1"] for n in NAMES})
+    bundle = tmp_path / "bundle.tar"
+    summary = _export(config, f"oci-archive:{bundle}", "--max-size", "64K")
+    volumes = sorted(tmp_path.glob("bundle.*.tar"))
+    assert len(volumes) > 1 and not bundle.exists()
+    assert all(v.stat().st_size <= 64 * 1024 for v in volumes)
+    index = _members(volumes[-1])["index.json"]
+    assert summary["root_digest"] == "sha256:" + hashlib.sha256(index).hexdigest()
+
+    run = xfer("mirror", f"oci-archive:{bundle}", f"{second_registry.host}/site")
+    assert run.code == 0, run.err
+    for name in NAMES:
+        there = inspect_raw(f"{second_registry.host}/site/test/{name}:1")
+        assert there == images.images[name].raw

@@ -595,6 +595,9 @@ async def mirror(
     from .mirror import mirror as mirror_config  # YAML and semver load only for a mirror
 
     text_config = str(config)
+    volumes = settings.volume_size if settings is not None else None
+    if volumes and not destination.startswith("oci-archive:"):
+        raise UsageError("--max-size is for an export into a bundle file (oci-archive:FILE)")
     if text_config.startswith(("oci:", "oci-archive:")):
         if since:
             raise UsageError("--since is for an export into a bundle, not an import")

@@ -297,7 +297,11 @@ async def export(
             PlanEntry(f"{s.repository}:{s.tag}", "", SKIP, reason=s.reason) for s in report.skipped
         ]
         options = CopyOptions(*choosing(platform), jobs=settings.jobs, retry=settings.retry)
-        run = _Export(session, options, emit, anyio.CapacityLimiter(images), held)
+        volumes = settings.volume_size if target.kind == "oci-archive" else None
+        # Volumes are written one member at a time, in an order a rerun repeats: one image
+        # after another (volumes.py), each with its blobs at once.
+        limiter = anyio.CapacityLimiter(1 if volumes else images)
+        run = _Export(session, options, emit, limiter, held, volumes)
         if dry_run:
             await run.sizes(entries)
             return report
@@ -318,6 +322,7 @@ class _Export:
     emit: Emit
     limiter: anyio.CapacityLimiter
     held: Held
+    volumes: int | None = None  # --max-size: the bundle as volumes of at most this many bytes
 
     async def sizes(self, entries: list[PlanEntry]) -> None:
         """--dry-run: the declared sizes of the blobs the bundle would hold, each counted once."""
@@ -395,11 +400,16 @@ class _Export:
             )
 
     async def archive(self, path: Path, entries: list[PlanEntry], report: MirrorReport) -> None:
-        from .endpoints.bundle_write import BundleDestination
+        from .endpoints.bundle_write import BundleDestination, VolumeBundle
 
-        bundle = BundleDestination(path, self.held.blobs)
+        bundle: BundleDestination | VolumeBundle
+        if self.volumes:
+            bundle = VolumeBundle(path, self.volumes, self.held.blobs)
+        else:
+            bundle = BundleDestination(path, self.held.blobs)
         async with contextlib.aclosing(bundle):
-            await bundle.start()
+            if isinstance(bundle, BundleDestination):
+                await bundle.start()
             await self.copies(entries, report, lambda ref: bundle)
             if bundle.relied_on:
                 record = await bundle.put_document(record_bytes(bundle.relied_on.values()))

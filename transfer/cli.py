@@ -336,7 +336,7 @@ async def cmd_mirror(args: argparse.Namespace) -> int:
     from .mirror import Shard  # YAML and semver load only for a mirror
 
     shard = Shard.parse(args.shard) if args.shard else None
-    settings = _settings(args)
+    settings = replace(_settings(args), volume_size=_volume_size(args))
     dest_settings = replace(settings, credentials=None)
     if args.dest_creds:
         dest_settings = replace(settings, credentials=_creds(args.dest_creds, "--dest-creds"))
@@ -898,6 +898,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="OLD",
         help="export only the blobs OLD lacks (repeatable): an earlier bundle, an OCI layout "
         "or an index.json of what the far side holds; the bundle records what it relies on",
+    )
+    p.add_argument(
+        "--max-size",
+        metavar="SIZE",
+        help="export the bundle as volumes NAME.001.tar, NAME.002.tar, ... of at most SIZE "
+        "(e.g. 4G) each, whole blobs; a rerun keeps the volumes finished",
     )
     p.add_argument("--scoped", action="store_true", help="prefix each target with the source host")
     p.add_argument("--dest-creds", metavar="USER:PASS", help="credentials for the target")

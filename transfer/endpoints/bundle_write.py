@@ -17,7 +17,6 @@ the root digest do not (``index.json``'s: it names every image by digest, in ord
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -32,6 +31,7 @@ from ..ingest import Chunk
 from ..manifest import Descriptor, Manifest
 from . import Opener, Progress, PumpedBody
 from .archive_write import WRITE_BATCH, ArchiveDestination, TarWriter, tar_header
+from .volumes import VolumeDestination
 
 _BLOCK = 512
 REPORT_EVERY = 0.1  # seconds between progress reports from a worker thread
@@ -79,28 +79,67 @@ class ParallelTar(TarWriter):
         os.fsync(self.fd)
 
 
-class BundleDestination(ArchiveDestination):
-    """An archive written with many blobs at once (``concurrent``); ``leave_out``: blobs the far
-    side holds (an incremental bundle), reported present and recorded in ``relied_on``
-    instead of written. ``annotations`` go on index.json itself; ``root`` is index.json's
-    digest once committed."""
+class _BundleParts(ArchiveDestination):
+    """What every bundle adds to an archive, written whole or as volumes: blobs the far side
+    holds (``leave_out``, an incremental bundle) reported present and recorded in
+    ``relied_on`` instead of written; ``annotations`` on index.json itself; images named in
+    index.json in order of name; ``root``, index.json's digest once committed."""
+
+    def _bundle(self, leave_out: set[Digest] | None) -> None:
+        self.leave_out = leave_out or set()
+        self.relied_on: dict[Digest, Descriptor] = {}
+        self.annotations: dict[str, str] = {}
+        self.root: Digest | None = None
+
+    @property
+    def docker(self) -> bool:
+        # docker's manifest.json needs every layer in the file: not for an incremental bundle
+        return self.format != "oci" and not self.relied_on
+
+    async def has_blob(self, desc: Descriptor) -> bool:
+        if desc.digest not in self._written and desc.digest in self.leave_out:
+            self.relied_on.setdefault(desc.digest, desc)
+            return True
+        return await super().has_blob(desc)
+
+    async def put_document(self, data: bytes) -> Descriptor:
+        """One more blob of the bundle's own (its relies-on record)."""
+        desc = Descriptor("application/octet-stream", Digest.of(data), len(data))
+        if desc.digest not in self._written:
+            self._written.add(desc.digest)
+            await self._add(f"blobs/{desc.digest.algorithm}/{desc.digest.encoded}", data)
+        return desc
+
+    def _oci_index(self, top: dict[str, str] | None = None) -> bytes:
+        # Images go in as their copies end, in any order: named in order of their names, so
+        # the same images give the same index.json, and the same root digest.
+        self._tagged.sort(key=lambda tagged: tagged[0])
+        annotations = dict(sorted({**self.annotations, **(top or {})}.items()))
+        raw = super()._oci_index(annotations or None)
+        self.root = Digest.of(raw)
+        return raw
+
+
+class VolumeBundle(_BundleParts, VolumeDestination):
+    """A bundle written as volumes (``--max-size``): one write at a time (volumes.py)."""
+
+    def __init__(self, path: Path, max_size: int, leave_out: set[Digest] | None = None) -> None:
+        super().__init__(path, max_size)
+        self._bundle(leave_out)
+
+
+class BundleDestination(_BundleParts):
+    """One bundle file written with many blobs at once (``concurrent``: see the module
+    docstring)."""
 
     concurrent = True
     tar_class = ParallelTar
 
     def __init__(self, path: Path, leave_out: set[Digest] | None = None) -> None:
         super().__init__(path, None)
-        self.leave_out = leave_out or set()
-        self.relied_on: dict[Digest, Descriptor] = {}
-        self.annotations: dict[str, str] = {}
-        self.root: Digest | None = None
+        self._bundle(leave_out)
         self._regions: dict[Digest, tuple[int, int]] = {}  # digest → (header at, data at)
         self._busy: dict[Digest, anyio.Event] = {}
-
-    @property
-    def docker(self) -> bool:
-        # docker's manifest.json needs every layer in the file: not for an incremental bundle
-        return self.format != "oci" and not self.relied_on
 
     async def start(self) -> None:
         """Open the file before transfers run at once (the first member, the directories)."""
@@ -114,14 +153,6 @@ class BundleDestination(ArchiveDestination):
             if directory not in self._dirs:
                 self._dirs.add(directory)  # before the write: another task must not add it too
                 await self._io(tar.header, directory, 0, True)
-
-    async def has_blob(self, desc: Descriptor) -> bool:
-        if desc.digest in self._written:
-            return True
-        if desc.digest in self.leave_out:
-            self.relied_on.setdefault(desc.digest, desc)
-            return True
-        return False
 
     async def put_blob(self, desc: Descriptor, opener: Opener, progress: Progress) -> int:
         digest = desc.digest
@@ -181,38 +212,12 @@ class BundleDestination(ArchiveDestination):
         return written
 
     async def put_manifest(self, manifest: Manifest, tag: str | None) -> None:
-        self._manifests[manifest.digest] = manifest
         if manifest.digest not in self._written:
             self._written.add(manifest.digest)  # before the write: two images may share it
-            tar = await self._writer()
-            name = f"blobs/{manifest.digest.algorithm}/{manifest.digest.encoded}"
-            await self._directories(tar, name)
-            await self._io(tar.add, name, manifest.raw)
-        if tag is not None:
-            self._tagged = [(n, m) for n, m in self._tagged if n != tag] + [(tag, manifest)]
-
-    async def put_document(self, data: bytes) -> Descriptor:
-        """One more blob of the bundle's own (its relies-on record)."""
-        desc = Descriptor("application/octet-stream", Digest.of(data), len(data))
-        if desc.digest not in self._written:
-            self._written.add(desc.digest)
-            tar = await self._writer()
-            name = f"blobs/{desc.digest.algorithm}/{desc.digest.encoded}"
-            await self._directories(tar, name)
-            await self._io(tar.add, name, data)
-        return desc
-
-    def _oci_index(self) -> bytes:
-        # Images go in as their copies end, in any order: named in order of their names, so
-        # the same images give the same index.json, and the same root digest.
-        self._tagged.sort(key=lambda tagged: tagged[0])
-        raw = super()._oci_index()
-        if self.annotations:
-            doc: dict[str, Any] = json.loads(raw)
-            doc["annotations"] = dict(sorted(self.annotations.items()))
-            raw = json.dumps(doc, separators=(",", ":")).encode()
-        self.root = Digest.of(raw)
-        return raw
+            await self._add(
+                f"blobs/{manifest.digest.algorithm}/{manifest.digest.encoded}", manifest.raw
+            )
+        await super().put_manifest(manifest, tag)  # named (the bytes went in just above)
 
 
 async def _pump(body: PumpedBody, put: Any, progress: Progress) -> None:
