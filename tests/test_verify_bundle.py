@@ -248,3 +248,22 @@ def test_referrers_listed_in_index_json_are_checked_like_images(
     run = xfer("verify", f"oci-archive:{archive}")
     assert run.code == 1
     assert [line.split()[1] for line in run.out.splitlines()] == [document]
+
+
+def test_a_missing_blob_of_an_unnamed_referrer_is_named_with_its_artifact_type(
+    images: BuiltImages, tmp_path: Path
+) -> None:
+    from tests.test_referrers_local import SPDX, _signed_layout
+
+    signed = _signed_layout(images, tmp_path / "signed")
+    sbom = json.loads(
+        (signed.layout / "blobs" / "sha256" / signed.sbom.digest.encoded).read_bytes()
+    )
+    document = sbom["layers"][0]["digest"]
+    (signed.layout / "blobs" / "sha256" / document.removeprefix("sha256:")).unlink()
+    run = xfer("verify", f"oci:{signed.layout}")
+    assert run.code == 1
+    assert run.out.splitlines() == [
+        f"blob {document} is missing (used by the {SPDX} {signed.sbom.digest}, "
+        f"{sbom['layers'][0]['size']} bytes)"
+    ]

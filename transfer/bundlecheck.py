@@ -195,6 +195,8 @@ def _check_graph(bundle: _Bundle, found: _Found, expect: str | None) -> tuple[st
     relied_used: set[Digest] = set()
     for top in roots:
         label = top.annotations.get(REF_NAME) or str(top.digest)
+        if REF_NAME not in top.annotations and top.artifact_type:
+            label = f"the {top.artifact_type} {top.digest}"  # a referrer, listed unnamed
         recorded = {t for t in top.annotations.get(ABSENT, "").split(",") if t}
 
         def absent(index: Manifest, recorded: set[str] = recorded) -> set[Digest]:
