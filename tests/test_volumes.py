@@ -14,6 +14,8 @@ import tarfile
 import time
 from pathlib import Path
 
+import anyio
+
 from fixtures.images import BuiltImages
 from fixtures.registry import Registry
 from tests.helpers import ROOT, fill_store, index_refs, stored_blobs, xfer, xfer_env
@@ -279,3 +281,37 @@ def test_a_shorter_set_removes_what_an_older_export_left_at_its_name(
     run = xfer("load", base, store=tmp_path / "other")
     assert run.code == 0, run.err
     assert run.out.split() == [refs["small"]]
+
+
+def test_a_signed_image_in_volumes_verifies_and_loads_with_its_referrers(
+    images: BuiltImages, tmp_path: Path
+) -> None:
+    from tests.test_referrers_local import _carry, _signed_layout
+    from transfer.copy import CopyOptions, copy_image
+    from transfer.endpoints.layout import Layout, LayoutSource
+    from transfer.endpoints.volumes import VolumeDestination
+
+    signed = _signed_layout(images, tmp_path / "signed")
+    base = tmp_path / "signed.tar"
+    ref = "example.com/test/small:1"
+
+    async def main() -> None:
+        source = LayoutSource(Layout(signed.layout), signed.name)
+        destination = VolumeDestination(base, 24 << 10)
+        try:
+            await copy_image(source, destination, signed.name, ref, CopyOptions())
+            await _carry(source, destination, signed.image)
+            await destination.commit()
+        finally:
+            await destination.aclose()
+
+    anyio.run(main)
+    assert len(_volumes(base)) >= 3
+    run = xfer("verify", f"oci-archive:{base}", "--json")
+    assert run.code == 0, run.out + run.err
+    assert json.loads(run.out)["images"] == 4
+    loaded = tmp_path / "loaded"
+    run = xfer("load", base, store=loaded)
+    assert run.code == 0, run.err
+    held = set(stored_blobs(loaded))
+    assert {str(d.digest) for d in (signed.signature, signed.sbom, signed.sbom_signature)} <= held
