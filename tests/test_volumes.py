@@ -315,3 +315,25 @@ def test_a_signed_image_in_volumes_verifies_and_loads_with_its_referrers(
     assert run.code == 0, run.err
     held = set(stored_blobs(loaded))
     assert {str(d.digest) for d in (signed.signature, signed.sbom, signed.sbom_signature)} <= held
+
+
+def test_a_set_cut_short_by_another_exports_last_volume_is_refused(
+    images: BuiltImages, store: Path, tmp_path: Path
+) -> None:
+    """index.json says how many volumes the set has: a last volume of another export standing
+    in for a middle one is named, not read as the end of this set."""
+    single = tmp_path / "single.tar"
+    refs = _save_two(store, images, single)
+    base = tmp_path / "set.tar"
+    limit = str(max(single.stat().st_size // 3, 8192))
+    assert xfer("save", *refs.values(), "-o", base, "--max-size", limit, store=store).code == 0
+    other = tmp_path / "other.tar"
+    assert xfer("save", refs["small"], "-o", other, "--max-size", "1G", store=store).code == 0
+    second = tmp_path / "set.002.tar"
+    second.write_bytes((tmp_path / "other.001.tar").read_bytes())
+    run = xfer("load", base, store=tmp_path / "loaded")
+    assert run.code == 1
+    assert f"{second} is volume 2, but its index.json says the set has 1 volumes" in run.err
+    run = xfer("verify", f"oci-archive:{base}")
+    assert run.code == 1
+    assert f"{second} is volume 2, but its index.json says the set has 1 volumes" in run.out
