@@ -5,6 +5,7 @@ naming each damaged or missing blob or volume, 0 with a short summary."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 import tarfile
@@ -267,3 +268,78 @@ def test_a_missing_blob_of_an_unnamed_referrer_is_named_with_its_artifact_type(
         f"blob {document} is missing (used by the {SPDX} {signed.sbom.digest}, "
         f"{sbom['layers'][0]['size']} bytes)"
     ]
+
+
+def _rewrite(archive: Path, out: Path, drop: set[str], add: dict[str, bytes]) -> None:
+    """``archive`` without the members ``drop``, with ``add`` (name → bytes) in their place."""
+    with tarfile.open(archive) as source, tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+        for member in source.getmembers():
+            if member.name in drop or member.name in add:
+                continue
+            tar.addfile(member, source.extractfile(member) if member.isfile() else None)
+        for name, data in add.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _incremental(archive: Path, out: Path, relied: list[tuple[str, int]], lose: list[str]) -> str:
+    """An incremental bundle made by hand, as the export writes one: the blobs ``relied`` left
+    out and named in a relies-on record, which index.json's annotation names; ``lose`` left out
+    without a word. Returns the record's digest."""
+    record = json.dumps(
+        {
+            "mediaType": "application/vnd.dev.xfer.bundle.relies-on.v1+json",
+            "blobs": [{"digest": d, "size": s} for d, s in sorted(relied)],
+        },
+        separators=(",", ":"),
+    ).encode()
+    digest = "sha256:" + hashlib.sha256(record).hexdigest()
+    with tarfile.open(archive) as tar:
+        handle = tar.extractfile("index.json")
+        assert handle is not None
+        index = json.loads(handle.read())
+    index["annotations"] = {"dev.xfer.bundle.relies-on": digest}
+    drop = {"blobs/sha256/" + d.removeprefix("sha256:") for d, _ in relied}
+    drop |= {"blobs/sha256/" + d.removeprefix("sha256:") for d in lose}
+    add = {"index.json": json.dumps(index).encode(), "blobs/sha256/" + digest[7:]: record}
+    _rewrite(archive, out, drop, add)
+    return digest
+
+
+def test_blobs_an_incremental_bundle_relies_on_are_not_missing_but_others_are(
+    saved: tuple[Path, dict[str, str]], images: BuiltImages, tmp_path: Path
+) -> None:
+    archive, refs = saved
+    a, b = images.images["shared-a"].layers, images.images["shared-b"].layers
+    relied = [(layer.digest, layer.size) for layer in a]  # the far side holds shared-a's layers
+    incremental = tmp_path / "incremental.tar"
+    _incremental(archive, incremental, relied, [])
+    run = xfer("verify", f"oci-archive:{incremental}", "--json")
+    assert run.code == 0, run.out + run.err
+    assert json.loads(run.out)["relied_on"] == len(relied)
+
+    lost = b[-1].digest
+    if any(lost == d for d, _ in relied):
+        pytest.skip("the fixture's last shared-b layer is shared with shared-a")
+    _incremental(archive, incremental, relied, [lost])
+    run = xfer("verify", f"oci-archive:{incremental}")
+    assert run.code == 1
+    assert run.out.splitlines() == [
+        f"blob {lost} is missing (used by {refs['shared-b']}, {b[-1].size} bytes)"
+    ]
+
+
+def test_a_relies_on_record_the_bundle_lacks_is_named(
+    saved: tuple[Path, dict[str, str]], images: BuiltImages, tmp_path: Path
+) -> None:
+    archive, _ = saved
+    layer = images.images["shared-a"].layers[-1]
+    incremental = tmp_path / "incremental.tar"
+    record = _incremental(archive, incremental, [(layer.digest, layer.size)], [])
+    without = tmp_path / "without.tar"
+    _rewrite(incremental, without, {"blobs/sha256/" + record[7:]}, {})
+    run = xfer("verify", f"oci-archive:{without}")
+    assert run.code == 1
+    assert f"relies-on record {record}" in run.out
+    assert f"blob {layer.digest} is missing" in run.out

@@ -39,7 +39,12 @@ from .localfile import open_regular
 from .manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest
 from .ociview import ORIGINAL, original_type
 
-READ_SIZE = 8 << 20  # one sequential read: large, so the disk streams and the hash has work
+READ_SIZE = 8 << 20
+# An incremental bundle's record of the blobs it relies on from outside (written by the export,
+# bundle.py): a blob of the bundle, named by this annotation on index.json.
+RELIES_ON = "dev.xfer.bundle.relies-on"
+RELIES_ON_TYPE = "application/vnd.dev.xfer.bundle.relies-on.v1+json"
+MAX_RECORD_BYTES = 64 << 20  # one sequential read: large, so the disk streams and the hash has work
 _BLOB_NAME = re.compile(r"blobs/([a-z0-9]+)/([0-9a-f]+)")
 
 
@@ -144,10 +149,41 @@ class _Bundle:
     read: Callable[[Digest, int], bytes]  # (digest, cap) → bytes; ArchiveError when absent
 
 
-def relied_on(index: dict[str, Any], bundle: _Bundle) -> set[Digest]:
-    """The blobs an incremental bundle says it relies on from outside (left out because the far
-    side holds them). None recorded: the bundle must hold everything it names."""
-    return set()
+def relied_on(index: dict[str, Any], bundle: _Bundle, found: _Found) -> dict[Digest, int]:
+    """The blobs (→ size) an incremental bundle says it relies on from outside: the record
+    index.json's ``dev.xfer.bundle.relies-on`` names, a blob of the bundle (so the root digest
+    covers it). None recorded: the bundle must hold everything it names. A record named but
+    absent, damaged or unreadable is a problem, and then nothing is relied on."""
+    annotations = index.get("annotations")
+    text = annotations.get(RELIES_ON) if isinstance(annotations, dict) else None
+    if text is None:
+        return {}
+    try:
+        record = Digest.parse(str(text))
+    except TransferError:
+        found.problems.append(f"{bundle.name}: index.json's {RELIES_ON} is not a digest")
+        return {}
+    if record in found.damaged or record not in found.sizes:
+        state = "damaged" if record in found.damaged else "missing"
+        found.problems.append(f"{bundle.name}: its relies-on record {record} is {state}")
+        return {}
+    try:
+        doc = jsonio.loads(bundle.read(record, MAX_RECORD_BYTES), strict=True)
+        if not isinstance(doc, dict) or doc.get("mediaType") != RELIES_ON_TYPE:
+            raise ValueError(f"not a {RELIES_ON_TYPE}")
+        blobs = doc.get("blobs")
+        if not isinstance(blobs, list):
+            raise ValueError("no blobs list")
+        out: dict[Digest, int] = {}
+        for entry in blobs:
+            size = entry.get("size") if isinstance(entry, dict) else None
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise ValueError("a blob without a size")
+            out[Digest.parse(str(entry.get("digest")))] = size
+        return out
+    except (ValueError, TransferError, jsonio.JSONError) as exc:
+        found.problems.append(f"{bundle.name}: its relies-on record {record} is not valid: {exc}")
+        return {}
 
 
 def _check_graph(bundle: _Bundle, found: _Found, expect: str | None) -> tuple[str | None, int, int]:
@@ -169,7 +205,7 @@ def _check_graph(bundle: _Bundle, found: _Found, expect: str | None) -> tuple[st
     if not isinstance(entries, list):
         found.problems.append(f"{bundle.name}: index.json has no manifests list")
         return root, 0, 0
-    relied = relied_on(doc, bundle)
+    relied = relied_on(doc, bundle, found)
     roots: list[Descriptor] = []
     for i, entry in enumerate(entries):
         try:
@@ -221,7 +257,7 @@ def _check_graph(bundle: _Bundle, found: _Found, expect: str | None) -> tuple[st
         graph = walk_sync(label, [top], get, rules, original)
         for lost in graph.unreadable:
             digest = lost.desc.digest
-            if digest in relied:
+            if digest in relied and digest not in found.sizes:
                 relied_used.add(digest)
             elif digest not in found.damaged and digest not in found.sizes:
                 missing.setdefault(digest, f"manifest of {label}, {lost.desc.size} bytes")
@@ -230,10 +266,15 @@ def _check_graph(bundle: _Bundle, found: _Found, expect: str | None) -> tuple[st
         for digest, desc in graph.reached.items():
             if is_foreign(desc):
                 continue
-            if digest in relied:
-                relied_used.add(digest)
-                continue
             size = found.sizes.get(digest)
+            if size is None and digest in relied:
+                relied_used.add(digest)
+                if relied[digest] != desc.size:
+                    found.problems.append(
+                        f"blob {digest}: {label} says {desc.size} bytes, the relies-on record "
+                        f"{relied[digest]}"
+                    )
+                continue
             if size is None:
                 missing.setdefault(digest, f"used by {label}, {desc.size} bytes")
             elif size != desc.size and digest not in found.damaged:
