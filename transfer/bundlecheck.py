@@ -152,38 +152,22 @@ class _Bundle:
 def relied_on(index: dict[str, Any], bundle: _Bundle, found: _Found) -> dict[Digest, int]:
     """The blobs (→ size) an incremental bundle says it relies on from outside: the record
     index.json's ``dev.xfer.bundle.relies-on`` names, a blob of the bundle (so the root digest
-    covers it). None recorded: the bundle must hold everything it names. A record named but
-    absent, damaged or unreadable is a problem, and then nothing is relied on."""
-    annotations = index.get("annotations")
-    text = annotations.get(RELIES_ON) if isinstance(annotations, dict) else None
-    if text is None:
-        return {}
+    covers it; see bundle.py). None recorded: the bundle must hold everything it names. A record
+    named but missing, damaged or unreadable is a problem, and then nothing is relied on."""
+    from .bundle import MAX_RECORD_BYTES, parse_record, record_digest
+
     try:
-        record = Digest.parse(str(text))
-    except TransferError:
-        found.problems.append(f"{bundle.name}: index.json's {RELIES_ON} is not a digest")
+        record = record_digest(index, bundle.name)
+        if record is None:
+            return {}
+        if record in found.damaged or record not in found.sizes:
+            state = "damaged" if record in found.damaged else "missing"
+            raise ArchiveError(f"{bundle.name}: its relies-on record {record} is {state}")
+        blobs = parse_record(bundle.read(record, MAX_RECORD_BYTES), bundle.name)
+    except TransferError as exc:
+        found.problems.append(str(exc))
         return {}
-    if record in found.damaged or record not in found.sizes:
-        state = "damaged" if record in found.damaged else "missing"
-        found.problems.append(f"{bundle.name}: its relies-on record {record} is {state}")
-        return {}
-    try:
-        doc = jsonio.loads(bundle.read(record, MAX_RECORD_BYTES), strict=True)
-        if not isinstance(doc, dict) or doc.get("mediaType") != RELIES_ON_TYPE:
-            raise ValueError(f"not a {RELIES_ON_TYPE}")
-        blobs = doc.get("blobs")
-        if not isinstance(blobs, list):
-            raise ValueError("no blobs list")
-        out: dict[Digest, int] = {}
-        for entry in blobs:
-            size = entry.get("size") if isinstance(entry, dict) else None
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                raise ValueError("a blob without a size")
-            out[Digest.parse(str(entry.get("digest")))] = size
-        return out
-    except (ValueError, TransferError, jsonio.JSONError) as exc:
-        found.problems.append(f"{bundle.name}: its relies-on record {record} is not valid: {exc}")
-        return {}
+    return {digest: desc.size for digest, desc in blobs.items()}
 
 
 def _check_graph(bundle: _Bundle, found: _Found, expect: str | None) -> tuple[str | None, int, int]:
