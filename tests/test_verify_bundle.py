@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from fixtures.images import BuiltImages
+from fixtures.registry import Registry
 from tests.helpers import STORE_HOST, fill_store, xfer
 
 
@@ -343,3 +344,36 @@ def test_a_relies_on_record_the_bundle_lacks_is_named(
     assert run.code == 1
     assert f"relies-on record {record}" in run.out
     assert f"blob {layer.digest} is missing" in run.out
+
+
+def test_exported_bundles_verify_against_the_root_digest_the_export_printed(
+    registry: Registry, empty_registry: Registry, images: BuiltImages, tmp_path: Path
+) -> None:
+    """What ``xfer mirror CONFIG oci-archive:`` writes (whole, in volumes, incremental, as a
+    layout) verifies, --expect'ing the root digest it printed; the incremental one relies on
+    what the first holds."""
+    from tests.test_bundle import NAMES, _config, _export, _tag
+
+    config = _config(tmp_path / "sync.yaml", registry.host, {f"test/{n}": ["1"] for n in NAMES})
+    for bundle, extra in (
+        (f"oci-archive:{tmp_path / 'whole.tar'}", ()),
+        (f"oci-archive:{tmp_path / 'vol.tar'}", ("--max-size", "64K")),
+        (f"oci:{tmp_path / 'layout'}", ()),
+    ):
+        root = str(_export(config, bundle, *extra)["root_digest"])
+        run = xfer("verify", bundle, "--expect", root, "--json")
+        assert run.code == 0, run.out + run.err
+        assert json.loads(run.out)["images"] >= len(NAMES)
+    assert len(list(tmp_path.glob("vol.*.tar"))) > 1
+
+    source = empty_registry
+    _tag(registry, images.images["shared-a"].ref, f"{source.host}/app:1")
+    config = _config(tmp_path / "app.yaml", source.host, {"app": []})
+    first = tmp_path / "week1.tar"
+    _export(config, f"oci-archive:{first}")
+    _tag(registry, images.images["shared-b"].ref, f"{source.host}/app:2")
+    second = tmp_path / "week2.tar"
+    summary = _export(config, f"oci-archive:{second}", "--since", str(first))
+    run = xfer("verify", f"oci-archive:{second}", "--expect", str(summary["root_digest"]), "--json")
+    assert run.code == 0, run.out + run.err
+    assert json.loads(run.out)["relied_on"] == summary["relied_on"]
