@@ -19,6 +19,7 @@ from collections.abc import (
     AsyncIterable,
     AsyncIterator,
     Container,
+    Iterable,
     Iterator,
     Mapping,
     Sequence,
@@ -59,8 +60,9 @@ from .errors import (
     reason,
 )
 from .ingest import Chunk
-from .manifest import ACCEPT, MAX_MANIFEST_BYTES, Descriptor, Manifest
+from .manifest import ACCEPT, MAX_MANIFEST_BYTES, OCI_INDEX, Descriptor, Manifest
 from .ratelimit import HostGate, parse_retry_after
+from .referrers import is_referrer_tag
 from .throttle import Throttle
 from .transport import HostTransport, TransportOptions, read_capped, release, release_blocking
 
@@ -71,6 +73,10 @@ MAX_ERROR_BODY = 64 << 10  # registry error bodies beyond this are not read (rel
 MAX_TAGS_PAGE = 4 << 20
 MAX_TAG_PAGES = 10_000
 MAX_TAGS = 1_000_000
+# The referrers API: pages of at most MAX_MANIFEST_BYTES each; a real subject has a handful of
+# referrers, these bound what a hostile registry can make one listing fetch.
+MAX_REFERRER_PAGES = 100
+MAX_REFERRERS = 10_000
 READ_CHUNK = 1 << 20
 BLOCKING_MIN = 4 << 20  # bodies at least this large are read in a worker thread (body.py)
 
@@ -160,6 +166,14 @@ class RegistryClient:
         # the same 401 (or the same failed TLS probe) on a connection of its own.
         self._contacted = False  # the host answered once (or its first request failed)
         self._contact: anyio.Event | None = None  # set then; made by the first request
+        # Referrers (referrers.py), remembered for the run: whether this host has the
+        # referrers API (None: not asked yet), each repository's referrer-shaped tags from one
+        # listing, and one lock per (repository, subject) whose fallback index is being merged.
+        self.referrers_api: bool | None = None
+        self._probing = anyio.Lock()  # one request finds out, the run's others wait for it
+        self._referrer_tags: dict[str, frozenset[str] | None] = {}
+        self._listing: dict[str, anyio.Lock] = {}
+        self.fallback_locks: dict[tuple[str, Digest], anyio.Lock] = {}
 
     async def __aenter__(self) -> RegistryClient:
         return self
@@ -687,8 +701,12 @@ class RegistryClient:
         except TransferError:
             pass
 
-    async def put_manifest(self, repository: str, identifier: str, manifest: Manifest) -> None:
-        """PUT the exact bytes with their media type, so the digest is the same there."""
+    async def put_manifest(
+        self, repository: str, identifier: str, manifest: Manifest
+    ) -> str | None:
+        """PUT the exact bytes with their media type, so the digest is the same there. Returns
+        the answer's ``OCI-Subject`` (a registry with the referrers API indexed the manifest's
+        subject itself), None without one."""
         what = f"manifest {self.host}/{repository}:{identifier}"
         resp = await self.send(
             "PUT",
@@ -715,6 +733,10 @@ class RegistryClient:
                 host=self.host,
                 digest=str(manifest.digest),
             )
+        subject: str | None = resp.headers.get("oci-subject")
+        if subject:
+            self.referrers_api = True
+        return subject
 
     # ---- tags ---------------------------------------------------------------------------------
 
@@ -793,6 +815,114 @@ class RegistryClient:
             async for page in pages:
                 tags += page
         return tags
+
+    # ---- referrers ------------------------------------------------------------------------------
+
+    async def get_referrers(
+        self,
+        repository: str,
+        digest: Digest,
+        artifact_type: str | None = None,
+        *,
+        max_pages: int = MAX_REFERRER_PAGES,
+        max_referrers: int = MAX_REFERRERS,
+    ) -> list[Descriptor] | None:
+        """What the referrers API (``GET /v2/<name>/referrers/<digest>``, OCI 1.1) lists for
+        ``digest``, every page; None when the host has no such API (it answers 404, as
+        distribution 2.8 does; the spec forbids a 404 from one that has it), which is
+        remembered for the run so the next subject costs no request. ``artifact_type`` is
+        passed on as the API's filter; a registry may ignore it (the caller filters again).
+        Pages follow ``Link`` on the registry's own origin only; a page over the manifest
+        cap, a repeated link, more than ``max_pages`` pages or ``max_referrers`` entries end
+        the listing with an error instead of fetching without end."""
+        if self.referrers_api is None:
+            async with self._probing:
+                if self.referrers_api is None:
+                    return await self._get_referrers(
+                        repository, digest, artifact_type, max_pages, max_referrers
+                    )
+        return await self._get_referrers(
+            repository, digest, artifact_type, max_pages, max_referrers
+        )
+
+    async def _get_referrers(
+        self,
+        repository: str,
+        digest: Digest,
+        artifact_type: str | None,
+        max_pages: int,
+        max_referrers: int,
+    ) -> list[Descriptor] | None:
+        if self.referrers_api is False:
+            return None
+        what = f"referrers of {self.host}/{repository}@{digest}"
+        path: str | None = f"/v2/{repository}/referrers/{digest}"
+        if artifact_type:
+            path = f"{path}?{httpx.QueryParams({'artifactType': artifact_type})}"
+        followed: set[bytes] = set()
+        found: list[Descriptor] = []
+        while path:
+            seen = hashlib.sha256(path.encode()).digest()
+            if seen in followed:
+                raise ManifestError(f"{what}: the next-page link repeats a page (a loop)")
+            if len(followed) == max_pages:
+                raise ManifestError(f"{what}: more than {max_pages} pages")
+            followed.add(seen)
+            resp = await self.send(
+                "GET",
+                path,
+                scopes=(f"repository:{repository}:pull",),
+                headers={"Accept": OCI_INDEX},
+                what=what,
+            )
+            # No such route: 404 (distribution 2.8), or 400/405/501 from servers that route
+            # unknown paths so; the spec forbids a 404 from a registry that has the API.
+            if resp.status_code in (400, 404, 405, 501) and not found:
+                await _close(resp)
+                self.referrers_api = False
+                return None
+            await self._expect(resp, (200,), what, keep_body=True)
+            self.referrers_api = True
+            try:
+                body = await read_capped(resp, MAX_MANIFEST_BYTES, what, self.host)
+            finally:
+                await resp.aclose()
+            page = Manifest.from_bytes(body, resp.headers.get("content-type"), what=what)
+            if not page.is_index:
+                raise ManifestError(f"{what}: the answer is not an index ({page.media_type})")
+            found += page.index().manifests
+            if len(found) > max_referrers:
+                raise ManifestError(f"{what}: more than {max_referrers} referrers")
+            path = self._next_page(resp, what)
+        return found
+
+    async def referrer_tags(self, repository: str) -> frozenset[str] | None:
+        """The repository's tags that name a digest (``sha256-<hex>``, with cosign's
+        ``.sig``/``.att``/``.sbom``), from one tag listing per repository for the run; None
+        when the registry does not list them (then each tag is asked for by name)."""
+        if repository in self._referrer_tags:
+            return self._referrer_tags[repository]
+        lock = self._listing.setdefault(repository, anyio.Lock())
+        async with lock:
+            if repository not in self._referrer_tags:
+                try:
+                    kept: set[str] = set()
+                    async with contextlib.aclosing(self.tag_pages(repository)) as pages:
+                        async for page in pages:
+                            kept.update(tag for tag in page if is_referrer_tag(tag))
+                    self._referrer_tags[repository] = frozenset(kept)
+                except (NotFound, Denied, Unauthorized):
+                    self._referrer_tags[repository] = None
+            return self._referrer_tags[repository]
+
+    def remember_tags(self, repository: str, tags: Iterable[str]) -> None:
+        """A listing made anyway (a mirror's plan) spares ``referrer_tags`` its own."""
+        if repository not in self._referrer_tags:
+            self._referrer_tags[repository] = frozenset(tag for tag in tags if is_referrer_tag(tag))
+
+    def forget_tags(self, repository: str) -> None:
+        """The repository's tags changed (we wrote one): list them again when next asked."""
+        self._referrer_tags.pop(repository, None)
 
 
 def _tags_of(body: bytes, what: str, host: str) -> list[str]:

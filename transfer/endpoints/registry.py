@@ -7,7 +7,8 @@ image of the run reuses its connections and tokens.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Iterator, Sequence
+import random
+from collections.abc import AsyncIterable, AsyncIterator, Collection, Iterator, Sequence
 from contextlib import (
     AbstractAsyncContextManager,
     AsyncExitStack,
@@ -22,6 +23,7 @@ from ..client import RegistryClient, Started
 from ..digest import Digest, Verifier
 from ..errors import (
     NetworkError,
+    NotFound,
     RangeError,
     RangeIgnored,
     RegistryError,
@@ -33,6 +35,14 @@ from ..ingest import Chunk
 from ..manifest import Descriptor, Manifest
 from ..progress import Emit, Message, ignore
 from ..reference import Reference
+from ..referrers import (
+    Referrer,
+    cosign_tags,
+    fallback_tag,
+    index_entry,
+    merge_index,
+    tagged_entry,
+)
 from . import BlockingChunks, Opener, Progress
 
 
@@ -43,12 +53,78 @@ class RegistrySource:
         self.client = client
         self.reference = reference
         self.name = str(reference)
+        # Manifests read while finding referrers (a cosign tag's), handed to the copy that
+        # asks for them next instead of being fetched twice.
+        self._found: dict[Digest, Manifest] = {}
+        # The referrers API's unfiltered answers by subject (None: the host has no API).
+        self._listed: dict[Digest, list[Descriptor] | None] = {}
 
     async def get_manifest(self, identifier: str | Digest) -> Manifest:
+        if isinstance(identifier, Digest) and identifier in self._found:
+            return self._found.pop(identifier)
         name = self.name if isinstance(identifier, str) else f"{self.reference.name}@{identifier}"
         return await self.client.get_manifest(
             self.reference.repository, str(identifier), reference=name
         )
+
+    async def get_referrers(self, subject: Descriptor) -> list[Referrer]:
+        return await self.get_referrers_filtered(subject, ())
+
+    async def get_referrers_filtered(
+        self, subject: Descriptor, artifact_types: Collection[str]
+    ) -> list[Referrer]:
+        """What refers to ``subject``: the referrers API where the registry has it (one GET;
+        its ``artifactType`` filter when one type is asked for), else the fallback tag's
+        index; and cosign's ``.sig``/``.att``/``.sbom`` tags. Which of those tags exist comes
+        from one tag listing of the repository per run (the client's), not a request per
+        digest and kind."""
+        client, repository = self.client, self.reference.repository
+        only = next(iter(artifact_types)) if len(artifact_types) == 1 else None
+        if only is None or subject.digest in self._listed:
+            listed = await self._api(subject.digest)
+        else:
+            listed = await client.get_referrers(repository, subject.digest, only)
+        tags = await client.referrer_tags(repository)
+        found: dict[Digest, Referrer] = {}
+        fallback = fallback_tag(subject.digest)
+        if listed is None and (tags is None or fallback in tags):
+            index = await self._by_tag(fallback)
+            if index is not None and index.is_index:
+                listed = list(index.index().manifests)
+        for desc in listed or ():
+            found.setdefault(desc.digest, Referrer(desc, subject.digest))
+        for tag in cosign_tags(subject.digest):
+            if tags is not None and tag not in tags:
+                continue
+            manifest = await self._by_tag(tag)
+            if manifest is None:
+                continue
+            self._found[manifest.digest] = manifest
+            # Found under its tag: it must keep that tag wherever it goes.
+            found[manifest.digest] = Referrer(tagged_entry(manifest), subject.digest, tag)
+        return list(found.values())
+
+    async def _api(self, digest: Digest) -> list[Descriptor] | None:
+        if digest not in self._listed:
+            self._listed[digest] = await self.client.get_referrers(
+                self.reference.repository, digest
+            )
+        return self._listed[digest]
+
+    async def may_have_referrers(self, subject: Digest) -> bool:
+        """Could anything in this repository refer to ``subject`` or to a manifest it lists?
+        False only when the registry has no referrers API and the repository has no tag that
+        names a digest: then none of the image's manifests needs to be asked about (nor read)."""
+        if await self._api(subject) is not None:
+            return True
+        tags = await self.client.referrer_tags(self.reference.repository)
+        return tags is None or bool(tags)  # None: not listed, so each tag is asked for
+
+    async def _by_tag(self, tag: str) -> Manifest | None:
+        try:
+            return await self.get_manifest(tag)
+        except NotFound:
+            return None  # listed a moment ago and gone, or asked for by name
 
     def open_blob(
         self, desc: Descriptor, offset: int = 0, end: int | None = None
@@ -59,6 +135,7 @@ class RegistrySource:
         return None  # the client is the session's: it closes it
 
 
+FALLBACK_ATTEMPTS = 5  # merges of one fallback index before concurrent writers are an error
 MAX_UPLOAD_RESUMES = 3  # resumes of one chunk (of the whole blob when it is sent at once)
 
 
@@ -100,6 +177,10 @@ class RegistryDestination:
         if chunk_size is not None and chunk_size < 1:
             raise UsageError("the upload chunk size must be at least 1 byte")
         self.chunk_size = chunk_size
+        # Referrers: manifests the registry indexed by their subject itself (OCI-Subject), and
+        # what each subject's referrers list holds here, as read or written during the run.
+        self._indexed: set[Digest] = set()
+        self._subjects: dict[Digest, set[Digest]] = {}
 
     async def has_blob(self, desc: Descriptor) -> bool:
         repository = self.reference.repository
@@ -244,13 +325,100 @@ class RegistryDestination:
 
     async def put_manifest(self, manifest: Manifest, tag: str | None) -> None:
         identifier = tag if tag is not None else str(manifest.digest)
-        await self.client.put_manifest(self.reference.repository, identifier, manifest)
+        subject = await self.client.put_manifest(self.reference.repository, identifier, manifest)
+        if subject:
+            self._indexed.add(manifest.digest)  # the registry lists it under its subject
+
+    async def has_referrer(self, referrer: Referrer) -> bool:
+        """Is ``referrer`` here and recorded where readers look? A tagged one: its tag names
+        it (one HEAD). One found by subject: the referrers API lists it, or the fallback tag's
+        index does (one request per subject for the run, remembered and kept up to date)."""
+        client, repository = self.client, self.reference.repository
+        if referrer.tag is not None:
+            there = await client.head_manifest(repository, referrer.tag)
+            return there is not None and there.digest == referrer.descriptor.digest
+        listed = await self._listed(referrer.subject)
+        return referrer.descriptor.digest in listed
+
+    async def _listed(self, subject: Digest) -> set[Digest]:
+        known = self._subjects.get(subject)
+        if known is not None:
+            return known
+        client, repository = self.client, self.reference.repository
+        api = await client.get_referrers(repository, subject)
+        if api is not None:
+            listed = {d.digest for d in api}
+        else:
+            index = await self._fallback_index(subject)
+            listed = {d.digest for d in index.index().manifests} if index else set()
+        self._subjects[subject] = listed
+        return listed
+
+    async def _fallback_index(self, subject: Digest) -> Manifest | None:
+        try:
+            return await self.client.get_manifest(self.reference.repository, fallback_tag(subject))
+        except NotFound:
+            return None
+
+    async def put_referrer(self, referrer: Referrer, manifest: Manifest) -> None:
+        """Record ``manifest`` (already here by digest) as ``referrer``. A cosign referrer gets
+        its tag. One with a subject: a registry that answered its PUT with ``OCI-Subject``
+        indexed it itself; at any other the subject's fallback tag index gets its entry,
+        merged with what the index lists (another tool's referrers are kept)."""
+        repository = self.reference.repository
+        if referrer.tag is not None:
+            await self.client.put_manifest(repository, referrer.tag, manifest)
+            return
+        subject = _subject_of(manifest)
+        if subject is None or manifest.digest in self._indexed:
+            return  # the registry lists it by its subject (OCI 1.1)
+        # No OCI-Subject in the answer: the spec has the client keep the fallback tag, even
+        # at a registry that answers the referrers API.
+        await self._merge_fallback(subject, index_entry(manifest))
+
+    async def _merge_fallback(self, subject: Digest, entry: Descriptor) -> None:
+        """Read, add, write the fallback index; then read it again: another writer (a copy
+        running at the same time elsewhere) may have put its own version over ours in
+        between, so until ours lists the entry, merge again (bounded). Within a run the
+        writers of one (repository, subject) take turns."""
+        client, repository = self.client, self.reference.repository
+        lock = client.fallback_locks.setdefault((repository, subject), anyio.Lock())
+        tag = fallback_tag(subject)
+        async with lock:
+            for attempt in range(FALLBACK_ATTEMPTS):
+                merged = merge_index(await self._fallback_index(subject), entry)
+                if merged is None:
+                    break  # listed already (by us, a moment ago, or by another copy)
+                await client.put_manifest(repository, tag, merged)
+                # Let a concurrent writer's PUT land before ours is read back (and give
+                # writers that keep colliding different turns).
+                await anyio.sleep(random.uniform(0.05, 0.1) * (attempt + 1))
+            else:
+                current = await self._fallback_index(subject)
+                if current is None or entry.digest not in {
+                    d.digest for d in current.index().manifests
+                }:
+                    raise RegistryError(
+                        f"referrers fallback tag {self.client.host}/{repository}:{tag}: other "
+                        f"writers replaced it {FALLBACK_ATTEMPTS} times without our entry "
+                        f"{entry.digest}",
+                        host=self.client.host,
+                        digest=str(entry.digest),
+                    )
+        self._subjects.setdefault(subject, set()).add(entry.digest)
 
     async def commit(self) -> None:
         return None
 
     async def aclose(self) -> None:
         return None  # the client is the session's: it closes it
+
+
+def _subject_of(manifest: Manifest) -> Digest | None:
+    if manifest.is_index:
+        return None  # an index with a subject is not read here: not carried by its subject
+    subject = manifest.image().subject
+    return subject.digest if subject is not None else None
 
 
 @dataclass
@@ -443,6 +611,16 @@ class MirrorSource:
             if chunks is None:
                 chunks = await stack.enter_async_context(self.origin.open_blob(desc, offset, end))
             yield chunks
+
+    async def get_referrers(self, subject: Descriptor) -> list[Referrer]:
+        return await self.origin.get_referrers(subject)
+
+    async def get_referrers_filtered(
+        self, subject: Descriptor, artifact_types: Collection[str]
+    ) -> list[Referrer]:
+        """The origin's: a pull-through mirror need not hold an image's referrers (nor any
+        tag it did not serve), so what refers to an image is asked of where it comes from."""
+        return await self.origin.get_referrers_filtered(subject, artifact_types)
 
     async def aclose(self) -> None:
         return None  # the clients are the session's: it closes them
