@@ -106,7 +106,8 @@ def test_tags_follow_link_headers_across_pages() -> None:
 
 # The commands of the CLI, as the library offers them (``rm`` is ``remove``).
 COMMANDS = (
-    "pull push copy mirror save load unpack inspect tags images remove gc verify login logout"
+    "pull push copy mirror save load unpack inspect referrers tags images remove gc verify login "
+    "logout"
 )
 
 

@@ -1,9 +1,9 @@
 """xfer: moves container images between registries, the local store and archives.
 
 Every command of the CLI is an async function here (``pull``, ``push``, ``copy``, ``mirror``,
-``save``, ``load``, ``unpack``, ``inspect``, ``tags``, ``images``, ``remove``, ``gc``,
-``verify``, ``login``, ``logout``), and each has a synchronous twin for scripts (``pull_sync``,
-…), made by ``synchronous``.
+``save``, ``load``, ``unpack``, ``inspect``, ``referrers``, ``tags``, ``images``, ``remove``,
+``gc``, ``verify``, ``login``, ``logout``), and each has a synchronous twin for scripts
+(``pull_sync``, …), made by ``synchronous``.
 """
 
 import sys
@@ -33,6 +33,8 @@ from .api import (
     pull_sync,
     push,
     push_sync,
+    referrers,
+    referrers_sync,
     remove,
     remove_sync,
     save,
@@ -96,6 +98,8 @@ __all__ = [
     "pull_sync",
     "push",
     "push_sync",
+    "referrers",
+    "referrers_sync",
     "remove",
     "remove_sync",
     "save",

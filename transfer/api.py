@@ -28,7 +28,7 @@ from .copy import (
     describe_absent,
 )
 from .digest import Digest
-from .endpoints import read_blob
+from .endpoints import ReferrerSource, read_blob
 from .endpoints.address import Address, parse_address
 from .endpoints.layout import REF_NAME, Layout, LayoutDestination
 from .endpoints.layout_referrers import cosign_tag
@@ -38,7 +38,8 @@ from .fetch import RangePolicy
 from .manifest import MAX_CONFIG_BYTES, Descriptor, ImageConfig, Manifest, Platform
 from .progress import Emit, Message, ignore
 from .reference import DOCKER_HUB, DOCKER_HUB_API, Reference, parse, parse_repository
-from .retry import RetryPolicy
+from .referrers import Referrer, ReferrerTree, referrer_tree
+from .retry import RetryPolicy, retrying
 from .session import Session
 from .throttle import Throttle
 from .transport import TransportOptions
@@ -85,6 +86,21 @@ class Settings:
     # Per-registry TLS, plain-http and mirrors; None: read config.toml, registries.conf and
     # certs.d (config.load) once per Session, so a long-lived Settings sees edits.
     registries: RegistryConfig | None = None
+    # Signatures, SBOMs and attestations travel with each image (referrers.py) unless
+    # ``referrers`` is False; ``referrer_types`` keeps only those artifact types.
+    referrers: bool = True
+    referrer_types: tuple[str, ...] = ()
+
+    def copy_options(self, choice: PlatformChoice, **extra: Any) -> CopyOptions:
+        """The copy options of a transfer with these settings and that platform choice."""
+        return CopyOptions(
+            *choosing(choice),
+            jobs=self.jobs,
+            retry=self.retry,
+            referrers=self.referrers,
+            referrer_types=self.referrer_types,
+            **extra,
+        )
 
     def registry_config(self) -> RegistryConfig:
         return self.registries if self.registries is not None else load_registry_config()
@@ -133,7 +149,7 @@ async def pull(
     chosen = None if all_platforms else (platform or Platform.current())
     src, dst = Address("registry", reference=ref), Address("store", reference=ref)
     async with session_for(settings, session) as (settings, session):
-        options = CopyOptions(*choosing(chosen), jobs=settings.jobs, retry=settings.retry)
+        options = settings.copy_options(chosen)
         context = Context(session, settings, emit)
         async with (
             open_source(src, context) as reading,
@@ -162,7 +178,7 @@ async def copy(
     src = source if isinstance(source, Address) else parse_address(source)
     dst = destination if isinstance(destination, Address) else parse_address(destination)
     async with session_for(settings, session) as (settings, session):
-        options = CopyOptions(*choosing(platform), jobs=settings.jobs, retry=settings.retry)
+        options = settings.copy_options(platform)
         into = Context(session, dest_settings or settings, emit)
         async with (
             open_source(src, Context(session, settings, emit)) as reading,
@@ -224,7 +240,7 @@ async def save(
         session_for(settings, session) as (settings, session),
         archive(Path(output), format, max_size=max_size or settings.volume_size) as writing,
     ):
-        options = CopyOptions(*choosing(chosen), jobs=settings.jobs, retry=settings.retry)
+        options = settings.copy_options(chosen)
         for address in addresses:
             async with open_source(address, Context(session, settings, emit)) as reading:
                 identifier = reading.identifier
@@ -255,9 +271,7 @@ async def load(
     manifest, the result's ``reference``; ``NAME@DIGEST`` then finds it, as push and save."""
     settings = settings or (session.settings if session is not None else Settings())
     # An archive exported for one platform keeps the whole index: load what it holds.
-    options = CopyOptions(
-        *choosing(platform), allow_absent=True, jobs=settings.jobs, retry=settings.retry
-    )
+    options = settings.copy_options(platform, allow_absent=True)
     layout = settings.layout()
     results = []
     from .endpoints.archive_read import ArchiveImageSource, open_archive
@@ -382,6 +396,39 @@ async def inspect(
             desc = manifest.image().config
             config = await read_blob(reading.source, desc, MAX_CONFIG_BYTES, "config")
         return manifest, config
+
+
+async def referrers(
+    reference: str | Address,
+    settings: Settings | None = None,
+    *,
+    artifact_types: Sequence[str] = (),
+    session: Session | None = None,
+) -> ReferrerTree:
+    """What refers to an image (signatures, SBOMs, attestations, and what refers to those), as
+    a tree; for an index, also what refers to each of its manifests. Any endpoint address that
+    can list referrers (a registry; the store, a layout, an archive where they implement it);
+    ``artifact_types`` keeps only those."""
+    address = reference if isinstance(reference, Address) else parse_address(reference)
+    async with (
+        session_for(settings, session) as (settings, session),
+        open_source(address, Context(session, settings)) as reading,
+    ):
+        source = reading.source
+        if not isinstance(source, ReferrerSource):
+            raise UsageError(f"{address}: this kind of endpoint does not list referrers")
+        lister = source
+        policy = settings.retry
+
+        async def listing(subject: Descriptor) -> list[Referrer]:
+            return await retrying(
+                f"referrers of {subject.digest}",
+                lambda: lister.get_referrers(subject),
+                policy,
+            )
+
+        manifest = await source.get_manifest(reading.identifier)
+        return await referrer_tree(manifest, listing, artifact_types=artifact_types)
 
 
 async def tags(
@@ -680,6 +727,7 @@ save_sync = synchronous(save)
 load_sync = synchronous(load)
 unpack_sync = synchronous(unpack)
 inspect_sync = synchronous(inspect)
+referrers_sync = synchronous(referrers)
 tags_sync = synchronous(tags)
 images_sync = synchronous(images)
 remove_sync = synchronous(remove)

@@ -10,7 +10,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
@@ -23,7 +23,7 @@ from .copy import SMALL_JOBS, CopyResult
 from .endpoints.address import parse_address
 from .errors import ArchiveError, StoreError, TransferError, UsageError, printable
 from .fetch import RangePolicy
-from .manifest import Index, Platform
+from .manifest import Descriptor, Index, Platform
 from .progress import (
     BlobDone,
     BlobProgress,
@@ -34,6 +34,7 @@ from .progress import (
     Message,
     Retry,
 )
+from .referrers import ReferrerNode
 from .retry import RetryPolicy
 from .session import Session
 from .throttle import Throttle, parse_rate
@@ -223,7 +224,10 @@ def _settings(args: argparse.Namespace, credentials: Credentials | None = None) 
     if rate is not None and not (0 < rate < float("inf")):  # also refuses "nan"
         raise UsageError("--max-requests-per-second must be a positive number")
     store = Path(args.store) if getattr(args, "store", None) else api.default_store()
+    referrer_types = tuple(dict.fromkeys(getattr(args, "referrers_type", None) or ()))
     return api.Settings(
+        referrers=not getattr(args, "no_referrers", False),
+        referrer_types=referrer_types,
         store=store,
         # Small blobs go SMALL_JOBS times jobs at once, each big one may add parallel ranges.
         transport=replace(transport, max_connections=max(jobs * (SMALL_JOBS + 1), 16)),
@@ -613,6 +617,44 @@ async def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_referrers(args: argparse.Namespace) -> int:
+    address = parse_address(args.reference)
+    settings = _settings(args)
+    tree = await api.referrers(address, settings, artifact_types=settings.referrer_types)
+    if args.json:
+        print(json.dumps(tree.to_json(), indent=2))
+        return 0
+    lines = [f"{address.written(args.reference)} {_node(tree.subject)}"]
+    lines += _tree_lines(tree.referrers, "")
+    for child in tree.children:
+        where = str(child.subject.platform) if child.subject.platform else "manifest"
+        lines.append(f"{where} {_node(child.subject)}")
+        lines += _tree_lines(child.referrers, "")
+    for line in lines:
+        _say(line)  # escaped: types, tags and annotations are what a registry said
+    for note in tree.truncated:
+        _warning(note)
+    return 0
+
+
+def _node(desc: Descriptor) -> str:
+    kind = desc.artifact_type or desc.media_type
+    return f"{kind} {desc.digest} {_size(desc.size)}"
+
+
+def _tree_lines(nodes: Sequence[ReferrerNode], indent: str) -> list[str]:
+    lines = []
+    for at, node in enumerate(nodes):
+        last = at == len(nodes) - 1
+        tag = f" (tag {node.referrer.tag})" if node.referrer.tag else ""
+        lines.append(f"{indent}{'└── ' if last else '├── '}{_node(node.referrer.descriptor)}{tag}")
+        inner = indent + ("    " if last else "│   ")
+        for key, value in sorted(node.referrer.descriptor.annotations.items()):
+            lines.append(f"{inner}  {key}={value}")
+        lines += _tree_lines(node.referrers, inner)
+    return lines
+
+
 async def cmd_rm(args: argparse.Namespace) -> int:
     for name in await api.remove(args.references, _settings(args)):
         if args.json:
@@ -850,7 +892,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plat.add_argument("--all-platforms", action="store_true", help="every image of an index")
 
-    moving = [base, store, output, net, jobs, streams, platforms]
+    carry = _Parser(add_help=False)  # what travels with each image
+    carried = carry.add_mutually_exclusive_group()
+    carried.add_argument(
+        "--no-referrers",
+        action="store_true",
+        help="leave signatures, SBOMs and attestations behind (by default they travel with "
+        "each image: the referrers API, the sha256-<hex> fallback tag, cosign's .sig/.att/.sbom)",
+    )
+    carried.add_argument(
+        "--referrers-type",
+        action="append",
+        metavar="TYPE",
+        help="carry only referrers of this artifact type, at every level (repeatable), e.g. "
+        "application/spdx+json or application/vnd.dev.cosign.simplesigning.v1+json",
+    )
+
+    moving = [base, store, output, net, jobs, streams, platforms, carry]
 
     parser = _Parser(prog=PROG, description="Move container images between registries and stores.")
     parser.add_argument("--version", action="version", version="xfer 0.1.0")
@@ -879,7 +937,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "mirror",
-        parents=[base, output, net, jobs, streams, uploads, platforms],  # registry to registry
+        # registry to registry
+        parents=[base, output, net, jobs, streams, uploads, platforms, carry],
         help="many repositories into one registry",
     )
     p.add_argument(
@@ -949,7 +1008,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "load",
-        parents=[base, store, output, jobs, platforms],  # a file on disk: no network
+        parents=[base, store, output, jobs, platforms, carry],  # a file on disk: no network
         help="docker or OCI tarball → store (every platform it holds, as docker load; "
         "--platform narrows an index to one image)",
     )
@@ -1030,6 +1089,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="remove damaged blobs, so that the next pull fetches them again",
     )
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser(
+        "referrers",
+        parents=[base, store, net],
+        help="what refers to an image (signatures, SBOMs, attestations), as a tree",
+    )
+    p.add_argument(
+        "reference",
+        metavar="REF",
+        help="a registry reference, store:REF, oci:DIR[:NAME] or an archive",
+    )
+    p.add_argument("--json", action="store_true", help="the tree as one JSON document")
+    p.add_argument(
+        "--referrers-type", action="append", metavar="TYPE", help="only this artifact type"
+    )
+    p.set_defaults(func=cmd_referrers)
 
     p = sub.add_parser("tags", parents=[base, net], help="a repository's tags")
     p.add_argument("repository", metavar="REPO")

@@ -2,7 +2,10 @@
 
 manifest → (index filtered by platform) → every blob once → ask the destination what it lacks →
 one task group, bounded by a limiter, transfers those (retry around each; the destination resumes)
-→ child manifests → the top manifest and its tag (whoever opened the destination commits).
+→ child manifests → the top manifest and its tag (whoever opened the destination commits) → what
+refers to each manifest copied (signatures, SBOMs; and what refers to those), each copied the
+same way by digest and then recorded at the destination (``_Carry``, referrers.py), where both
+endpoints can, within ``ReferrerBounds``.
 """
 
 from __future__ import annotations
@@ -18,8 +21,22 @@ import anyio
 
 from . import jsonio
 from .digest import Digest
-from .endpoints import Destination, PartialSource, Source
-from .errors import IntegrityError, ManifestError, PlatformNotFound, TransferError, first_error
+from .endpoints import (
+    Destination,
+    PartialSource,
+    ReferrerDestination,
+    ReferrerSource,
+    Source,
+)
+from .errors import (
+    IntegrityError,
+    ManifestError,
+    NotFound,
+    PlatformNotFound,
+    TooLarge,
+    TransferError,
+    first_error,
+)
 from .graph import GraphBounds, Rules, image_blobs, walk
 from .manifest import MAX_CONFIG_BYTES, Descriptor, ImageManifest, Manifest, Platform
 from .progress import (
@@ -32,6 +49,7 @@ from .progress import (
     Message,
     ignore,
 )
+from .referrers import FilteringReferrerSource, Referrer, ReferrerBounds, ReferrerCheck
 from .retry import RetryPolicy, retrying
 
 SMALL_BLOB = 1 << 20  # blobs up to this size ...
@@ -64,6 +82,12 @@ class CopyOptions:
     jobs: int = 8
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     bounds: GraphBounds = field(default_factory=GraphBounds)  # what one index graph may hold
+    # Carry what refers to each manifest copied (signatures, SBOMs, attestations, and what
+    # refers to those), where both sides can (referrers.py); only these artifact types when
+    # some are named, at every level of the tree.
+    referrers: bool = True
+    referrer_types: tuple[str, ...] = ()
+    referrer_bounds: ReferrerBounds = field(default_factory=ReferrerBounds)
 
 
 @dataclass(frozen=True)
@@ -76,6 +100,8 @@ class CopyResult:
     blobs_skipped: int
     seconds: float
     absent: tuple[Descriptor, ...] = ()  # children of the index the source did not hold
+    # Referrers now at the destination, recorded where readers look (carried, or there already).
+    referrers: tuple[Digest, ...] = ()
 
     @property
     def digest(self) -> Digest:
@@ -189,36 +215,14 @@ async def copy_image(
     first, plan = await resolve(source, identifier, options, emit)
     blobs = plan.blobs()
     emit(ImageStart(reference=source.name, blobs=len(blobs), bytes=sum(b.size for b in blobs)))
-
-    missing = await _missing(destination, blobs, options.jobs, options.retry, emit)
-    wanted = {m.digest for m in missing}
-    skipped = [b for b in blobs if b.digest not in wanted]
-    for desc in skipped:
-        emit(BlobDone(digest=str(desc.digest), size=desc.size, transferred=0, skipped=True))
-
-    received = 0
-    # A small blob costs round trips, not bandwidth: more of them at once hide the latency.
-    # One slot for all when one at a time is asked for (-j 1) or is all the destination takes
-    # (a tar being written).
-    limiter = anyio.CapacityLimiter(options.jobs if destination.concurrent else 1)
-    small = limiter
-    if destination.concurrent and options.jobs > 1:
-        small = anyio.CapacityLimiter(options.jobs * SMALL_JOBS)
-
-    async def transfer(desc: Descriptor) -> None:
-        nonlocal received
-        async with small if desc.size <= SMALL_BLOB else limiter:
-            got = await _transfer_blob(source, destination, desc, options.retry, emit)
-        received += got
-
-    await _run_all(transfer, missing)
-
-    # Children first, the tagged top manifest last: a tag never names what is not there yet.
-    for child in plan.children:
-        await _put_manifest(destination, child, None, options.retry, emit)
+    mover = _Mover(source, destination, options, emit)
+    missing, skipped = await mover.move(plan)
     await _put_manifest(destination, plan.top, tag, options.retry, emit)
     # No commit here: whoever opened the destination commits once everything went in (an
     # archive holds several images of a save; see endpoints/transports.py).
+    received = mover.received  # the image's own bytes; its referrers are counted apart
+    subjects = [m.descriptor() for m in (*plan.children, plan.top)]
+    carried = await _Carry(mover, source.name).run(subjects)
     result = CopyResult(
         reference=source.name,
         manifest=plan.top,
@@ -228,6 +232,7 @@ async def copy_image(
         blobs_skipped=len(skipped),
         seconds=round(time.monotonic() - started, 3),
         absent=tuple(plan.absent),
+        referrers=tuple(carried),
     )
     emit(
         ImageDone(
@@ -241,6 +246,168 @@ async def copy_image(
         )
     )
     return result
+
+
+class _Mover:
+    """Moves one plan's blobs and manifests (children first, the top one left to the caller),
+    with the limiters of one copy: an image's referrers share its ``--jobs``."""
+
+    def __init__(
+        self, source: Source, destination: Destination, options: CopyOptions, emit: Emit
+    ) -> None:
+        self.source, self.destination, self.options, self.emit = source, destination, options, emit
+        self.received = 0
+        # A small blob costs round trips, not bandwidth: more of them at once hide the
+        # latency. One slot for all when one at a time is asked for (-j 1) or is all the
+        # destination takes (a tar being written).
+        self.limiter = anyio.CapacityLimiter(options.jobs if destination.concurrent else 1)
+        self.small = self.limiter
+        if destination.concurrent and options.jobs > 1:
+            self.small = anyio.CapacityLimiter(options.jobs * SMALL_JOBS)
+
+    async def move(self, plan: _Plan) -> tuple[list[Descriptor], list[Descriptor]]:
+        """The plan's blobs the destination lacks, then the manifests below its top one; the
+        blobs moved and those skipped (there already)."""
+        source, destination, options, emit = self.source, self.destination, self.options, self.emit
+        blobs = plan.blobs()
+        missing = await _missing(destination, blobs, options.jobs, options.retry, emit)
+        wanted = {m.digest for m in missing}
+        skipped = [b for b in blobs if b.digest not in wanted]
+        for desc in skipped:
+            emit(BlobDone(digest=str(desc.digest), size=desc.size, transferred=0, skipped=True))
+
+        async def transfer(desc: Descriptor) -> None:
+            async with self.small if desc.size <= SMALL_BLOB else self.limiter:
+                got = await _transfer_blob(source, destination, desc, options.retry, emit)
+            self.received += got
+
+        await _run_all(transfer, missing)
+        # Children first, the tagged top manifest last: a tag never names what is not there.
+        for child in plan.children:
+            await _put_manifest(destination, child, None, options.retry, emit)
+        return missing, skipped
+
+
+class _Carry:
+    """An image's referrers, and theirs, copied by digest after it and recorded at the
+    destination (``put_referrer``), level by level, within ``ReferrerBounds``: a hostile
+    registry's huge, cyclic or deep listing stops with one line said, the image copied."""
+
+    def __init__(self, mover: _Mover, name: str) -> None:
+        self.mover = mover
+        self.name = name
+        self.options = mover.options
+        self.emit = mover.emit
+        self.carried: list[Digest] = []
+        self.dangling = 0
+
+    async def run(self, subjects: Sequence[Descriptor]) -> list[Digest]:
+        source, destination, options = self.mover.source, self.mover.destination, self.options
+        if not options.referrers:
+            return []
+        if not isinstance(source, ReferrerSource) or not isinstance(
+            destination, ReferrerDestination
+        ):
+            return []  # an endpoint that holds no referrers: nothing to carry or record
+        bounds = options.referrer_bounds
+        seen = {s.digest for s in subjects}  # a listing that names an ancestor is no edge
+        frontier, depth = list(subjects), 0
+        while frontier:
+            if depth == bounds.depth:
+                for subject in frontier:
+                    listed = await self._list(source, subject)
+                    if any(r.descriptor.digest not in seen for r in listed):
+                        self._say(f"referrers nested more than {depth} levels deep: not carried")
+                        break
+                break
+            depth += 1
+            below: list[Descriptor] = []
+            for subject in frontier:
+                for referrer in await self._list(source, subject):
+                    desc = referrer.descriptor
+                    if desc.digest in seen:
+                        continue
+                    seen.add(desc.digest)
+                    if options.referrer_types and desc.artifact_type not in options.referrer_types:
+                        continue
+                    if len(self.carried) >= bounds.count:
+                        self._say(f"more than {bounds.count} referrers: the rest not carried")
+                        return self._done()
+                    if await self._carry(referrer, destination):
+                        self.carried.append(desc.digest)
+                        below.append(desc)
+            frontier = below
+        return self._done()
+
+    def _done(self) -> list[Digest]:
+        if self.dangling:
+            self._say(f"{self.dangling} referrers listed are not in the source: skipped")
+        if self.carried:
+            self.emit(Message(f"{self.name}: {len(self.carried)} referrers carried"))
+        return self.carried
+
+    def _say(self, text: str) -> None:
+        self.emit(Message(f"warning: {self.name}: {text}"))
+
+    async def _list(self, source: ReferrerSource, subject: Descriptor) -> list[Referrer]:
+        types = self.options.referrer_types
+
+        async def ask() -> list[Referrer]:
+            if types and isinstance(source, FilteringReferrerSource):
+                return await source.get_referrers_filtered(subject, types)
+            return await source.get_referrers(subject)
+
+        try:
+            return await retrying(
+                f"referrers of {subject.digest}", ask, self.options.retry, self.emit
+            )
+        except (ManifestError, TooLarge) as exc:  # a listing past a bound, or not one
+            self._say(f"referrers of {subject.digest} not carried: {exc}")
+            return []
+
+    async def _carry(self, referrer: Referrer, destination: ReferrerDestination) -> bool:
+        """Copy one referrer by digest (its blobs first) and record it; False when the source
+        does not hold what it lists (a dangling entry of a fallback index)."""
+        mover, policy, emit = self.mover, self.options.retry, self.emit
+        if isinstance(destination, ReferrerCheck) and await retrying(
+            f"referrer {referrer.descriptor.digest}",
+            lambda: destination.has_referrer(referrer),
+            policy,
+            emit,
+        ):
+            return True  # there and recorded: nothing moves, nothing is written
+        digest = referrer.descriptor.digest
+        single = CopyOptions(jobs=self.options.jobs, retry=policy, bounds=self.options.bounds)
+        try:
+            _, plan = await resolve(mover.source, digest, single, emit)
+        except NotFound:
+            self.dangling += 1
+            return False
+        except ManifestError as exc:
+            self._say(f"referrer {digest} not carried: {exc}")
+            return False
+        await mover.move(plan)
+        await _put_manifest(mover.destination, plan.top, None, policy, emit)
+        await retrying(
+            f"referrer {digest}",
+            lambda: destination.put_referrer(referrer, plan.top),
+            policy,
+            emit,
+        )
+        return True
+
+
+async def carry_referrers(
+    source: Source,
+    destination: Destination,
+    subjects: Sequence[Descriptor],
+    options: CopyOptions,
+    emit: Emit = ignore,
+) -> list[Digest]:
+    """The referrers of ``subjects`` (already at the destination) carried as a copy carries
+    them: for a mirror's image that is unchanged, whose referrers may not be."""
+    name = getattr(source, "name", "source")
+    return await _Carry(_Mover(source, destination, options, emit), name).run(subjects)
 
 
 async def _put_manifest(
