@@ -139,10 +139,13 @@ def test_mirror_copies_tags_regex_and_semver_matches_and_a_rerun_copies_nothing(
     assert again.code == 0, again.err
     assert again.json_lines()[-1]["copied"] == 0
     assert again.json_lines()[-1]["unchanged"] == 3
-    # A no-op rerun: tag lists at the source, then one manifest HEAD per image on each side.
+    # A no-op rerun: tag lists at the source (which also say that no tag names a digest:
+    # nothing to carry), one referrers API probe for the host, then one manifest HEAD per
+    # image on each side.
     source_requests = [r for r in source.requests(source_mark) if r.kind != "base"]
     target_requests = [r for r in target_registry.requests(target_mark) if r.kind != "base"]
-    assert {r.kind for r in source_requests} <= {"tags", "manifest"}
+    assert {r.kind for r in source_requests} <= {"tags", "manifest", "referrers"}
+    assert len([r for r in source_requests if r.kind == "referrers"]) == 1
     assert len([r for r in source_requests if r.kind == "manifest"]) == 3
     assert len(target_requests) == 3 and all(r.method == "HEAD" for r in target_requests)
 

@@ -102,10 +102,17 @@ def test_a_rerun_is_one_manifest_head_per_image_on_each_side(
     assert again.code == 0, again.err
     summary = again.json_lines()[-1]
     assert summary["copied"] == 0 and summary["unchanged"] == len(NAMES)
-    for reg, mark in ((registry, source_mark), (empty_registry, target_mark)):
-        asked = [r for r in reg.requests(mark) if r.kind != "base"]
-        assert len(asked) == len(NAMES)
-        assert all(r.method == "HEAD" and r.kind == "manifest" for r in asked)
+    asked = [r for r in empty_registry.requests(target_mark) if r.kind != "base"]
+    assert len(asked) == len(NAMES)
+    assert all(r.method == "HEAD" and r.kind == "manifest" for r in asked)
+    # The source also says what refers to each image: one referrers API probe for the host
+    # (distribution has none) and one tag list per repository (no tag names a digest).
+    asked = Counter((r.method, r.kind) for r in registry.requests(source_mark) if r.kind != "base")
+    assert asked == {
+        ("HEAD", "manifest"): len(NAMES),
+        ("GET", "tags"): len(NAMES),
+        ("GET", "referrers"): 1,
+    }
 
 
 def test_dry_run_plans_with_bytes_and_writes_nothing(
@@ -344,11 +351,18 @@ def test_a_rerun_from_a_token_registry_is_heads_and_one_token_per_scope(
     again = xfer("mirror", "--json", config, empty_registry.host)
     assert again.code == 0, again.err
     assert again.json_lines()[-1]["unchanged"] == len(names)
-    answered = [
-        r for r in token_registry.requests(source_mark) if r.kind != "base" and r.status != 401
-    ]
-    assert len(answered) == len(names)
-    assert all(r.method == "HEAD" and r.kind == "manifest" for r in answered)
+    answered = Counter(
+        (r.method, r.kind)
+        for r in token_registry.requests(source_mark)
+        if r.kind != "base" and r.status != 401
+    )
+    # With the HEADs, what refers to each image: one referrers API probe for the host and one
+    # tag list per repository, under the same pull token.
+    assert answered == {
+        ("HEAD", "manifest"): len(names),
+        ("GET", "tags"): len(names),
+        ("GET", "referrers"): 1,
+    }
     target = [r for r in empty_registry.requests(target_mark) if r.kind != "base"]
     assert len(target) == len(names) and all(r.method == "HEAD" for r in target)
     # Each (host, scope) asked once; the plan's scopes may share one token request.

@@ -20,6 +20,10 @@ layer shared by many images crosses the network once. ``--platform`` mirrors tha
 index (and compares against it on a rerun). A tag the source lists that is not a valid tag
 (``../x``, control characters) is skipped with a warning and listed in the report, as skopeo
 sync does: no rerun could copy it, so it does not fail the mirror.
+Signatures, SBOMs and attestations travel with their image (copy.py), also for an image a rerun
+finds unchanged (they may not be); so the tags that name a digest (``sha256-<hex>``, with
+``.sig``/``.att``/``.sbom``) are not mirrored as images of their own, and the plan's tag listing
+is what finds them.
 """
 
 from __future__ import annotations
@@ -38,14 +42,23 @@ import yaml
 from .api import MIRROR_IMAGES, Settings, copy, session_for
 from .auth import Credentials
 from .client import RegistryClient
-from .copy import CopyOptions, CopyResult, PlatformChoice, choosing, filter_index, resolve
+from .copy import (
+    CopyOptions,
+    CopyResult,
+    PlatformChoice,
+    carry_referrers,
+    choosing,
+    filter_index,
+    resolve,
+)
 from .digest import Digest
 from .endpoints.address import Address
-from .endpoints.registry import RegistrySource, RunMounts
+from .endpoints.registry import RegistryDestination, RegistrySource, RunMounts
 from .errors import InvalidReference, TransferError, UsageError, first_error
 from .manifest import IMAGE_TYPES, Descriptor
 from .progress import Emit, Message, ignore
 from .reference import Reference, parse
+from .referrers import is_referrer_tag
 from .session import Session
 from .transport import TransportOptions
 
@@ -233,14 +246,19 @@ async def plan(
 
     async def list_tags(at: int, base: Reference, source: SyncSource) -> None:
         async with limiter:
-            found[at] = await tags(base.name, _settings_for(source, settings), session=session)
+            own = _settings_for(source, settings)
+            found[at] = await tags(base.name, own, session=session)
+        if session is not None and settings.referrers:
+            # The referrers' discovery reads this listing instead of listing again.
+            session.client(base, settings=own).remember_tags(base.repository, found[at])
 
     async with anyio.create_task_group() as group:
         for at, (base, source, _) in enumerate(listings):
             group.start_soon(list_tags, at, base, source)
     for (base, source, chosen), listed_tags in zip(listings, found, strict=True):
         for tag in listed_tags:
-            if chosen(tag):
+            # sha256-<hex>[.sig|.att|.sbom] travel with their subject, not as images.
+            if chosen(tag) and not (settings.referrers and is_referrer_tag(tag)):
                 add(base, tag, source)
     emit(Message(f"mirror: {len(wanted)} images to check"))
     return wanted
@@ -331,6 +349,7 @@ class PlanEntry:
     reason: str | None = None
     item: MirrorItem | None = field(default=None, repr=False)
     settings: Settings | None = field(default=None, repr=False)
+    subject: Descriptor | None = field(default=None, repr=False)  # the source's HEAD
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -426,7 +445,7 @@ class _Run:
             assert entry.item is not None and entry.settings is not None
             try:
                 async with limiter:
-                    unchanged, digest = await _unchanged(
+                    unchanged, digest, entry.subject = await _unchanged(
                         entry.item, self.session, entry.settings, self.dest_settings, self.platform
                     )
             except UsageError:
@@ -522,10 +541,43 @@ class _Run:
             report.copied.append(result)
             report.copied_items.append((item, result))
 
+        async def carry_one(entry: PlanEntry) -> None:
+            assert entry.item is not None
+            try:
+                async with limiter:
+                    await self.carry(entry)
+            except TransferError as exc:
+                report.failed.append((entry.item, f"referrers: {exc}"))
+                self.emit(Message(f"failed {entry.item.source}: referrers: {exc}"))
+
         async with anyio.create_task_group() as group:
             for entry in entries:
                 if entry.action == COPY:
                     group.start_soon(copy_one, entry)
+                elif entry.action == UNCHANGED and self.settings.referrers:
+                    group.start_soon(carry_one, entry)
+
+    async def carry(self, entry: PlanEntry) -> None:
+        """An unchanged image's referrers may have changed (a new signature, an SBOM added):
+        carried as a copy carries them. What refers to a plain image is found from its HEAD
+        alone; an index is read (from the target, which holds the same) for its manifests."""
+        assert entry.item is not None and entry.settings is not None
+        item, settings = entry.item, entry.settings
+        source = RegistrySource(self.session.client(item.source, settings=settings), item.source)
+        target = self.session.client(item.target, settings=self.dest_settings)
+        subject = entry.subject
+        if subject is not None and not await source.may_have_referrers(subject.digest):
+            return  # nothing in the repository refers to anything: no manifest read
+        if subject is None or subject.media_type not in IMAGE_TYPES:
+            manifest = await target.get_manifest(item.target.repository, item.target.identifier)
+            subjects = [manifest.descriptor()]
+            if manifest.is_index:
+                subjects += manifest.index().manifests
+        else:
+            subjects = [subject]
+        destination = RegistryDestination(target, item.target)
+        options = settings.copy_options(self.platform)
+        await carry_referrers(source, destination, subjects, options, self.emit)
 
 
 async def _unchanged(
@@ -534,10 +586,11 @@ async def _unchanged(
     source: Settings,
     target: Settings,
     platform: PlatformChoice = None,
-) -> tuple[bool, Digest | None]:
+) -> tuple[bool, Digest | None, Descriptor | None]:
     """Does the target tag already name what the copy would put there? One HEAD on each side,
     both at once (the source's index is read to find the platform's image, or to filter it,
-    when platforms are chosen). Also the source's digest (None when its registry did not say)."""
+    when platforms are chosen). Also the source's digest (None when its registry did not say),
+    and what its HEAD said (the referrers of an unchanged image are looked up from there)."""
     one, several = choosing(platform)
     whole = one is None and not several
     there: Descriptor | None = None
@@ -571,9 +624,10 @@ async def _unchanged(
         # Bare, so the plan marks this image failed (a 401, a 500) and the others go on.
         raise first_error(group_error) from None
     if item.source.digest is not None and whole:
-        return there is not None and there.digest == item.source.digest, item.source.digest
+        return there is not None and there.digest == item.source.digest, item.source.digest, None
     digest = here.digest if here is not None else None
-    return there is not None and here is not None and here.digest == there.digest, digest
+    same = there is not None and here is not None and here.digest == there.digest
+    return same, digest, here
 
 
 def _check_destination(destination: str) -> None:
