@@ -330,3 +330,27 @@ def test_every_moving_command_takes_the_referrer_options(command: list[str]) -> 
     assert not _settings(args).referrers
     refused = xfer(*command, "--no-referrers", "--referrers-type", SPDX)
     assert refused.code == 2 and "not allowed with" in refused.err
+
+
+def test_save_load_push_carries_them_into_a_third_registry(
+    signed: tuple[Registry, SignedSet],
+    empty_registry: Registry,
+    images: BuiltImages,
+    tmp_path: Path,
+    store: Path,
+) -> None:
+    """The air-gap chain: a registry → an archive → the store on the far side → its registry;
+    there the signature verifies against the image digest and the SBOM and its signature are
+    listed and intact."""
+    source, keys = signed
+    archive = tmp_path / "small.tar"
+    ref = f"{source.host}/test/small:1"
+    saved = xfer("save", f"docker://{ref}", "-o", archive, store=store)
+    assert saved.code == 0, saved.err
+    loaded = xfer("load", archive, store=store)
+    assert loaded.code == 0, loaded.err
+    pushed = xfer("push", ref, f"{empty_registry.host}/far/small:1", store=store)
+    assert pushed.code == 0, pushed.err
+    assert_carried(empty_registry, "far/small", keys.small, keys.public_key)
+    tree = json.loads(xfer("referrers", "--json", f"{empty_registry.host}/far/small:1").out)
+    assert len(tree["referrers"]) == 2
