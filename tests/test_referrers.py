@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from fixtures.images import OCI_INDEX, BuiltImages, seed
@@ -31,6 +32,13 @@ from fixtures.signing import (
     seed_signed,
 )
 from tests.helpers import xfer
+from transfer.api import Settings
+from transfer.copy import CopyOptions, CopyResult, copy_image
+from transfer.endpoints.registry import RegistryDestination, RegistrySource
+from transfer.progress import Event, Message
+from transfer.reference import parse
+from transfer.referrers import ReferrerBounds
+from transfer.session import Session
 
 SIG_TYPE = "application/vnd.dev.cosign.simplesigning.v1+json"
 
@@ -354,3 +362,49 @@ def test_save_load_push_carries_them_into_a_third_registry(
     assert_carried(empty_registry, "far/small", keys.small, keys.public_key)
     tree = json.loads(xfer("referrers", "--json", f"{empty_registry.host}/far/small:1").out)
     assert len(tree["referrers"]) == 2
+
+
+def test_more_referrers_than_the_bound_stop_there_with_one_line(
+    signed: tuple[Registry, SignedSet], empty_registry: Registry
+) -> None:
+    source, _ = signed
+    events: list[Event] = []
+
+    async def main() -> CopyResult:
+        async with Session(Settings()) as session:
+            src, dst = parse(f"{source.host}/test/small:1"), parse(f"{empty_registry.host}/b/s:1")
+            return await copy_image(
+                RegistrySource(session.client(src), src),
+                RegistryDestination(session.client(dst), dst),
+                "1",
+                "1",
+                CopyOptions(referrer_bounds=ReferrerBounds(count=2)),
+                events.append,
+            )
+
+    result = anyio.run(main)
+    assert len(result.referrers) == 2  # the signature and the SBOM; not the SBOM's signature
+    said = [e.text for e in events if isinstance(e, Message) and "warning" in e.text]
+    assert said == [
+        f"warning: {source.host}/test/small:1: more than 2 referrers: the rest not carried"
+    ]
+
+
+def test_the_store_and_an_archive_list_what_was_carried_into_them(
+    signed: tuple[Registry, SignedSet], tmp_path: Path, store: Path
+) -> None:
+    source, keys = signed
+    ref = f"{source.host}/test/small:1"
+    archive = tmp_path / "small.tar"
+    assert xfer("save", f"docker://{ref}", "-o", archive, store=store).code == 0
+    assert xfer("load", archive, store=store).code == 0
+    assert keys.small.sbom is not None
+    for where in (f"store:{ref}", f"oci-archive:{archive}:{ref}"):
+        run = xfer("referrers", "--json", where, store=store)
+        assert run.code == 0, run.err
+        tree = json.loads(run.out)
+        listed = {node["digest"]: node for node in tree["referrers"]}
+        assert set(listed) == {keys.small.signature.manifest.digest, keys.small.sbom.digest}
+        assert [n["digest"] for n in listed[keys.small.sbom.digest]["referrers"]] == [
+            keys.small.sbom_signature.manifest.digest  # type: ignore[union-attr]
+        ]

@@ -613,13 +613,24 @@ class MirrorSource:
             yield chunks
 
     async def get_referrers(self, subject: Descriptor) -> list[Referrer]:
-        return await self.origin.get_referrers(subject)
+        return await self.get_referrers_filtered(subject, ())
 
     async def get_referrers_filtered(
         self, subject: Descriptor, artifact_types: Collection[str]
     ) -> list[Referrer]:
-        """The origin's: a pull-through mirror need not hold an image's referrers (nor any
-        tag it did not serve), so what refers to an image is asked of where it comes from."""
+        """Asked of the source that served the manifest, as its blobs are (the origin may be
+        out of reach: that is why a mirror is configured); a mirror that fails is skipped
+        for the next, the origin last. A pull-through cache lists only the tags it cached, so
+        there cosign's tags of an image are found once pulled through it by name."""
+        for source in self._candidates():
+            if source is self.origin:
+                break
+            try:
+                return await source.get_referrers_filtered(subject, artifact_types)
+            except UsageError:
+                raise
+            except TransferError as exc:
+                self._skip(source, exc, f"referrers of {subject.digest}")
         return await self.origin.get_referrers_filtered(subject, artifact_types)
 
     async def aclose(self) -> None:
