@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from . import jsonio
-from .copy import CopyOptions, PlatformChoice, _Plan, choosing, copy_image, resolve
+from .copy import CopyOptions, PlatformChoice, _Plan, copy_image, resolve
 from .digest import Digest
 from .endpoints import Destination, Source
 from .endpoints.address import Address
@@ -296,7 +296,7 @@ async def export(
         report.plan = entries + [
             PlanEntry(f"{s.repository}:{s.tag}", "", SKIP, reason=s.reason) for s in report.skipped
         ]
-        options = CopyOptions(*choosing(platform), jobs=settings.jobs, retry=settings.retry)
+        options = settings.copy_options(platform)  # --no-referrers, --referrers-type too
         volumes = settings.volume_size if target.kind == "oci-archive" else None
         # Volumes are written one member at a time, in an order a rerun repeats: one image
         # after another (volumes.py), each with its blobs at once.
@@ -596,7 +596,7 @@ async def import_bundle(
         open_bundle(source) as (found, relied),
     ):
         dest_settings = dest_settings or replace(settings, credentials=None)
-        options = CopyOptions(*choosing(platform), jobs=settings.jobs, retry=settings.retry)
+        options = settings.copy_options(platform)  # --no-referrers, --referrers-type too
         report = MirrorReport()
         work = []
         for image in found:
