@@ -920,10 +920,6 @@ class RegistryClient:
         if repository not in self._referrer_tags:
             self._referrer_tags[repository] = frozenset(tag for tag in tags if is_referrer_tag(tag))
 
-    def forget_tags(self, repository: str) -> None:
-        """The repository's tags changed (we wrote one): list them again when next asked."""
-        self._referrer_tags.pop(repository, None)
-
 
 def _tags_of(body: bytes, what: str, host: str) -> list[str]:
     try:
