@@ -178,6 +178,11 @@ def test_an_incremental_bundle_holds_only_new_blobs_and_imports_on_top_of_the_fi
     )
     assert "manifest.json" not in members  # docker load needs every layer in the file
 
+    # verify takes it: every blob it holds re-hashed, the ones it relies on not called missing
+    checked = xfer("verify", "--json", f"oci-archive:{second}", "--expect", summary["root_digest"])
+    assert checked.code == 0, checked.err
+    assert checked.json_lines()[-1]["relied_on"] == len(relied)
+
     target = f"{second_registry.host}/site"
     assert xfer("mirror", f"oci-archive:{first}", target).code == 0
     run = xfer("mirror", "--json", f"oci-archive:{second}", target)
