@@ -116,6 +116,41 @@ def test_bench_tls_copy_and_mirror_scenarios_smoke(tmp_path: Path) -> None:
     assert "mirror 30 repos, no-op rerun: xfer/skopeo | ≤ 0.1 |" in md
 
 
+def test_bench_bundle_scenarios_smoke(tmp_path: Path) -> None:
+    """export and import run once for xfer and skopeo with what each wrote checked (a bundle
+    naming every image, every image at the target), their rows and targets show, and verify
+    either runs against sha256sum or says why it did not."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "fixtures.bench", "--only", "export,import,verify"]
+    cmd += ["--runs", "1", "--tools", "xfer,skopeo", "--scale", "0.01"]
+    cmd += ["--out", str(out), "--cache", str(tmp_path / "cache"), "-q"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    report = json.loads((out / "results.json").read_text())
+    failed = [
+        f"{s['name']} {r['tool']}: {r['error']}"
+        for s in report["scenarios"]
+        for r in s["runs"]
+        if not r["ok"]
+    ]
+    assert proc.returncode == 0 and not failed, (failed, proc.stderr[-2000:])
+    scenarios = {s["name"]: s for s in report["scenarios"]}
+    for name in ("export", "import"):
+        for tool in ("xfer", "skopeo"):
+            figures = scenarios[name]["tools"][tool]
+            assert figures["failed_runs"] == 0 and figures["median_seconds"] > 0, name
+        assert scenarios[name]["metrics"]["xfer/skopeo"] > 0, name
+    verify = scenarios["verify"]
+    assert verify["metrics"].get("xfer/sha256sum", 0) > 0 or any(
+        "not run" in note for note in verify["notes"]
+    )
+    targets = {t["scenario"]: t for t in report["targets"]}
+    assert targets["export"]["status"] in ("met", "missed")
+    assert targets["import"]["status"] in ("met", "missed")
+    md = (out / "results.md").read_text()
+    assert f"| {scenarios['export']['title']} |" in md
+    assert "export the bench set to a bundle: xfer/skopeo | ≤ 0.35 |" in md
+
+
 @pytest.fixture
 def echo_server() -> Iterator[str]:
     """A TCP server answering each line with the same line."""
