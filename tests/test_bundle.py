@@ -356,3 +356,31 @@ def test_a_bundle_in_volumes_imports_and_names_its_root(
     for name in NAMES:
         there = inspect_raw(f"{second_registry.host}/site/test/{name}:1")
         assert there == images.images[name].raw
+
+
+def test_an_import_refuses_a_flipped_byte_in_a_big_layer_and_tags_nothing(
+    registry: Registry, second_registry: Registry, images: BuiltImages, tmp_path: Path
+) -> None:
+    """A layer big enough to be read and sent by one worker thread is still checked against
+    its digest before the upload completes: named, not retried, its image not written."""
+    large = images.images["large"]
+    config = _config(tmp_path / "sync.yaml", registry.host, {"test/large": ["1"]})
+    bundle = tmp_path / "bundle.tar"
+    _export(config, f"oci-archive:{bundle}")
+    biggest = max(large.layers, key=lambda b: b.size)
+    assert biggest.size >= 8 << 20
+    with tarfile.open(bundle) as tar:
+        member = tar.getmember(f"blobs/sha256/{biggest.digest.split(':')[1]}")
+    with bundle.open("r+b") as handle:
+        handle.seek(member.offset_data + member.size // 2)
+        byte = handle.read(1)
+        handle.seek(-1, 1)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+
+    run = xfer("mirror", f"oci-archive:{bundle}", f"{second_registry.host}/site")
+    assert run.code == 1
+    error = run.err.strip().splitlines()[-1]
+    assert error.startswith("xfer: error:") and "failed" in error
+    assert biggest.digest in error and "damaged" in error
+    puts = [r for r in second_registry.requests() if r.method == "PUT" and r.kind == "manifest"]
+    assert puts == []
