@@ -384,3 +384,69 @@ def test_an_import_refuses_a_flipped_byte_in_a_big_layer_and_tags_nothing(
     assert biggest.digest in error and "damaged" in error
     puts = [r for r in second_registry.requests() if r.method == "PUT" and r.kind == "manifest"]
     assert puts == []
+
+
+def test_a_signed_image_and_its_sbom_travel_in_the_bundle(
+    registry: Registry,
+    empty_registry: Registry,
+    second_registry: Registry,
+    images: BuiltImages,
+    tmp_path: Path,
+) -> None:
+    """Referrers as the copy carries them: the signature and the SBOM (and the SBOM's
+    signature) of ``small`` and of ``multi``'s child are in the bundle and at the target, the
+    signatures still verifying there."""
+    from fixtures.signing import check_signed, fallback_index, seed_signed
+
+    source = empty_registry
+    small, multi = images.images["small"], images.images["multi"]
+    for info in (small, multi):
+        _tag(registry, info.ref, f"{source.host}/{info.ref}")
+    signed = seed_signed(source.url, small, multi)
+    config = _config(
+        tmp_path / "sync.yaml", source.host, {"test/small": ["1"], "test/multi": ["1"]}
+    )
+    bundle = tmp_path / "bundle.tar"
+    _export(config, f"oci-archive:{bundle}")
+    held = _blobs(_members(bundle))
+    for attached in (signed.small, signed.multi_index, signed.multi_child):
+        assert attached.signature.manifest.digest in held
+    assert signed.small.sbom is not None and signed.small.sbom.digest in held
+
+    run = xfer("mirror", "--json", f"oci-archive:{bundle}", f"{second_registry.host}/site")
+    assert run.code == 0, run.err
+    # the images; their signatures (named sha256-<hex>.sig in the bundle) travel with them
+    assert run.json_lines()[-1]["copied"] == 2
+    for name in ("small", "multi"):
+        assert inspect_raw(f"{second_registry.host}/site/test/{name}:1") == images.images[name].raw
+    for attached in (signed.small, signed.multi_index, signed.multi_child):
+        repo = f"site/{attached.repo}"
+        check_signed(second_registry.url, repo, attached.subject, signed.public_key)
+    listed = fallback_index(second_registry.url, "site/test/small", small.digest)
+    assert signed.small.sbom.digest in {d["digest"] for d in listed}
+    check_signed(
+        second_registry.url, "site/test/small", signed.small.sbom.digest, signed.public_key
+    )
+    child = multi.platforms["linux/amd64"]
+    assert signed.multi_child.sbom is not None
+    listed = fallback_index(second_registry.url, "site/test/multi", child)
+    assert signed.multi_child.sbom.digest in {d["digest"] for d in listed}
+
+    mark = second_registry.mark()  # a rerun writes nothing, referrers included
+    again = xfer("mirror", "--json", f"oci-archive:{bundle}", f"{second_registry.host}/site")
+    assert again.code == 0, again.err
+    assert again.json_lines()[-1]["unchanged"] == 2
+    assert not [r for r in second_registry.requests(mark) if r.method in WRITES]
+
+
+def test_an_import_with_scoped_keeps_the_source_host_as_mirror_does(
+    registry: Registry, second_registry: Registry, images: BuiltImages, tmp_path: Path
+) -> None:
+    config = _config(tmp_path / "sync.yaml", registry.host, {"test/small": ["1"]})
+    bundle = tmp_path / "bundle.tar"
+    _export(config, f"oci-archive:{bundle}")
+    run = xfer("mirror", "--scoped", f"oci-archive:{bundle}", f"{second_registry.host}/site")
+    assert run.code == 0, run.err
+    scope = registry.host.replace(":", "_")
+    there = inspect_raw(f"{second_registry.host}/site/{scope}/test/small:1")
+    assert there == images.images["small"].raw
