@@ -54,7 +54,7 @@ from .reference import Reference, parse
 
 if TYPE_CHECKING:
     from .api import Settings
-    from .mirror import MirrorReport, PlanEntry, Shard
+    from .mirror import MirrorReport, PlanEntry, Shard, SyncSource
     from .session import Session
 
 RELIES_ON = "dev.xfer.bundle.relies-on"
@@ -190,14 +190,24 @@ def _index_doc(raw: bytes, where: str) -> dict[str, object]:
     return doc
 
 
-async def held_by_index(path: Path, session: Session, settings: Settings) -> Held:
+async def held_by_index(
+    path: Path, session: Session, settings: Settings, sources: Sequence[SyncSource] = ()
+) -> Held:
     """An ``index.json`` of what the far side holds: every image it names (by its full source
     reference and digest) was imported whole there, so every blob of its graph is held; the
-    graphs are read from the source registries (manifests only)."""
+    graphs are read from the source registries (manifests only). The file names any host it
+    likes: one of the sync YAML's registries is read with that source's settings (its TLS and
+    credentials, ``--creds`` included); any other host only with what the credential files
+    give it, as a configured mirror is, never with ``--creds``."""
     from .copy import CopyOptions, resolve
     from .endpoints.registry import RegistrySource
     from .localfile import read_capped
+    from .mirror import _settings_for as settings_for
     from .reference import parse
+
+    own: dict[str, Settings] = {}
+    for source in sources:
+        own.setdefault(parse(f"{source.registry}/x").registry, settings_for(source, settings))
 
     raw = read_capped(path, MAX_INDEX_BYTES, str(path))
     doc = _index_doc(raw, str(path))
@@ -213,8 +223,13 @@ async def held_by_index(path: Path, session: Session, settings: Settings) -> Hel
         if not name:
             raise UsageError(f"--since {path}: an image ({entry.digest}) without its reference")
         ref = parse(name)
+        mine = own.get(ref.registry)
         async with limiter:
-            source = RegistrySource(session.client(ref, settings=settings), ref)
+            if mine is not None:
+                client = session.client(ref, settings=mine)
+            else:
+                client = session.client(ref, settings=settings, explicit_credentials=False)
+            source = RegistrySource(client, ref)
             top, plan = await resolve(source, entry.digest, options)
         held.update(d.digest for d in plan.blobs())
         held.update(m.digest for m in [top, plan.top, *plan.children])
@@ -231,9 +246,15 @@ async def held_by_index(path: Path, session: Session, settings: Settings) -> Hel
     return Held(held, [Digest.of(raw)])
 
 
-async def held_by(since: Sequence[str], session: Session, settings: Settings) -> Held:
+async def held_by(
+    since: Sequence[str],
+    session: Session,
+    settings: Settings,
+    sources: Sequence[SyncSource] = (),
+) -> Held:
     """What every ``--since`` names, together: ``oci-archive:FILE`` or a tar file, ``oci:DIR``
-    or a directory, or an ``index.json`` file."""
+    or a directory, or an ``index.json`` file (its images read from ``sources``' registries
+    with their settings, from any other host without ``--creds``)."""
     held = Held(set(), [])
     for text in since:
         kind, _, rest = text.partition(":")
@@ -243,7 +264,7 @@ async def held_by(since: Sequence[str], session: Session, settings: Settings) ->
         elif not path.is_file():
             raise UsageError(f"--since {text}: no such file or directory")
         elif kind != "oci-archive" and _is_json(path):
-            found = await held_by_index(path, session, settings)
+            found = await held_by_index(path, session, settings, sources)
         else:
             found = await anyio.to_thread.run_sync(held_by_archive, path)
         held.blobs |= found.blobs
@@ -288,7 +309,7 @@ async def export(
         if shard is not None:
             items = [(ref, s) for ref, s in items if shard.owns(ref)]
             emit(Message(f"mirror: shard {shard.index}/{shard.count}: {len(items)} images"))
-        held = await held_by(since, session, settings)
+        held = await held_by(since, session, settings, sources)
         entries = [
             PlanEntry(str(ref), str(target), COPY, item=MirrorItem(ref, ref), settings=s)
             for ref, s in items

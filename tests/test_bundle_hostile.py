@@ -1,0 +1,135 @@
+"""Bundles against hostile input: an ``index.json`` given to ``--since`` that names other hosts,
+a relies-on record that names what must be in the bundle, entry names whose digest names
+another image, two names that land on one target tag, and a layout bundle on read-only media.
+Each test states what must hold; a layout is built by hand (no registry needed for the bundle)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from tests.helpers import xfer
+from transfer.digest import Digest
+from transfer.manifest import Descriptor
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+EMPTY = "application/vnd.oci.empty.v1+json"
+REF_NAME = "org.opencontainers.image.ref.name"
+
+
+# ---- a tiny layout builder (no registry needed) --------------------------------------------------
+
+
+def _put(root: Path, data: bytes, media_type: str = "application/octet-stream") -> dict[str, Any]:
+    digest = hashlib.sha256(data).hexdigest()
+    path = root / "blobs" / "sha256" / digest
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(data)}
+
+
+def _doc(root: Path, doc: dict[str, Any], media_type: str = OCI_MANIFEST) -> dict[str, Any]:
+    return _put(root, json.dumps(doc, separators=(",", ":")).encode(), media_type)
+
+
+def _image(root: Path, seed: str, subject: dict[str, Any] | None = None) -> dict[str, Any]:
+    layer = _put(root, f"layer {seed}".encode(), OCI_LAYER)
+    config = json.dumps(
+        {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}
+    ).encode()
+    doc: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": _put(root, config, OCI_CONFIG),
+        "layers": [layer],
+    }
+    if subject is not None:
+        doc["subject"] = {k: subject[k] for k in ("mediaType", "digest", "size")}
+    return _doc(root, doc)
+
+
+def _artifact(root: Path, seed: str, subject: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": "application/spdx+json",
+        "config": _put(root, b"{}", EMPTY),
+        "layers": [_put(root, f"sbom {seed}".encode(), "application/spdx+json")],
+        "subject": {k: subject[k] for k in ("mediaType", "digest", "size")},
+        **extra,
+    }
+    return _doc(root, doc)
+
+
+def _layout(
+    root: Path, entries: list[dict[str, Any]], annotations: dict[str, str] | None = None
+) -> None:
+    (root / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    index: dict[str, Any] = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
+    if annotations:
+        index["annotations"] = annotations
+    (root / "index.json").write_text(json.dumps(index))
+
+
+def _named(desc: dict[str, Any], name: str) -> dict[str, Any]:
+    return {**desc, "annotations": {REF_NAME: name}}
+
+
+def _tar(root: Path, out: Path) -> Path:
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                tar.add(path, path.relative_to(root).as_posix())
+    return out
+
+
+def _desc(d: dict[str, Any]) -> Descriptor:
+    return Descriptor(d["mediaType"], Digest.parse(d["digest"]), d["size"])
+
+
+def _push_layout(root: Path, name: str, target: str) -> None:
+    run = xfer("copy", "--no-referrers", f"oci:{root}:{name}", target)
+    if run.code == 2 and "--no-referrers" in run.err:  # before referrers were carried
+        run = xfer("copy", f"oci:{root}:{name}", target)
+    assert run.code == 0, run.err
+
+
+# ---- the tests -------------------------------------------------------------------------------
+
+
+def test_since_an_index_json_sends_no_credentials_to_hosts_it_names(
+    tmp_path: Path, empty_registry: Any
+) -> None:
+    """``--since INDEX.json`` (what the far side says it holds) names images by full reference,
+    and the export reads each one's graph from the registry its name says. The run's own
+    credentials (``--creds``, meant for the sync YAML's registries) must not go to a host only
+    that file names: here a server that challenges for Basic credentials."""
+    from fixtures.leakbait import LeakBait, challenge
+
+    root = tmp_path / "layout"
+    a = _image(root, "a")
+    _layout(root, [_named(a, "a")])
+    _push_layout(root, "a", f"{empty_registry.host}/app:1")
+    config = tmp_path / "sync.yaml"
+    config.write_text(f"{empty_registry.host}:\n  images:\n    app: ['1']\n")
+    with LeakBait(handlers=[challenge("Basic")]) as bait:
+        index = tmp_path / "index.json"
+        entry = _named(a, f"{bait.host}/stolen:1")
+        index.write_text(json.dumps({"schemaVersion": 2, "manifests": [entry]}))
+        xfer(
+            "mirror",
+            "--creds",
+            "alice:secret",
+            "--since",
+            index,
+            config,
+            f"oci-archive:{tmp_path / 'b.tar'}",
+        )
+        assert bait.seen(), "the export never contacted the host the index.json names"
+        assert not bait.carrying("authorization"), "--creds went to a host only --since names"
