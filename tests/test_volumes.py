@@ -337,3 +337,23 @@ def test_a_set_cut_short_by_another_exports_last_volume_is_refused(
     run = xfer("verify", f"oci-archive:{base}")
     assert run.code == 1
     assert f"{second} is volume 2, but its index.json says the set has 1 volumes" in run.out
+
+
+def test_unpack_reads_an_image_out_of_a_volume_set(
+    images: BuiltImages, store: Path, tmp_path: Path
+) -> None:
+    single = tmp_path / "single.tar"
+    refs = _save_two(store, images, single)
+    base = tmp_path / "set.tar"
+    limit = str(max(single.stat().st_size // 3, 8192))
+    assert xfer("save", *refs.values(), "-o", base, "--max-size", limit, store=store).code == 0
+    assert len(_volumes(base)) >= 3
+    trees = []
+    for name, archive in (("from-set", base), ("from-single", single)):
+        run = xfer("unpack", f"oci-archive:{archive}:{refs['small']}", tmp_path / name)
+        assert run.code == 0, run.err
+        root = tmp_path / name
+        trees.append(
+            {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+        )
+    assert trees[0] and trees[0] == trees[1]
