@@ -18,7 +18,15 @@ import anyio
 
 from fixtures.images import BuiltImages
 from fixtures.registry import Registry
-from tests.helpers import ROOT, fill_store, index_refs, stored_blobs, xfer, xfer_env
+from tests.helpers import (
+    ROOT,
+    fill_store,
+    index_refs,
+    locked_by_another_process,
+    stored_blobs,
+    xfer,
+    xfer_env,
+)
 
 VOLUMES = "dev.xfer.volumes"
 
@@ -357,3 +365,42 @@ def test_unpack_reads_an_image_out_of_a_volume_set(
             {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
         )
     assert trees[0] and trees[0] == trees[1]
+
+
+def test_two_exports_to_one_set_at_once_are_refused_not_mixed(
+    images: BuiltImages, store: Path, tmp_path: Path
+) -> None:
+    """Their volumes would be renamed into place in turn, one set of each's: the second export
+    is refused while the first writes (its lock beside the set), and none is left after."""
+    refs = fill_store(store, images, "small")
+    base = tmp_path / "set.tar"
+    lock = tmp_path / "set.tar.lock"
+    lock.touch()
+    with locked_by_another_process(lock):
+        run = xfer("save", refs["small"], "-o", base, "--max-size", "1M", store=store)
+    assert run.code == 1
+    assert f"another xfer is writing the volumes of {base}" in run.err
+    assert _volumes(base) == []
+    run = xfer("save", refs["small"], "-o", base, "--max-size", "1M", store=store)
+    assert run.code == 0, run.err
+    assert not lock.exists()
+
+
+def test_a_kept_volume_over_the_size_now_asked_is_written_again(
+    images: BuiltImages, store: Path, tmp_path: Path
+) -> None:
+    single = tmp_path / "single.tar"
+    refs = _save_two(store, images, single)
+    base = tmp_path / "set.tar"
+    limit = max(single.stat().st_size // 3, 8192)
+    order = list(refs.values())
+    assert xfer("save", *order, "-o", base, "--max-size", str(limit), store=store).code == 0
+    volumes = _volumes(base)
+    volumes[-1].unlink()
+    first = volumes[0]
+    with first.open("ab") as handle:  # the same members, but longer than a volume may be
+        handle.write(bytes(limit))
+    run = xfer("save", *order, "-o", base, "--max-size", str(limit), store=store)
+    assert run.code == 0, run.err
+    assert all(v.stat().st_size <= limit for v in _volumes(base))
+    assert xfer("verify", f"oci-archive:{base}").code == 0

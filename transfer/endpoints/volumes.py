@@ -29,6 +29,9 @@ hashing gigabytes would cost what the export costs). When a volume does not matc
 image set, another order), it is written again from that member on (what it already holds
 copied out of the old file, hashed), and no later volume is kept.
 
+The writer holds ``NAME.tar.lock`` (removed when it ends): a second export to the same name
+while one runs is refused, since their volumes would be renamed into place in turn.
+
 Writes must come one at a time (``concurrent = False``, as for one archive): an export running
 several images at once serialises its ``put_blob`` and ``put_manifest`` calls, and writes in a
 deterministic order if it wants volumes kept across reruns (one image after another does).
@@ -37,6 +40,7 @@ deterministic order if it wants volumes kept across reruns (one image after anot
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 from pathlib import Path
 
@@ -79,6 +83,7 @@ class VolumeDestination(ArchiveDestination):
         self._current: TarWriter | None = None  # its temporary, unless a kept one is matched
         self._kept: list[TarIndex] | None = None  # finished volumes found on disk, in order
         self._matched: TarIndex | None = None  # the kept volume the current one matches
+        self._lock: int | None = None  # the set's lock file, held while writing
 
     # ---- planning ----------------------------------------------------------------------------
 
@@ -106,9 +111,15 @@ class VolumeDestination(ArchiveDestination):
 
     # ---- where members go --------------------------------------------------------------------
 
-    async def _member(self, name: str, size: int) -> TarWriter | None:
+    async def _start(self) -> None:
+        """Before the first volume: this writer's lock on the set, then the volumes a previous
+        run finished."""
         if self._kept is None:
+            self._lock = await self._io(_lock_set, self.path)
             self._kept = await self._io(_finished_volumes, self.path)
+
+    async def _member(self, name: str, size: int) -> TarWriter | None:
+        await self._start()
         if name in self._planned:  # a retried member: its place is already counted
             return self._current
         cost = self._fits(name, size)
@@ -135,7 +146,7 @@ class VolumeDestination(ArchiveDestination):
         """Finish the volume being filled (keep, or complete and rename it); start the next."""
         if self.number:
             if self._matched is not None:
-                if len(self._matched.names()) == len(self._planned):
+                if self._keeps(self._matched):
                     self.volumes.append(self._matched.path)  # kept as it is
                     self._matched = None
                 else:
@@ -155,6 +166,16 @@ class VolumeDestination(ArchiveDestination):
             self._matched = kept[self.number - 1]
         else:
             self._current = await self._io(TarWriter, self._volume(self.number))
+
+    def _keeps(self, volume: TarIndex) -> bool:
+        """A kept volume matched member by member so far is kept when it holds no other member
+        and is no longer than a volume may be now (an older export's, of another size)."""
+        if len(volume.names()) != len(self._planned):
+            return False
+        try:
+            return os.fstat(volume.fd).st_size <= self.max_size
+        except OSError:
+            return False
 
     async def _diverge(self, exclude: str | None = None) -> None:
         """The kept volume being matched is not what this run writes: write it again, with the
@@ -181,8 +202,7 @@ class VolumeDestination(ArchiveDestination):
         (in a volume of their own when they do not fit), renamed into place; then what an older
         export left at this name (a longer set's volumes, a single ``NAME.tar``) is removed."""
         self._documents()  # refuses an empty or broken archive before anything moves
-        if self._kept is None:
-            self._kept = await self._io(_finished_volumes, self.path)
+        await self._start()
         last = self.number or 1
         documents = self._tail(last)
         cost = sum(member_bytes(name, len(data)) for name, data in documents)
@@ -209,6 +229,7 @@ class VolumeDestination(ArchiveDestination):
         await self._io(_remove_stale, self.path, last)
         await self._io(fsync_dir, self.path.parent)
         self._close_kept()
+        self._unlock()
 
     def _tail(self, count: int) -> list[tuple[str, bytes]]:
         documents = self._documents({VOLUMES: str(count)})
@@ -218,12 +239,18 @@ class VolumeDestination(ArchiveDestination):
 
     async def aclose(self) -> None:
         self._close_kept()
+        self._unlock()
         if self._finished or self._current is None:
             return
         self._current.abort()
         with contextlib.suppress(OSError):
             self._current.temp.unlink()
         self._current = None
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            _unlock_set(self.path, self._lock)
+            self._lock = None
 
     def _close_kept(self) -> None:
         for tar in self._kept or []:
@@ -234,6 +261,35 @@ class VolumeDestination(ArchiveDestination):
 
 def _name(digest: Digest) -> str:
     return f"blobs/{digest.algorithm}/{digest.encoded}"
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+def _lock_set(path: Path) -> int:
+    """Hold ``NAME.tar.lock`` beside the set: two exports to one name at once would rename
+    their volumes into place in turn, a set of both; the second is refused instead."""
+    lock = _lock_path(path)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ArchiveError(
+            f"another xfer is writing the volumes of {path} (it holds {lock})",
+            hint="wait for it to end, or write to another name",
+        ) from None
+    except OSError:
+        pass  # a filesystem without locks: nothing to hold
+    return fd
+
+
+def _unlock_set(path: Path, fd: int) -> None:
+    """Removed while held, then released: no stale lock file stays beside the set."""
+    with contextlib.suppress(OSError):
+        _lock_path(path).unlink()
+    os.close(fd)
 
 
 def _finished_volumes(path: Path) -> list[TarIndex]:
