@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.helpers import xfer
+from transfer.bundle import RELIES_ON, RELIES_ON_TYPE, record_bytes
 from transfer.digest import Digest
 from transfer.manifest import Descriptor
 
@@ -133,3 +134,25 @@ def test_since_an_index_json_sends_no_credentials_to_hosts_it_names(
         )
         assert bait.seen(), "the export never contacted the host the index.json names"
         assert not bait.carrying("authorization"), "--creds went to a host only --since names"
+
+
+def test_verify_does_not_pass_a_bundle_that_relies_on_its_own_manifests(tmp_path: Path) -> None:
+    """A record may name anything. One that names the images' own manifests makes a bundle of
+    nothing but index.json and the record verify "ok, 2 relied on from outside", while no
+    reader can use it (an import or load fails reading the manifest; issue 14: "all manifests
+    are included"). A relied-on manifest an entry or an index names must be a problem (its
+    image's graph cannot be checked at all), not a relied-on blob."""
+    root = tmp_path / "layout"
+    a, b = _image(root, "a"), _image(root, "b")
+    for path in (root / "blobs/sha256").iterdir():
+        path.unlink()
+    record = _put(root, record_bytes([_desc(a), _desc(b)]), RELIES_ON_TYPE)
+    _layout(
+        root,
+        [_named(a, "r.example/a:1"), _named(b, "r.example/b:1")],
+        {RELIES_ON: record["digest"]},
+    )
+    bundle = _tar(root, tmp_path / "hollow.tar")
+    run = xfer("verify", f"oci-archive:{bundle}")
+    assert run.code == 1, run.err
+    assert a["digest"] in run.out and b["digest"] in run.out
