@@ -156,3 +156,24 @@ def test_verify_does_not_pass_a_bundle_that_relies_on_its_own_manifests(tmp_path
     run = xfer("verify", f"oci-archive:{bundle}")
     assert run.code == 1, run.err
     assert a["digest"] in run.out and b["digest"] in run.out
+
+
+def test_an_import_reads_a_layout_bundle_on_read_only_media(
+    tmp_path: Path, empty_registry: Any
+) -> None:
+    """Air-gapped bundles arrive on removable media, often mounted read-only. Importing an
+    ``oci:DIR`` bundle only reads it (as ``xfer verify oci:DIR`` does); today open_bundle takes
+    the layout's in-use lock, whose ensure() creates ``.xfer/`` in the bundle and fails there
+    ("cannot create the store"). Here the directory is made immutable (chattr +i)."""
+    import subprocess
+
+    root = tmp_path / "layout"
+    a = _image(root, "a")
+    _layout(root, [_named(a, "r.example/a:1")])
+    subprocess.run(["chattr", "+i", str(root)], check=True)
+    try:
+        assert xfer("verify", f"oci:{root}").code == 0
+        run = xfer("mirror", f"oci:{root}", f"{empty_registry.host}/pre")
+    finally:
+        subprocess.run(["chattr", "-i", str(root)], check=True)
+    assert run.code == 0, run.err

@@ -559,8 +559,9 @@ async def open_bundle(
             desc = await anyio.to_thread.run_sync(layout.resolve, entry)
             found.append(_Image(name, desc.digest, LayoutSource(layout, name)))
     relied = await anyio.to_thread.run_sync(_layout_relies_on, layout)
-    with layout.in_use():
-        yield found, relied
+    # Read only, as every oci:DIR source is: no store lock, whose .xfer/ a bundle on
+    # read-only media (where air-gapped bundles arrive) cannot hold.
+    yield found, relied
 
 
 def _layout_relies_on(layout: Layout) -> dict[Digest, Descriptor]:
