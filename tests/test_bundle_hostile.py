@@ -177,3 +177,31 @@ def test_an_import_reads_a_layout_bundle_on_read_only_media(
     finally:
         subprocess.run(["chattr", "-i", str(root)], check=True)
     assert run.code == 0, run.err
+
+
+def test_an_import_checks_the_blobs_its_referrers_rely_on_before_writing_anything(
+    tmp_path: Path, empty_registry: Any
+) -> None:
+    """An incremental bundle relies on blobs of an image's SBOM too (left out because the far
+    side held them). The import's check "before writing any manifest" must cover the referrers
+    it carries: here the target holds the image's blobs but not the SBOM's, so the import must
+    fail naming the SBOM's blob with nothing written, not tag the image and then fail."""
+    root = tmp_path / "layout"
+    a = _image(root, "a")
+    sbom = _artifact(root, "sbom", a)
+    _layout(root, [_named(a, "a")])
+    _push_layout(root, "a", f"{empty_registry.host}/pre/a:old")  # its blobs are at the target
+    doc = json.loads((root / "blobs/sha256" / sbom["digest"][7:]).read_bytes())
+    image = json.loads((root / "blobs/sha256" / a["digest"][7:]).read_bytes())
+    relied = [image["config"], *image["layers"], *doc["layers"]]
+    for desc in relied:
+        (root / "blobs/sha256" / desc["digest"][7:]).unlink(missing_ok=True)
+    record = _put(root, record_bytes([_desc(d) for d in relied]), RELIES_ON_TYPE)
+    _layout(root, [_named(a, "r.example/a:1"), sbom], {RELIES_ON: record["digest"]})
+    bundle = _tar(root, tmp_path / "incremental.tar")
+
+    run = xfer("mirror", f"oci-archive:{bundle}", f"{empty_registry.host}/pre")
+    assert run.code == 1, run.err
+    assert doc["layers"][0]["digest"] in run.err, run.err
+    tagged = xfer("inspect", "--raw", f"{empty_registry.host}/pre/a:1")
+    assert tagged.code != 0, "the image was tagged before the import found a blob missing"

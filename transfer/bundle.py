@@ -634,6 +634,7 @@ async def import_bundle(
             for image, item in work
         ]
         plans: dict[str, _Plan] = {}
+        referred: dict[str, list[Descriptor]] = {}  # the blobs of the referrers each carries
 
         async def decide(image: _Image, entry: PlanEntry) -> None:
             assert entry.item is not None
@@ -645,6 +646,11 @@ async def import_bundle(
                 there = await client.head_manifest(target.repository, target.identifier)
             if there is not None and there.digest == plan.top.digest:
                 entry.action = UNCHANGED
+            elif relied:
+                # The referrers the copy carries rely on blobs from outside too: checked
+                # with the image's, before anything is written.
+                async with limiter:
+                    referred[entry.source] = await _referrer_blobs(image.source, plan, options)
 
         async with anyio.create_task_group() as group:
             for (image, _), entry in zip(work, entries, strict=True):
@@ -661,8 +667,11 @@ async def import_bundle(
             await _import_sizes(copying, plans, relied, session, dest_settings, limiter)
             return report
         mounts = RunMounts()
+        blobs = {
+            source: [*plan.blobs(), *referred.get(source, [])] for source, plan in plans.items()
+        }
         needed = await _relied_needed(
-            copying, entries, plans, relied, session, dest_settings, limiter, mounts
+            copying, entries, blobs, relied, session, dest_settings, limiter, mounts
         )
         if needed:
             shown = ", ".join(f"{repo}@{d}" for repo, d in needed[:5])
@@ -705,28 +714,29 @@ async def import_bundle(
 async def _relied_needed(
     copying: list[tuple[_Image, PlanEntry]],
     entries: list[PlanEntry],
-    plans: dict[str, _Plan],
+    blobs: dict[str, list[Descriptor]],
     relied: dict[Digest, Descriptor],
     session: Session,
     settings: Settings,
     limiter: anyio.CapacityLimiter,
     mounts: RunMounts,
 ) -> list[tuple[str, Digest]]:
-    """The (target repository, blob) pairs of the images to write, that the bundle relies on
+    """The (target repository, blob) pairs of the images to write (``blobs``: each image's
+    and its referrers', by source), that the bundle relies on
     from outside and the target lacks: every pair asked at once (HEADs). A blob missing from
     an image's own repository may be in another the bundle's images go to (a new repository
     whose base layers an earlier bundle brought to another): found there, it is mounted."""
     users: dict[Digest, list[Reference]] = {}  # a relied-on blob → the targets whose images use it
     for entry in entries:
-        if entry.item is not None and entry.source in plans:
-            for blob in plans[entry.source].blobs():
+        if entry.item is not None and entry.source in blobs:
+            for blob in blobs[entry.source]:
                 if blob.digest in relied:
                     users.setdefault(blob.digest, []).append(entry.item.target)
     pairs: dict[tuple[str, Digest], Reference] = {}
     for _, entry in copying:
         assert entry.item is not None
         target = entry.item.target
-        for blob in plans[entry.source].blobs():
+        for blob in blobs[entry.source]:
             if blob.digest in relied:
                 pairs.setdefault((f"{target.registry}/{target.repository}", blob.digest), target)
     missing: list[tuple[str, Digest]] = []
@@ -750,6 +760,48 @@ async def _relied_needed(
         for key, target in pairs.items():
             group.start_soon(head, key, target)
     return sorted(missing)
+
+
+async def _referrer_blobs(source: Source, plan: _Plan, options: CopyOptions) -> list[Descriptor]:
+    """The blobs of the referrer tree a copy of ``plan`` carries from ``source``: the same
+    subjects, artifact types and bounds as the carry (copy._Carry), each referrer read once;
+    one the bundle does not hold or cannot read is left, as the carry leaves it."""
+    from .endpoints import ReferrerSource
+    from .errors import ManifestError, NotFound, TooLarge
+
+    if not options.referrers or not isinstance(source, ReferrerSource):
+        return []
+    bounds = options.referrer_bounds
+    single = CopyOptions(jobs=options.jobs, retry=options.retry, bounds=options.bounds)
+    frontier = [m.descriptor() for m in (*plan.children, plan.top)]
+    seen = {d.digest for d in frontier}
+    found: list[Descriptor] = []
+    count = 0
+    for _ in range(bounds.depth):
+        below: list[Descriptor] = []
+        for subject in frontier:
+            try:
+                listed = await source.get_referrers(subject)
+            except (ManifestError, TooLarge):
+                continue  # the carry leaves a listing it cannot read, with a warning
+            for referrer in listed:
+                desc = referrer.descriptor
+                if desc.digest in seen:
+                    continue
+                seen.add(desc.digest)
+                if options.referrer_types and desc.artifact_type not in options.referrer_types:
+                    continue
+                if count >= bounds.count:
+                    return found
+                count += 1
+                try:
+                    _, referred = await resolve(source, desc.digest, single)
+                except (NotFound, ManifestError):
+                    continue
+                found += referred.blobs()
+                below.append(desc)
+        frontier = below
+    return found
 
 
 async def _import_sizes(
