@@ -7,7 +7,10 @@ else its config's media type, as the referrers API reports it) and the manifest'
 No convention records the subject on the entry, so it is read from the manifest: once per
 listing (``Listing``), never per question. regclient finds such entries with its slow search
 (``regctl artifact list --referrers-slow``); its own layout, the referrers tag schema's
-``sha256-<hex>`` entry naming an index of referrers, is read here too.
+``sha256-<hex>`` entry naming an index of referrers, is read here too; what such an index lists
+counts only when its own manifest is held and its ``subject`` names that digest (the index is
+anyone's say, the subject the manifest's own). Each manifest is read once per listing however
+often index.json or the indexes repeat it, and at most ``MAX_READS`` of them.
 
 A cosign referrer has no ``subject``: it is found by its tag, ``sha256-<hex>.sig`` (``.att``,
 ``.sbom``), and keeps it: the ref.name of an ``oci:`` layout entry, or, in the store (whose
@@ -173,6 +176,8 @@ class Listing:
     edges: dict[Digest, list[Descriptor]] = field(default_factory=dict)
     # positions in index.json of the entries that are no images of their own
     not_roots: set[int] = field(default_factory=set)
+    # manifests not read past ``MAX_READS``: their entries stay roots, and are listed nowhere
+    unread: int = 0
 
     def referrers(self, subject: Digest, context: str | None = None) -> list[Referrer]:
         """Direct referrers of ``subject``. A cosign tag counts when it is a bare tag or lies in
@@ -206,13 +211,49 @@ def _unnamed(desc: Descriptor) -> Descriptor:
     )
 
 
+# Manifests one listing reads (or tries to): about the entries of the largest index.json an
+# archive may have. Past it an entry stays a root (nothing is dropped on its account) and a
+# fallback index's further children are not listed; ``Listing.unread`` counts them.
+MAX_READS = 100_000
+
+
+class _Reader:
+    """Each manifest read once per listing, whatever index.json and fallback indexes repeat
+    (one 4 MiB manifest listed 100 000 times is one read, not 400 GB), at most ``MAX_READS``."""
+
+    def __init__(self, read: Callable[[Descriptor], Manifest], limit: int) -> None:
+        self._read = read
+        self._limit = limit
+        self._done: dict[Digest, Manifest | None] = {}
+        self.unread = 0
+
+    def __call__(self, desc: Descriptor) -> Manifest | None:
+        """The manifest, or None when it cannot be read, is not held, or is past the limit."""
+        if desc.digest in self._done:
+            return self._done[desc.digest]
+        if len(self._done) >= self._limit:
+            self.unread += 1
+            return None
+        try:
+            manifest: Manifest | None = self._read(desc)
+        except TransferError:
+            manifest = None
+        self._done[desc.digest] = manifest
+        return manifest
+
+
 def list_referrers(
-    entries: Sequence[Descriptor], read: Callable[[Descriptor], Manifest]
+    entries: Sequence[Descriptor],
+    read: Callable[[Descriptor], Manifest],
+    limit: int = MAX_READS,
 ) -> Listing:
     """The referrers ``entries`` (an index.json's) hold. ``read`` is asked only for the entries
-    that may be referrers (those without a name, and fallback tags), each once; one it cannot
-    read stays a root (what it is about is unknown, so nothing is dropped on its account)."""
+    that may be referrers (those without a name, and fallback tags, and their children), each
+    digest once; one it cannot read stays a root (what it is about is unknown, so nothing is
+    dropped on its account). A manifest counts as a referrer of X only when its own
+    ``subject`` says X (or its cosign tag does): a fallback index lists what it likes."""
     listing = Listing()
+    reader = _Reader(read, limit)
     for position, desc in enumerate(entries):
         name = entry_name(desc)
         cosign = cosign_tag(name)
@@ -228,29 +269,37 @@ def list_referrers(
             continue  # a named image
         if not _may_be_manifest(desc.media_type):
             continue
-        try:
-            manifest = read(desc)
-        except TransferError:
+        manifest = reader(desc)
+        if manifest is None:
             continue
         if fallback is not None:
             if not manifest.is_index or subject_of(manifest) is not None:
                 continue  # a tag that only looks like the schema's: an image like any other
             for child in manifest.index().manifests:
-                listing._add(fallback, Referrer(child, fallback), None)
+                # Only what says itself it is about the tag's digest: another image's SBOM
+                # listed here is not this image's, and one not held says nothing at all.
+                held = reader(child) if _may_be_manifest(child.media_type) else None
+                if held is not None and _subject(held) == fallback:
+                    listing._add(fallback, Referrer(child, fallback), None)
             listing.edges.setdefault(fallback, []).append(desc)
             listing.not_roots.add(position)
             continue
-        try:
-            about = subject_of(manifest)
-        except TransferError:
-            continue
+        about = _subject(manifest)
         if about is None:
             continue
         entry = referrer_entry(Referrer(desc, about), manifest)
         listing._add(about, Referrer(entry, about), None)
         listing.edges.setdefault(about, []).append(desc)
         listing.not_roots.add(position)
+    listing.unread = reader.unread
     return listing
+
+
+def _subject(manifest: Manifest) -> Digest | None:
+    try:
+        return subject_of(manifest)
+    except TransferError:
+        return None
 
 
 def _may_be_manifest(media_type: str) -> bool:

@@ -1,0 +1,231 @@
+"""Referrers in layouts and archives that lie: what index.json says is checked against what the
+manifests say, each manifest is read once however often it is listed, what was asked of a
+load is what it does, and referrers are never counted as images.
+
+Each layout is built here, byte by byte (no registry needed): an image, others' artifacts, and
+an index.json written as a hostile or careless tool might write it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from transfer.digest import Digest
+from transfer.endpoints import tarindex
+from transfer.endpoints.archive_read import OciArchive
+from transfer.endpoints.layout import Layout, LayoutSource
+from transfer.endpoints.layout_referrers import list_referrers
+from transfer.manifest import Descriptor
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+EMPTY = "application/vnd.oci.empty.v1+json"
+SPDX = "application/spdx+json"
+REF_NAME = "org.opencontainers.image.ref.name"
+
+
+def _put(root: Path, data: bytes, media_type: str = "application/octet-stream") -> dict[str, Any]:
+    digest = hashlib.sha256(data).hexdigest()
+    path = root / "blobs" / "sha256" / digest
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(data)}
+
+
+def _doc(root: Path, doc: dict[str, Any], media_type: str = OCI_MANIFEST) -> dict[str, Any]:
+    return _put(root, json.dumps(doc, separators=(",", ":")).encode(), media_type)
+
+
+def _image(root: Path, seed: str) -> dict[str, Any]:
+    config = json.dumps(
+        {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}
+    ).encode()
+    doc: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": _put(root, config, OCI_CONFIG),
+        "layers": [_put(root, f"layer {seed}".encode(), OCI_LAYER)],
+    }
+    return _doc(root, doc)
+
+
+def _artifact(root: Path, seed: str, subject: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """An SBOM with ``subject`` as oras attaches one."""
+    doc: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": SPDX,
+        "config": _put(root, b"{}", EMPTY),
+        "layers": [_put(root, f"sbom {seed}".encode(), SPDX)],
+        "subject": {k: subject[k] for k in ("mediaType", "digest", "size")},
+        **extra,
+    }
+    return _doc(root, doc)
+
+
+def _layout(root: Path, entries: list[dict[str, Any]]) -> None:
+    (root / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
+    (root / "index.json").write_text(json.dumps(index))
+
+
+def _named(desc: dict[str, Any], name: str) -> dict[str, Any]:
+    return {**desc, "annotations": {REF_NAME: name}}
+
+
+def _tag(desc: dict[str, Any], suffix: str = "") -> str:
+    return str(desc["digest"]).replace(":", "-") + suffix
+
+
+def _tar(root: Path, out: Path) -> Path:
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                tar.add(path, path.relative_to(root).as_posix())
+    return out
+
+
+def _desc(d: dict[str, Any]) -> Descriptor:
+    return Descriptor(d["mediaType"], Digest.parse(d["digest"]), d["size"])
+
+
+def _entries(root: Path) -> list[dict[str, Any]]:
+    manifests: list[dict[str, Any]] = json.loads((root / "index.json").read_text())["manifests"]
+    return manifests
+
+
+def _listed(root: Path, archive: Path, subject: dict[str, Any]) -> tuple[set[str], set[str]]:
+    """The referrers of ``subject`` the layout at ``root`` and the archive of it list."""
+
+    async def ask() -> tuple[set[str], set[str]]:
+        layout = LayoutSource(Layout(root), "x")
+        from_layout = {str(r.descriptor.digest) for r in await layout.get_referrers(_desc(subject))}
+        opened = OciArchive(archive)
+        try:
+            found = await opened.get_referrers(_desc(subject))
+        finally:
+            await opened.aclose()
+        return from_layout, {str(r.descriptor.digest) for r in found}
+
+    return anyio.run(ask)
+
+
+# ---- a subject is what the manifest says ---------------------------------------------------------
+
+
+def test_a_fallback_index_cannot_make_another_images_referrer_one_of_this_image(
+    tmp_path: Path,
+) -> None:
+    """A referrers-tag-schema index ``sha256-<X>`` that lists a manifest whose own ``subject`` is
+    Y (or that has none) does not make it a referrer of X: the listing would then show, save,
+    load and carry as X's SBOM what is about another image. What it lists about X still is."""
+    root = tmp_path / "layout"
+    x, y = _image(root, "x"), _image(root, "y")
+    about_x = _artifact(root, "about-x", x)
+    about_y = _artifact(root, "about-y", y)
+    about_nothing = _image(root, "no subject")
+    lying = _doc(
+        root,
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [about_x, about_y, about_nothing],
+        },
+        OCI_INDEX,
+    )
+    _layout(root, [_named(x, "x"), _named(y, "y"), _named(lying, _tag(x))])
+
+    from_layout, from_archive = _listed(root, _tar(root, tmp_path / "a.tar"), x)
+    assert from_layout == from_archive == {about_x["digest"]}
+
+
+def test_a_fallback_index_child_the_layout_does_not_hold_is_not_listed(tmp_path: Path) -> None:
+    """A child of a fallback index whose manifest the layout does not hold cannot be checked
+    against its subject: it is not listed as a referrer (nothing says what it is about)."""
+    root = tmp_path / "layout"
+    x = _image(root, "x")
+    about_x = _artifact(root, "about-x", x)
+    gone = _artifact(root, "gone", x)
+    (root / "blobs/sha256" / gone["digest"][7:]).unlink()
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [gone, about_x]}
+    _layout(root, [_named(x, "x"), _named(_doc(root, index, OCI_INDEX), _tag(x))])
+
+    from_layout, from_archive = _listed(root, _tar(root, tmp_path / "a.tar"), x)
+    assert from_layout == from_archive == {about_x["digest"]}
+
+
+# ---- bounded work ------------------------------------------------------------------------------
+
+
+def test_an_index_json_listing_one_big_referrer_many_times_reads_it_once(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """index.json may list the same unnamed entry thousands of times (an archive's index.json
+    may be 16 MiB: ~100 000 entries). The referrer listing reads and hashes each distinct
+    manifest once, not once per entry: otherwise one 4 MiB manifest listed 100 000 times makes
+    ``xfer load`` / ``xfer referrers`` / a copy read and hash 400 GB."""
+    root = tmp_path / "layout"
+    x = _image(root, "x")
+    big = _artifact(root, "big", x, annotations={"pad": "p" * (1 << 20)})  # a 1 MiB manifest
+    _layout(root, [_named(x, "x"), *([big] * 300)])
+    archive = _tar(root, tmp_path / "a.tar")
+
+    reads: list[str] = []
+    real_read = tarindex.TarIndex.read_small
+
+    def counting_read(self: tarindex.TarIndex, name: str, cap: int) -> bytes:
+        reads.append(name)
+        return real_read(self, name, cap)
+
+    monkeypatch.setattr(tarindex.TarIndex, "read_small", counting_read)
+    layout_reads: list[Digest] = []
+    real_get = Layout.get_manifest
+
+    def counting_get(self: Layout, desc: Descriptor) -> Any:
+        layout_reads.append(desc.digest)
+        return real_get(self, desc)
+
+    monkeypatch.setattr(Layout, "get_manifest", counting_get)
+
+    from_layout, from_archive = _listed(root, archive, x)
+    assert from_layout == from_archive == {big["digest"]}
+    assert reads.count(f"blobs/sha256/{big['digest'][7:]}") == 1
+    assert layout_reads.count(Digest.parse(big["digest"])) == 1
+
+
+def test_a_listing_reads_at_most_its_limit_of_manifests_and_keeps_the_rest_as_roots(
+    tmp_path: Path,
+) -> None:
+    """Past its limit of manifests read, a listing reads no more: the entries it did not read
+    stay roots (what they are about is unknown, so gc drops nothing on their account), listed
+    as referrers of nothing, and counted."""
+    root = tmp_path / "layout"
+    x = _image(root, "x")
+    sboms = [_artifact(root, f"sbom {i}", x) for i in range(5)]
+    _layout(root, [_named(x, "x"), *sboms])
+    layout = Layout(root)
+    entries = layout.read_index()
+    reads: list[Digest] = []
+
+    def read(desc: Descriptor) -> Any:
+        reads.append(desc.digest)
+        return layout.get_manifest(desc)
+
+    listing = list_referrers(entries, read, limit=2)
+    assert len(reads) == 2
+    assert {str(r.descriptor.digest) for r in listing.referrers(Digest.parse(x["digest"]))} == {
+        s["digest"] for s in sboms[:2]
+    }
+    assert [str(e.digest) for e in listing.roots(entries)] == [
+        x["digest"],
+        *(s["digest"] for s in sboms[2:]),
+    ]
+    assert listing.unread == 3
