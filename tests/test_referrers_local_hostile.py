@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 
+from tests.helpers import xfer
 from transfer.digest import Digest
 from transfer.endpoints import tarindex
 from transfer.endpoints.archive_read import OciArchive
@@ -29,6 +30,7 @@ OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 EMPTY = "application/vnd.oci.empty.v1+json"
 SPDX = "application/spdx+json"
+SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
 REF_NAME = "org.opencontainers.image.ref.name"
 
 
@@ -67,6 +69,21 @@ def _artifact(root: Path, seed: str, subject: dict[str, Any], **extra: Any) -> d
         "layers": [_put(root, f"sbom {seed}".encode(), SPDX)],
         "subject": {k: subject[k] for k in ("mediaType", "digest", "size")},
         **extra,
+    }
+    return _doc(root, doc)
+
+
+def _signature(root: Path, subject: dict[str, Any]) -> dict[str, Any]:
+    """As cosign signs: no ``subject``, an image config, a simple-signing payload layer."""
+    payload = json.dumps({"critical": {"image": {"docker-manifest-digest": subject["digest"]}}})
+    layer = _put(root, payload.encode(), SIMPLE_SIGNING)
+    layer["annotations"] = {"dev.cosignproject.cosign/signature": "not checked here"}
+    config = {"architecture": "", "os": "", "rootfs": {"type": "layers", "diff_ids": []}}
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": _put(root, json.dumps(config).encode(), OCI_CONFIG),
+        "layers": [layer],
     }
     return _doc(root, doc)
 
@@ -229,3 +246,78 @@ def test_a_listing_reads_at_most_its_limit_of_manifests_and_keeps_the_rest_as_ro
         *(s["digest"] for s in sboms[2:]),
     ]
     assert listing.unread == 3
+
+
+# ---- a signed image as xfer save writes it ------------------------------------------------------
+
+
+def _signed_archive(tmp_path: Path) -> tuple[Path, dict[str, dict[str, Any]]]:
+    """An archive as ``xfer save`` writes a signed image with an SBOM and the SBOM's
+    signature: full references, cosign tags in the image's repository, the SBOM unnamed."""
+    root = tmp_path / "layout"
+    x = _image(root, "x")
+    sig, sbom = _signature(root, x), _artifact(root, "sbom", x)
+    sbom_sig = _signature(root, sbom)
+    _layout(
+        root,
+        [
+            _named(x, "r.example/x:1"),
+            _named(sig, f"r.example/x:{_tag(x, '.sig')}"),
+            {**sbom, "artifactType": SPDX},
+            _named(sbom_sig, f"r.example/x:{_tag(sbom, '.sig')}"),
+        ],
+    )
+    parts = {"image": x, "sig": sig, "sbom": sbom, "sbom_sig": sbom_sig}
+    return _tar(root, tmp_path / "signed.tar"), parts
+
+
+def _stored(store: Path) -> set[str]:
+    return {str(e["digest"]) for e in _entries(store)}
+
+
+# ---- referrers are no images ---------------------------------------------------------------------
+
+
+def test_an_archive_of_one_signed_image_is_read_without_a_name(tmp_path: Path) -> None:
+    """``oci-archive:FILE`` without a name reads the archive's only image: its signatures,
+    SBOMs and their signatures are listed beside it, no images of their own to choose from."""
+    archive, parts = _signed_archive(tmp_path)
+    out = tmp_path / "out"
+    run = xfer("copy", f"oci-archive:{archive}", f"oci:{out}:x")
+    assert run.code == 0, run.err
+    named = {e["annotations"][REF_NAME]: e["digest"] for e in _entries(out) if "annotations" in e}
+    assert named["x"] == parts["image"]["digest"]
+    assert _stored(out) == {p["digest"] for p in parts.values()}  # carried with it
+    run = xfer("inspect", f"oci-archive:{archive}")
+    assert run.code == 0, run.err
+    assert parts["image"]["digest"] in run.out
+
+
+def test_a_layout_of_one_image_and_a_fallback_tag_is_read_without_a_name(tmp_path: Path) -> None:
+    """An ``oci:`` layout holding one image, its referrers under the referrers tag schema's
+    ``sha256-<hex>`` tag and a cosign tag has one image to read without a name."""
+    root = tmp_path / "layout"
+    x = _image(root, "x")
+    sbom, sig = _artifact(root, "sbom", x), _signature(root, x)
+    index = _doc(root, {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [sbom]}, OCI_INDEX)
+    _layout(root, [_named(x, "x"), _named(index, _tag(x)), _named(sig, _tag(x, ".sig"))])
+    run = xfer("copy", f"oci:{root}", f"oci:{tmp_path / 'out'}:y")
+    assert run.code == 0, run.err
+    assert _stored(tmp_path / "out") == {x["digest"], sbom["digest"], sig["digest"]}
+
+
+def test_one_image_under_two_names_is_one_image_to_read_without_a_name(tmp_path: Path) -> None:
+    """A layout or an archive whose one signed image is listed under two names has one image."""
+    root = tmp_path / "layout"
+    x = _image(root, "x")
+    sig = _signature(root, x)
+    _layout(
+        root,
+        [_named(x, "r.example/x:1"), _named(x, "r.example/x:latest"), _named(sig, _tag(x, ".sig"))],
+    )
+    archive = _tar(root, tmp_path / "a.tar")
+    for source in (f"oci:{root}", f"oci-archive:{archive}"):
+        out = tmp_path / source.split(":")[0]
+        run = xfer("copy", source, f"oci:{out}:y")
+        assert run.code == 0, run.err
+        assert _stored(out) == {x["digest"], sig["digest"]}

@@ -316,7 +316,7 @@ class OciArchive(_Archive):
 
     async def get_manifest(self, identifier: str | Digest) -> Manifest:
         tar = await self.tar()
-        desc = self._find(identifier)
+        desc = await self._only() if identifier == "" else self._find(identifier)
         if isinstance(identifier, Digest):
             digest = identifier
         else:
@@ -343,16 +343,22 @@ class OciArchive(_Archive):
             return []
         return [d for d in index.index().manifests if self._blob_name(d) not in tar]
 
+    async def _only(self) -> Descriptor:
+        """The archive's one image: its signatures, SBOMs and attestations (entries under a
+        cosign or fallback tag, or unnamed with a subject) are listed beside it, no images of
+        their own; one image listed under several names is one image."""
+        listing = await self.referrer_listing()
+        roots = listing.roots(self._entries)
+        if len({d.digest for d in roots}) == 1:
+            return roots[0]
+        raise ArchiveError(
+            f"archive {self.path} holds {len({d.digest for d in roots})} images: "
+            f"name one as oci-archive:{self.path}:NAME"
+        )
+
     def _find(self, identifier: str | Digest) -> Descriptor | None:
         if isinstance(identifier, Digest):
             return next((d for d in self._entries if d.digest == identifier), None)
-        if not identifier:
-            if len(self._entries) == 1:
-                return self._entries[0]
-            raise ArchiveError(
-                f"archive {self.path} holds {len(self._entries)} images: "
-                f"name one as oci-archive:{self.path}:NAME"
-            )
         for desc in self._entries:
             if identifier in (
                 desc.annotations.get(REF_NAME),

@@ -177,12 +177,16 @@ class LayoutTransport:
 def only_image(layout: Layout, address: Address) -> str:
     """The name of a layout's one image; naming one is required when it holds several."""
     entries = layout.read_index()
-    # Its referrers (signatures, SBOMs) are listed beside it: no images of their own.
-    names = [d.annotations.get(REF_NAME) for d in layout.listing(entries).roots(entries)]
-    if len(names) == 1 and names[0]:
+    # Its referrers (signatures, SBOMs; under a cosign or fallback tag, or unnamed with a
+    # subject) are listed beside it: no images of their own. One image under several names
+    # is one image.
+    roots = layout.listing(entries).roots(entries)
+    names = [n for n in (d.annotations.get(REF_NAME) for d in roots) if n]
+    if len({d.digest for d in roots}) == 1 and names:
         return names[0]
     raise UsageError(
-        f"{address} holds {len(names)} images: name one as oci:{address.path}:NAME",
+        f"{address} holds {len({d.digest for d in roots})} images: "
+        f"name one as oci:{address.path}:NAME",
     )
 
 
