@@ -321,3 +321,29 @@ def test_one_image_under_two_names_is_one_image_to_read_without_a_name(tmp_path:
         run = xfer("copy", source, f"oci:{out}:y")
         assert run.code == 0, run.err
         assert _stored(out) == {x["digest"], sig["digest"]}
+
+
+# ---- what the target already holds --------------------------------------------------------------
+
+
+def test_a_copy_keeps_the_signature_a_layout_already_holds_under_the_cosign_tag(
+    tmp_path: Path,
+) -> None:
+    """cosign keeps every signature of X in the one manifest under ``sha256-<X>.sig``. A store
+    or an ``oci:`` layout where the site signed X with its own key holds its own ``.sig``;
+    copying the source's ``.sig`` there must not replace it (a policy requiring the site's
+    signature would then refuse X): the one held stays under the tag, and the copy says so."""
+    root = tmp_path / "source"
+    x = _image(root, "x")
+    vendor = _signature(root, x)
+    tag = _tag(x, ".sig")
+    _layout(root, [_named(x, "x"), _named(vendor, tag)])
+    for target, name in ((tmp_path / "site", tag), (tmp_path / "store", f"r.example/x:{tag}")):
+        site = _signature(target, {"digest": x["digest"] + "-site"})  # another payload
+        _layout(target, [_named(site, name)])
+        into = f"oci:{target}:x" if target.name == "site" else "store:r.example/x:1"
+        run = xfer("copy", f"oci:{root}:x", into, store=tmp_path / "store")
+        assert run.code == 0, run.err
+        named = {e["annotations"][REF_NAME]: e["digest"] for e in _entries(target)}
+        assert named[name] == site["digest"], "the site's signature was replaced"
+        assert tag in run.err and "kept" in run.err, run.err

@@ -42,6 +42,7 @@ from ..ingest import Chunk, Ingest
 from ..localfile import open_regular, read_capped, read_upto
 from ..manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest
 from ..ociview import ORIGINAL, is_view_of, needs_view, original_type, views
+from ..progress import Emit, Message, ignore
 from ..referrers import Referrer
 from ..space import Claim, free_bytes
 from . import Opener, Progress
@@ -388,10 +389,17 @@ class Layout:
         self.set_references([name], manifest, extra)
 
     def set_references(
-        self, names: Sequence[str], manifest: Manifest, extra: dict[str, str] | None = None
-    ) -> None:
+        self,
+        names: Sequence[str],
+        manifest: Manifest,
+        extra: dict[str, str] | None = None,
+        *,
+        replace: bool = True,
+    ) -> dict[str, Digest]:
         """``set_reference`` for every one of ``names``, in one update of index.json (an archive
-        may name one image thousands of times: one rewrite and fsync each was quadratic)."""
+        may name one image thousands of times: one rewrite and fsync each was quadratic).
+        ``replace`` False: a name that names another manifest already keeps it, decided under
+        the index lock; those names are returned, with the digest each keeps."""
         wanted = dict.fromkeys(names)
         annotations = dict(extra or {})
         absent = self.absent(manifest) if manifest.is_index else []
@@ -404,9 +412,18 @@ class Layout:
                 self.put_bytes(view.descriptor(), view.raw)
                 entry = view
             annotations[ORIGINAL] = str(manifest.digest)
-        named = [entry.descriptor(annotations={**annotations, REF_NAME: n}) for n in wanted]
+        same = {entry.digest, manifest.digest}
         with self._index_locked() as entries:
-            entries[:] = [e for e in entries if e.annotations.get(REF_NAME) not in wanted] + named
+            held = {
+                name: e.digest
+                for e in ([] if replace else entries)
+                if (name := e.annotations.get(REF_NAME)) in wanted and e.digest not in same
+            }
+            setting = [n for n in wanted if n not in held]
+            named = [entry.descriptor(annotations={**annotations, REF_NAME: n}) for n in setting]
+            gone = set(setting)
+            entries[:] = [e for e in entries if e.annotations.get(REF_NAME) not in gone] + named
+        return held
 
     def _stored(self, desc: Descriptor) -> Manifest | None:
         return self.get_manifest(desc) if self.has_blob(desc) else None
@@ -631,11 +648,18 @@ class LayoutDestination:
 
     concurrent = True
 
-    def __init__(self, layout: Layout, ref_name: str | None, extra: dict[str, str] | None = None):
+    def __init__(
+        self,
+        layout: Layout,
+        ref_name: str | None,
+        extra: dict[str, str] | None = None,
+        emit: Emit = ignore,
+    ):
         self.layout = layout
         self.name = ref_name or str(layout.root)
         self.ref_name = ref_name
         self.extra = extra or {}
+        self.emit = emit
 
     async def has_blob(self, desc: Descriptor) -> bool:
         return self.layout.has_blob(desc)
@@ -675,7 +699,17 @@ class LayoutDestination:
         its tag, in this image's repository where names are full references (the store)."""
         self.layout.put_bytes(manifest.descriptor(), manifest.raw)
         if referrer.tag is not None:
-            self.layout.set_reference(cosign_name(self.ref_name, referrer.tag), manifest)
+            # cosign keeps every signature of an image in the one manifest under its tag: one
+            # held here already (the site's own signature) is never replaced by another's.
+            name = cosign_name(self.ref_name, referrer.tag)
+            held = self.layout.set_references([name], manifest, replace=False)
+            if name in held:
+                self.emit(
+                    Message(
+                        f"warning: {self.name}: {name} names {held[name]} here already: kept "
+                        f"(the source's {manifest.digest} is stored, untagged)"
+                    )
+                )
         else:
             self.layout.add_referrer(referrer_entry(referrer, manifest))
 

@@ -145,7 +145,8 @@ class StoreTransport:
         name = str(address.reference)
         layout = context.session.layout()
         with layout.in_use():
-            async with _writing(LayoutDestination(layout, name), name) as writing:
+            writer = LayoutDestination(layout, name, emit=context.emit)
+            async with _writing(writer, name) as writing:
                 yield writing
 
 
@@ -170,7 +171,8 @@ class LayoutTransport:
         name = name or "latest"
         layout = Layout(address.path, context.settings.ranges)
         with layout.in_use():
-            async with _writing(LayoutDestination(layout, name), name) as writing:
+            writer = LayoutDestination(layout, name, emit=context.emit)
+            async with _writing(writer, name) as writing:
                 yield writing
 
 
