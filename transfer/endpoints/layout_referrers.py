@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .. import jsonio
 from ..digest import Digest
 from ..errors import TransferError
 from ..manifest import Descriptor, Manifest
 from ..reference import parse
-from ..referrers import Referrer
+from ..referrers import Referrer, index_entry, tagged_entry
 
 REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"
@@ -109,37 +109,19 @@ def subject_of(manifest: Manifest) -> Digest | None:
         return None
 
 
-def artifact_type(manifest: Manifest) -> str | None:
-    """As the referrers API reports it: ``artifactType``, else an image's config media type."""
-    declared = _document(manifest).get("artifactType")
-    if isinstance(declared, str) and declared:
-        return declared
-    return None if manifest.is_index else manifest.image().config.media_type
-
-
-def _annotations(manifest: Manifest) -> dict[str, str]:
-    found = _document(manifest).get("annotations")
-    if not isinstance(found, dict):
-        return {}
-    return {k: v for k, v in found.items() if isinstance(k, str) and isinstance(v, str)}
-
-
 def referrer_entry(referrer: Referrer, manifest: Manifest) -> Descriptor:
-    """The index.json entry of a referrer: its manifest's descriptor with ``artifactType`` and
-    annotations (the descriptor's as a referrers index gave them, else the manifest's), and no
-    name: a referrer is no image of its own."""
+    """The index.json entry of a referrer: its manifest's descriptor as a referrers list gives
+    it (``index_entry``: ``artifactType``, annotations), the listing's own artifactType and
+    annotations winning where it gave them, and no name: a referrer is no image of its own."""
+    own = index_entry(manifest)
     given = referrer.descriptor
     annotations = {
         k: v for k, v in given.annotations.items() if k not in (REF_NAME, CONTAINERD_NAME)
     }
-    return Descriptor(
-        manifest.media_type,
-        manifest.digest,
-        len(manifest.raw),
-        (),
-        annotations or _annotations(manifest),
-        None,
-        given.artifact_type or artifact_type(manifest),
+    return replace(
+        own,
+        annotations=annotations or own.annotations,
+        artifact_type=given.artifact_type or own.artifact_type,
     )
 
 
@@ -248,10 +230,11 @@ def list_referrers(
     limit: int = MAX_READS,
 ) -> Listing:
     """The referrers ``entries`` (an index.json's) hold. ``read`` is asked only for the entries
-    that may be referrers (those without a name, and fallback tags, and their children), each
-    digest once; one it cannot read stays a root (what it is about is unknown, so nothing is
-    dropped on its account). A manifest counts as a referrer of X only when its own
-    ``subject`` says X (or its cosign tag does): a fallback index lists what it likes."""
+    that may be referrers (those without a name, fallback tags and their children, cosign
+    tags for their type), each digest once; an unnamed one it cannot read stays a root (what
+    it is about is unknown, so nothing is dropped on its account). A manifest counts as a
+    referrer of X only when its own ``subject`` says X (or its cosign tag does): a fallback
+    index lists what it likes."""
     listing = Listing()
     reader = _Reader(read, limit)
     for position, desc in enumerate(entries):
@@ -259,7 +242,14 @@ def list_referrers(
         cosign = cosign_tag(name)
         if cosign is not None:
             tag, subject = cosign
-            referrer = Referrer(_unnamed(desc), subject, tag)
+            entry = _unnamed(desc)
+            if entry.artifact_type is None and _may_be_manifest(desc.media_type):
+                # As a registry's listing describes it (its first layer's type for cosign's
+                # image config), so a --referrers-type filter picks the same from anywhere.
+                manifest = reader(desc)
+                if manifest is not None:
+                    entry = tagged_entry(manifest)
+            referrer = Referrer(entry, subject, tag)
             listing._add(subject, referrer, name)
             listing.edges.setdefault(subject, []).append(desc)
             listing.not_roots.add(position)
