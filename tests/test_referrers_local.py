@@ -199,6 +199,8 @@ def test_a_layout_says_what_refers_to_an_image_by_subject_and_by_cosign_tag(
     found = anyio.run(source.get_referrers, signed.image)
     assert _digests(found) == {signed.signature.digest, signed.sbom.digest}
     by_digest = {r.descriptor.digest: r for r in found}
+    # Described as a registry's listing describes a cosign signature: by its payload's type.
+    assert by_digest[signed.signature.digest].descriptor.artifact_type == SIMPLE_SIGNING
     assert by_digest[signed.signature.digest].tag == _tag(
         {"digest": str(signed.image.digest)}, ".sig"
     )
@@ -522,6 +524,34 @@ def test_load_reads_every_referrer_of_an_archive_into_the_store(
     before = sorted(_index(store), key=json.dumps)
     assert xfer("load", archive, store=store).code == 0
     assert sorted(_index(store), key=json.dumps) == before
+
+
+@pytest.mark.parametrize(
+    ("flags", "kept"),
+    [
+        (["--no-referrers"], set()),
+        (["--referrers-type", SIMPLE_SIGNING], {"signature"}),
+        (["--referrers-type", SPDX], {"sbom"}),
+        (
+            ["--referrers-type", SPDX, "--referrers-type", SIMPLE_SIGNING],
+            {"signature", "sbom", "sbom_signature"},
+        ),
+    ],
+)
+def test_load_leaves_referrers_as_no_referrers_and_referrers_type_say(
+    images: BuiltImages, tmp_path: Path, store: Path, flags: list[str], kept: set[str]
+) -> None:
+    signed = _signed_layout(images, tmp_path / "signed")
+    archive = tmp_path / "signed.tar"
+    ref = f"{STORE_HOST}/small:1"
+    _save_signed(signed, archive, None, ref)
+
+    run = xfer("load", *flags, archive, store=store)
+    assert run.code == 0, run.err
+    present = {str(e["digest"]) for e in _index(store)}
+    expected = {str(getattr(signed, name).digest) for name in kept}
+    assert present == {str(signed.image.digest)} | expected
+    assert xfer("verify", store=store).code == 0
 
 
 def test_docker_loads_only_images_decided_by_config_type_and_layers(

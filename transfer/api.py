@@ -327,44 +327,50 @@ async def _load_referrers(
     options: CopyOptions,
     emit: Emit,
 ) -> None:
-    """Every referrer an OCI archive's index.json lists goes into the store as the store keeps
-    them (by digest, listed unnamed, a cosign one under its tag in its image's repository),
-    whether or not the copy of its image carried it: a load reads every entry. One already
-    stored is not copied again."""
+    """Every referrer an OCI archive's index.json lists of what was loaded (an image, a child
+    of one, another such referrer) goes into the store as the store keeps them (by digest,
+    listed unnamed, a cosign one under its tag in its image's repository), whether or not the
+    copy of its image carried it: a load reads every entry. ``--no-referrers`` loads none,
+    ``--referrers-type`` only those types (and what refers to those); one already stored is
+    not copied again, and one whose subject was not loaded is left (gc would drop it)."""
     from .endpoints.archive_read import ArchiveImageSource, OciArchive
     from .endpoints.layout_referrers import is_full_reference
 
-    if not isinstance(archive, OciArchive):
+    if not isinstance(archive, OciArchive) or not options.referrers:
         return  # docker's manifest.json lists images only
     found = await archive.referrers()
-    if not found:
-        return
-    # Which loaded image a subject belongs to: the repository its cosign tags go in.
+    types = options.referrer_types
+    # What was loaded, and the image each belongs to: the repository its cosign tags go in.
     owner: dict[Digest, str] = {}
     for result in loaded:
         owner.setdefault(result.manifest.digest, result.reference)
-        owner.setdefault(result.source_digest, result.reference)
         if result.manifest.is_index:
             for child in result.manifest.index().manifests:
                 owner.setdefault(child.digest, result.reference)
-    # A referrer of a referrer (a signature of an SBOM) belongs where its subject does.
-    for _ in range(len(found)):
-        learned = False
-        for referrer, name in found:
-            digest = referrer.descriptor.digest
-            context = name if is_full_reference(name) else owner.get(referrer.subject)
-            if digest not in owner and context is not None:
-                owner[digest] = context
-                learned = True
-        if not learned:
+    chosen: list[tuple[Referrer, str]] = []
+    pending = [(r, n) for r, n in found if not types or r.descriptor.artifact_type in types]
+    while pending:  # level by level: a signature of an SBOM follows the SBOM
+        later = []
+        for referrer, name in pending:
+            subject_owner = owner.get(referrer.subject)
+            if subject_owner is None:
+                later.append((referrer, name))
+                continue
+            context = name if name is not None and is_full_reference(name) else subject_owner
+            owner.setdefault(referrer.descriptor.digest, context)
+            chosen.append((referrer, context))
+        if len(later) == len(pending):
+            if later:
+                emit(Message(f"{archive.path}: {len(later)} referrers of nothing loaded: left"))
             break
-    whole = replace(options, platform=None, platforms=())  # a referrer goes in as it is
+        pending = later
+    # Each referrer alone, whole: what refers to it is in ``chosen`` already.
+    whole = replace(options, platform=None, platforms=(), referrers=False)
     stored = {d.digest for d in layout.read_index()}
-    for referrer, name in found:
+    for referrer, context in chosen:
         digest = referrer.descriptor.digest
         if digest in stored and layout.has_blob(referrer.descriptor):
             continue
-        context = name if is_full_reference(name) else owner.get(referrer.subject)
         source = ArchiveImageSource(archive, str(digest))
         destination = LayoutDestination(layout, context)
         result = await copy_image(source, destination, digest, None, whole, emit)
