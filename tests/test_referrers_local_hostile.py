@@ -23,6 +23,7 @@ from transfer.endpoints.archive_read import OciArchive
 from transfer.endpoints.layout import Layout, LayoutSource
 from transfer.endpoints.layout_referrers import list_referrers
 from transfer.manifest import Descriptor
+from transfer.ociview import ORIGINAL
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -216,6 +217,41 @@ def test_an_index_json_listing_one_big_referrer_many_times_reads_it_once(
     assert from_layout == from_archive == {big["digest"]}
     assert reads.count(f"blobs/sha256/{big['digest'][7:]}") == 1
     assert layout_reads.count(Digest.parse(big["digest"])) == 1
+
+
+def test_an_index_json_repeating_an_entry_that_names_an_original_reads_it_once(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """An entry naming the Docker original of its OCI view (``dev.xfer.original.digest``) is
+    checked by reading both manifests: an index.json repeating it 300 times (under 300 names)
+    reads each once, not 600 times."""
+    root = tmp_path / "layout"
+    x, other = _image(root, "x"), _image(root, "other")
+    entries = [
+        {**x, "annotations": {REF_NAME: f"r.example/x:{i}", ORIGINAL: other["digest"]}}
+        for i in range(300)
+    ]
+    _layout(root, entries)
+    archive = _tar(root, tmp_path / "a.tar")
+    reads: list[str] = []
+    real_read = tarindex.TarIndex.read_small
+
+    def counting_read(self: tarindex.TarIndex, name: str, cap: int) -> bytes:
+        reads.append(name)
+        return real_read(self, name, cap)
+
+    monkeypatch.setattr(tarindex.TarIndex, "read_small", counting_read)
+
+    async def names() -> int:
+        opened = OciArchive(archive)
+        try:
+            return len(await opened.images())
+        finally:
+            await opened.aclose()
+
+    assert anyio.run(names) == 300
+    for desc in (x, other):
+        assert reads.count(f"blobs/sha256/{desc['digest'][7:]}") == 1
 
 
 def test_a_listing_reads_at_most_its_limit_of_manifests_and_keeps_the_rest_as_roots(

@@ -226,6 +226,8 @@ class OciArchive(_Archive):
         super().__init__(path, name, tar)
         self._entries: list[Descriptor] = []
         self._listing: Listing | None = None
+        # (view media type, view, original) → whether the entry's view is the original's
+        self._views: dict[tuple[str, Digest, Digest], bool] = {}
 
     def _load(self, tar: TarIndex) -> None:
         if "index.json" not in tar:
@@ -270,13 +272,17 @@ class OciArchive(_Archive):
             raw = tar.read_small(member, MAX_MANIFEST_BYTES)
             return Manifest.from_bytes(raw, wanted.media_type, expected=wanted.digest)
 
-        try:
-            view, own = read(desc), read(original)
-            if view is not None and own is not None and is_view_of(view, own, read):
-                return original
-        except TransferError:
-            pass  # a damaged view or original: the entry is read as it is, and checked then
-        return desc
+        # Decided once per view and original: index.json may repeat an entry 100 000 times.
+        key = (desc.media_type, desc.digest, digest)
+        if key not in self._views:
+            self._views[key] = False
+            try:
+                view, own = read(desc), read(original)
+                if view is not None and own is not None and is_view_of(view, own, read):
+                    self._views[key] = True
+            except TransferError:
+                pass  # a damaged view or original: the entry is read as it is, and checked then
+        return original if self._views[key] else desc
 
     def _blob_name(self, desc: Descriptor) -> str:
         return f"blobs/{desc.digest.algorithm}/{desc.digest.encoded}"
