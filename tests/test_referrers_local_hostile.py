@@ -311,6 +311,34 @@ def _stored(store: Path) -> set[str]:
     return {str(e["digest"]) for e in _entries(store)}
 
 
+def test_load_no_referrers_leaves_an_archives_referrers_out_of_the_store(tmp_path: Path) -> None:
+    """``xfer load --no-referrers`` leaves signatures and SBOMs in the archive, as every other
+    command does: the store gets the image alone."""
+    archive, parts = _signed_archive(tmp_path)
+    store = tmp_path / "store"
+    run = xfer("load", "--no-referrers", archive, store=store)
+    assert run.code == 0, run.err
+    assert _stored(store) == {parts["image"]["digest"]}
+    run = xfer("load", archive, store=store)  # and without it, every one
+    assert run.code == 0, run.err
+    assert _stored(store) == {p["digest"] for p in parts.values()}
+
+
+def test_load_referrers_type_keeps_only_that_type_at_every_level(tmp_path: Path) -> None:
+    """``--referrers-type T`` keeps only referrers of type T, at every level as a copy does: a
+    cosign signature's type is its payload's (simple signing), and a signature of an SBOM left
+    out is left out with it."""
+    archive, parts = _signed_archive(tmp_path)
+    signatures = tmp_path / "signatures"
+    run = xfer("load", "--referrers-type", SIMPLE_SIGNING, archive, store=signatures)
+    assert run.code == 0, run.err
+    assert _stored(signatures) == {parts["image"]["digest"], parts["sig"]["digest"]}
+    sboms = tmp_path / "sboms"
+    run = xfer("load", "--referrers-type", SPDX, archive, store=sboms)
+    assert run.code == 0, run.err
+    assert _stored(sboms) == {parts["image"]["digest"], parts["sbom"]["digest"]}
+
+
 # ---- referrers are no images ---------------------------------------------------------------------
 
 
@@ -383,3 +411,20 @@ def test_a_copy_keeps_the_signature_a_layout_already_holds_under_the_cosign_tag(
         named = {e["annotations"][REF_NAME]: e["digest"] for e in _entries(target)}
         assert named[name] == site["digest"], "the site's signature was replaced"
         assert tag in run.err and "kept" in run.err, run.err
+
+
+def test_a_load_keeps_the_signature_the_store_already_holds_under_the_cosign_tag(
+    tmp_path: Path,
+) -> None:
+    """A load of a saved signed image into a store where the site signed it already keeps the
+    site's ``.sig`` under the tag (the archive's is stored untagged), and says so."""
+    archive, parts = _signed_archive(tmp_path)
+    store = tmp_path / "store"
+    name = f"r.example/x:{_tag(parts['image'], '.sig')}"
+    site = _signature(store, {"digest": parts["image"]["digest"] + "-site"})
+    _layout(store, [_named(site, name)])
+    run = xfer("load", archive, store=store)
+    assert run.code == 0, run.err
+    named = {e["annotations"][REF_NAME]: e["digest"] for e in _entries(store) if "annotations" in e}
+    assert named[name] == site["digest"], "the site's signature was replaced"
+    assert name in run.err and "kept" in run.err, run.err

@@ -297,7 +297,7 @@ async def load(
                 ref_name, others = (names[0], names[1:]) if names else (None, [])
                 label = ref_name or f"{file} (an image without a name)"
                 source = ArchiveImageSource(archive, label)
-                destination = LayoutDestination(layout, ref_name)
+                destination = LayoutDestination(layout, ref_name, emit=emit)
                 result = await copy_image(source, destination, identifier, ref_name, options, emit)
                 if ref_name is None:
                     # Named only now that its digest is known (the platform's image, if one
@@ -372,7 +372,7 @@ async def _load_referrers(
         if digest in stored and layout.has_blob(referrer.descriptor):
             continue
         source = ArchiveImageSource(archive, str(digest))
-        destination = LayoutDestination(layout, context)
+        destination = LayoutDestination(layout, context, emit=emit)
         result = await copy_image(source, destination, digest, None, whole, emit)
         await destination.put_referrer(referrer, result.manifest)
         stored.add(digest)
