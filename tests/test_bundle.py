@@ -408,6 +408,13 @@ def test_a_signed_image_and_its_sbom_travel_in_the_bundle(
     )
     bundle = tmp_path / "bundle.tar"
     _export(config, f"oci-archive:{bundle}")
+    layout = tmp_path / "layout"  # the same as an OCI layout, imported into a third registry
+    _export(config, f"oci:{layout}")
+    with Registry() as third:
+        run = xfer("mirror", "--json", f"oci:{layout}", f"{third.host}/site")
+        assert run.code == 0, run.err
+        assert run.json_lines()[-1]["copied"] == 2
+        check_signed(third.url, "site/test/small", small.digest, signed.public_key)
     held = _blobs(_members(bundle))
     for attached in (signed.small, signed.multi_index, signed.multi_child):
         assert attached.signature.manifest.digest in held

@@ -51,6 +51,7 @@ from .errors import ArchiveError, TransferError, UsageError
 from .manifest import Descriptor
 from .progress import Emit, Message, ignore
 from .reference import Reference, parse
+from .referrers import is_referrer_tag
 
 if TYPE_CHECKING:
     from .api import Settings
@@ -555,7 +556,9 @@ async def open_bundle(
     found = []
     for entry in await anyio.to_thread.run_sync(layout.read_index):
         name = entry.annotations.get(CONTAINERD_NAME) or entry.annotations.get(REF_NAME)
-        if name and normalised(name):
+        # A full reference names the source repository; a bare tag (another tool's layout, a
+        # cosign tag beside its image) names none to import into.
+        if name and normalised(name) == name:
             desc = await anyio.to_thread.run_sync(layout.resolve, entry)
             found.append(_Image(name, desc.digest, LayoutSource(layout, name)))
     relied = await anyio.to_thread.run_sync(_layout_relies_on, layout)
@@ -623,6 +626,8 @@ async def import_bundle(
         work = []
         for image in found:
             ref = parse(image.name)
+            if options.referrers and ref.tag is not None and is_referrer_tag(ref.tag):
+                continue  # sha256-<hex>[.sig|.att|.sbom] travel with their subject (as mirror)
             item = MirrorItem(ref, _target(ref, destination, scoped))
             if shard is None or shard.owns(item.target):
                 work.append((image, item))
