@@ -404,3 +404,24 @@ def test_a_kept_volume_over_the_size_now_asked_is_written_again(
     assert run.code == 0, run.err
     assert all(v.stat().st_size <= limit for v in _volumes(base))
     assert xfer("verify", f"oci-archive:{base}").code == 0
+
+
+def test_a_damaged_blob_in_a_volume_is_named_with_its_volume_by_load(
+    images: BuiltImages, store: Path, tmp_path: Path
+) -> None:
+    single = tmp_path / "single.tar"
+    refs = _save_two(store, images, single)
+    base = tmp_path / "set.tar"
+    limit = str(max(single.stat().st_size // 3, 8192))
+    assert xfer("save", *refs.values(), "-o", base, "--max-size", limit, store=store).code == 0
+    second = _volumes(base)[1]
+    with tarfile.open(second) as tar:
+        member = next(m for m in tar.getmembers() if m.size > 1000)
+    with second.open("r+b") as handle:
+        handle.seek(member.offset_data + 500)
+        byte = handle.read(1)
+        handle.seek(member.offset_data + 500)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    run = xfer("load", base, store=tmp_path / "loaded")
+    assert run.code == 1
+    assert f"archive {second}: {member.name} does not hold the bytes of" in run.err

@@ -119,7 +119,7 @@ class _Archive:
         member = tar.member(self._blob_name(desc))
         if member.size != desc.size:
             raise ArchiveError(
-                f"archive {self.path}: {member.name} is {member.size} bytes, "
+                f"archive {tar.where(member)}: {member.name} is {member.size} bytes, "
                 f"but {desc.digest} has {desc.size}",
                 digest=str(desc.digest),
             )
@@ -171,8 +171,8 @@ class _MemberBody:
     def _check(self) -> None:
         if self.hasher is not None and self.hasher.hexdigest() != self.desc.digest.encoded:
             raise ArchiveError(
-                f"archive {self.path}: {self.member.name} does not hold the bytes of "
-                f"{self.desc.digest}",
+                f"archive {self.tar.where(self.member)}: {self.member.name} does not hold "
+                f"the bytes of {self.desc.digest}",
                 digest=str(self.desc.digest),
             )
 
