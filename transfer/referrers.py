@@ -59,8 +59,10 @@ EMPTY_CONFIG = "application/vnd.oci.empty.v1+json"
 # Configs that say nothing about what an artifact is (cosign's signatures carry an image config).
 _GENERIC_CONFIGS = frozenset({EMPTY_CONFIG, OCI_CONFIG, DOCKER_CONFIG})
 # A tag that names a digest: the referrers tag schema's and cosign's; never an image of its own
-# when referrers travel with their subject (a mirror leaves these tags to the carry).
-REFERRER_TAG = re.compile(r"[a-z0-9]+-[0-9a-f]{32,128}(?:\.(?:sig|att|sbom))?")
+# when referrers travel with their subject (a mirror leaves these tags to the carry). Exactly a
+# registered algorithm and its length: ``sha-<40 hex>`` or ``main-<40 hex>`` (commit tags) are
+# ordinary tags a mirror must copy.
+REFERRER_TAG = re.compile(r"(?:sha256-[0-9a-f]{64}|sha512-[0-9a-f]{128})(?:\.(?:sig|att|sbom))?")
 
 
 def is_referrer_tag(tag: str) -> bool:

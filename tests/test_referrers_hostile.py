@@ -1,0 +1,114 @@
+"""Referrers from hostile or foreign places (issue 13): a copy carries what is really about the
+image, within bounds, never replaces what a target already records, and never fails an image
+over a referrer it could not record.
+
+Images here are built as small OCI layouts by hand (no test image needed) and pushed to a real
+registry; fixtures/referrersapi.py and fixtures/leakbait.py stand in for what no real registry
+does on demand (a referrers API that lists what it is told to, a Link to another host).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from fixtures.registry import Registry
+from tests.helpers import xfer
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+EMPTY = "application/vnd.oci.empty.v1+json"
+REF_NAME = "org.opencontainers.image.ref.name"
+
+
+# ---- a tiny layout builder ----------------------------------------------------------------------
+
+
+def _put(root: Path, data: bytes, media_type: str = "application/octet-stream") -> dict[str, Any]:
+    digest = hashlib.sha256(data).hexdigest()
+    path = root / "blobs" / "sha256" / digest
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(data)}
+
+
+def _doc(root: Path, doc: dict[str, Any], media_type: str = OCI_MANIFEST) -> dict[str, Any]:
+    return _put(root, json.dumps(doc, separators=(",", ":")).encode(), media_type)
+
+
+def _image(root: Path, seed: str) -> dict[str, Any]:
+    layer = _put(root, f"layer {seed}".encode(), OCI_LAYER)
+    config = json.dumps(
+        {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}
+    ).encode()
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": _put(root, config, OCI_CONFIG),
+        "layers": [layer],
+    }
+    return _doc(root, doc)
+
+
+def _artifact(root: Path, seed: str, subject: dict[str, Any]) -> dict[str, Any]:
+    doc = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": "application/spdx+json",
+        "config": _put(root, b"{}", EMPTY),
+        "layers": [_put(root, f"sbom {seed}".encode(), "application/spdx+json")],
+        "subject": {k: subject[k] for k in ("mediaType", "digest", "size")},
+    }
+    return _doc(root, doc)
+
+
+def _layout(root: Path, entries: list[dict[str, Any]]) -> None:
+    (root / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
+    (root / "index.json").write_text(json.dumps(index))
+
+
+def _named(desc: dict[str, Any], name: str) -> dict[str, Any]:
+    return {**desc, "annotations": {REF_NAME: name}}
+
+
+def _push(root: Path, name: str, target: str) -> None:
+    run = xfer("copy", "--no-referrers", f"oci:{root}:{name}", target)
+    assert run.code == 0, run.err
+
+
+def _tag_digest(registry: Registry, repository: str, tag: str) -> str | None:
+    accept = {"Accept": f"{OCI_MANIFEST}, {OCI_INDEX}"}
+    there = httpx.head(f"{registry.url}/v2/{repository}/manifests/{tag}", headers=accept)
+    return there.headers.get("docker-content-digest") if there.status_code == 200 else None
+
+
+# ---- which tags are referrers' ------------------------------------------------------------------
+
+
+def test_mirror_keeps_ordinary_tags_that_only_look_like_digest_tags(
+    tmp_path: Path, empty_registry: Registry
+) -> None:
+    """``sha-<40 hex>`` (a commit tag), ``main-<40 hex>``, ``build-<32 hex>`` are ordinary image
+    tags: a mirror of every tag copies them. Only ``sha256-<64 hex>`` / ``sha512-<128 hex>``
+    (and cosign's suffixes of them) travel with their subject instead."""
+    root = tmp_path / "layout"
+    a = _image(root, "a")
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    tags = ["1", f"sha-{commit}", f"main-{commit}", f"build-{commit[:32]}"]
+    _layout(root, [_named(a, "a")])
+    for tag in tags:
+        _push(root, "a", f"{empty_registry.host}/app:{tag}")
+    config = tmp_path / "sync.yaml"
+    config.write_text(f"{empty_registry.host}:\n  images:\n    app: []\n")
+    with Registry() as second:
+        run = xfer("mirror", config, f"{second.host}/m")
+        assert run.code == 0, run.err
+        there = set(xfer("tags", f"{second.host}/m/app").out.split())
+    assert there == set(tags), f"mirrored {sorted(there)}, the source has {sorted(tags)}"
