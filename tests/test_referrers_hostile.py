@@ -112,3 +112,36 @@ def test_mirror_keeps_ordinary_tags_that_only_look_like_digest_tags(
         assert run.code == 0, run.err
         there = set(xfer("tags", f"{second.host}/m/app").out.split())
     assert there == set(tags), f"mirrored {sorted(there)}, the source has {sorted(tags)}"
+
+
+# ---- what a target records, or a listing leads to, never fails the image ------------------------
+
+
+def test_a_referrers_page_linking_off_origin_is_refused_and_the_image_still_pulls(
+    tmp_path: Path, empty_registry: Registry, store: Path
+) -> None:
+    """A referrers answer whose ``Link`` leads to another host: no request (and no credential)
+    goes there, and as for the other hostile listings ReferrerBounds names (a looping Link,
+    too many pages, an answer over the cap) the referrers are left with a warning and the
+    image still pulls."""
+    from fixtures.leakbait import Answer, LeakBait, Seen, challenge
+
+    root = tmp_path / "layout"
+    x = _image(root, "x")
+    _layout(root, [_named(x, "x")])
+    _push(root, "x", f"{empty_registry.host}/app:1")
+    with LeakBait(handlers=[challenge("Basic")]) as other:
+
+        def referrers(seen: Seen) -> Answer | None:
+            if "/referrers/" not in seen.target:
+                return None
+            doc = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+            link = f'<{other.url}/v2/app/referrers/{x["digest"]}?n=2>; rel="next"'
+            headers = {"Content-Type": OCI_INDEX, "Link": link}
+            return Answer(200, headers, json.dumps(doc).encode())
+
+        with LeakBait(upstream=empty_registry.url, handlers=[referrers]) as bait:
+            run = xfer("pull", "--creds", "alice:secret", f"{bait.host}/app:1", store=store)
+        assert not other.seen()
+    assert run.code == 0, run.err
+    assert any("warning" in line and "next-page link" in line for line in run.err.splitlines())

@@ -893,7 +893,12 @@ class RegistryClient:
             found += page.index().manifests
             if len(found) > max_referrers:
                 raise ManifestError(f"{what}: more than {max_referrers} referrers")
-            path = self._next_page(resp, what)
+            try:
+                path = self._next_page(resp, what)
+            except RegistryError as exc:
+                # A link off the registry's origin (refused, nothing sent there) is a hostile
+                # listing like a looping one: its referrers are left, the image is not failed.
+                raise ManifestError(exc.message, host=self.host) from None
         return found
 
     async def referrer_tags(self, repository: str) -> frozenset[str] | None:
