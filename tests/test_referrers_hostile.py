@@ -114,6 +114,102 @@ def test_mirror_keeps_ordinary_tags_that_only_look_like_digest_tags(
     assert there == set(tags), f"mirrored {sorted(there)}, the source has {sorted(tags)}"
 
 
+# ---- a referrer is what its own subject says ----------------------------------------------------
+
+
+def test_a_referrer_listed_under_a_subject_it_is_not_about_is_not_carried_as_its_referrer(
+    tmp_path: Path, empty_registry: Registry, store: Path
+) -> None:
+    """A referrers API that lists, under image X, a manifest Z whose own ``subject`` is not X
+    (an unrelated image with none) does not get Z carried as X's referrer: it would be a root
+    nothing names, that ``xfer rm X`` + ``xfer gc`` never remove."""
+    from fixtures.referrersapi import ReferrersAPI
+
+    root = tmp_path / "layout"
+    x = _image(root, "x")
+    z = _image(root, "z")
+    _layout(root, [_named(x, "x"), _named(z, "z")])
+    _push(root, "x", f"{empty_registry.host}/app:1")
+    _push(root, "z", f"{empty_registry.host}/app:other")
+    with ReferrersAPI(empty_registry.url) as api:
+        api.recorded[x["digest"]] = [{**z, "artifactType": "application/spdx+json"}]
+        run = xfer("pull", f"{api.host}/app:1", store=store)
+        assert run.code == 0, run.err
+        assert z["digest"] in run.err and "subject" in run.err, run.err
+        assert xfer("rm", f"{api.host}/app:1", store=store).code == 0
+    assert xfer("gc", store=store).code == 0
+    index = json.loads((store / "index.json").read_text())
+    assert z["digest"] not in {e["digest"] for e in index["manifests"]}
+
+
+def test_a_fallback_index_at_the_source_cannot_carry_another_images_referrer(
+    tmp_path: Path, empty_registry: Registry
+) -> None:
+    """The fallback tag ``sha256-<X>`` of a registry without the referrers API lists an SBOM
+    whose own subject is Y: a copy of X leaves it out (it is not written to the target, nor
+    recorded under either image there), and carries X's own SBOM listed beside it."""
+    root = tmp_path / "layout"
+    x, y = _image(root, "x"), _image(root, "y")
+    about_y, about_x = _artifact(root, "about-y", y), _artifact(root, "about-x", x)
+    lying = _doc(
+        root,
+        {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [about_y, about_x]},
+        OCI_INDEX,
+    )
+    tag = x["digest"].replace(":", "-")
+    named = {"x": x, "lying": lying, "about-y": about_y, "about-x": about_x}
+    _layout(root, [_named(desc, name) for name, desc in named.items()])
+    _push(root, "x", f"{empty_registry.host}/src:1")
+    for name in ("about-y", "about-x"):
+        _push(root, name, f"{empty_registry.host}/src:{name}")
+    _push(root, "lying", f"{empty_registry.host}/src:{tag}")
+
+    run = xfer("copy", f"{empty_registry.host}/src:1", f"{empty_registry.host}/dst:1")
+    assert run.code == 0, run.err
+    raw = httpx.get(
+        f"{empty_registry.url}/v2/dst/manifests/{tag}", headers={"Accept": OCI_INDEX}
+    ).json()
+    listed = {m["digest"] for m in raw["manifests"]}
+    assert listed == {about_x["digest"]}, listed
+    assert _tag_digest(empty_registry, "dst", about_x["digest"]) == about_x["digest"]
+    assert _tag_digest(empty_registry, "dst", about_y["digest"]) is None, "carried"
+    assert _tag_digest(empty_registry, "dst", y["digest"].replace(":", "-")) is None
+
+
+# ---- bounded work -------------------------------------------------------------------------------
+
+
+def test_a_listing_of_referrers_that_are_not_there_is_bounded_like_one_of_referrers_that_are(
+    tmp_path: Path, empty_registry: Registry, store: Path
+) -> None:
+    """A referrers API answers one page of 1300 made-up digests (about 200 KB). Each costs a
+    manifest GET (404) before it is found dangling: every referrer tried counts towards
+    ``ReferrerBounds.count`` (1000), so one small answer cannot make a copy send thousands of
+    requests; the image still pulls."""
+    from fixtures.referrersapi import ReferrersAPI
+
+    root = tmp_path / "layout"
+    a = _image(root, "a")
+    _layout(root, [_named(a, "a")])
+    _push(root, "a", f"{empty_registry.host}/app:1")
+    fake = [
+        {
+            "mediaType": OCI_MANIFEST,
+            "digest": "sha256:" + hashlib.sha256(b"fake %d" % i).hexdigest(),
+            "size": 300,
+            "artifactType": "application/spdx+json",
+        }
+        for i in range(1300)
+    ]
+    with ReferrersAPI(empty_registry.url) as api:
+        api.recorded[a["digest"]] = fake
+        mark = empty_registry.mark()
+        run = xfer("pull", f"{api.host}/app:1", store=store, timeout=600)
+        assert run.code == 0, run.err
+    gets = [r for r in empty_registry.requests(mark) if r.kind == "manifest"]
+    assert len(gets) <= 1100, f"{len(gets)} manifest requests for one image"
+
+
 # ---- what a target records, or a listing leads to, never fails the image ------------------------
 
 

@@ -49,7 +49,13 @@ from .progress import (
     Message,
     ignore,
 )
-from .referrers import FilteringReferrerSource, Referrer, ReferrerBounds, ReferrerCheck
+from .referrers import (
+    FilteringReferrerSource,
+    Referrer,
+    ReferrerBounds,
+    ReferrerCheck,
+    declared_subject,
+)
 from .retry import RetryPolicy, retrying
 
 SMALL_BLOB = 1 << 20  # blobs up to this size ...
@@ -299,7 +305,9 @@ class _Carry:
         self.options = mover.options
         self.emit = mover.emit
         self.carried: list[Digest] = []
+        self.tried = 0  # referrers tried (carried, there already, missing or refused)
         self.dangling = 0
+        self.missed = 0  # dangling ones in a row
 
     async def run(self, subjects: Sequence[Descriptor]) -> list[Digest]:
         source, destination, options = self.mover.source, self.mover.destination, self.options
@@ -330,12 +338,21 @@ class _Carry:
                     seen.add(desc.digest)
                     if options.referrer_types and desc.artifact_type not in options.referrer_types:
                         continue
-                    if len(self.carried) >= bounds.count:
+                    # Every one tried counts, found or not: each costs requests, and a
+                    # listing of made-up digests must be bounded like one of real referrers.
+                    if self.tried >= bounds.count:
                         self._say(f"more than {bounds.count} referrers: the rest not carried")
                         return self._done()
+                    self.tried += 1
                     if await self._carry(referrer, destination):
                         self.carried.append(desc.digest)
                         below.append(desc)
+                    elif self.missed >= bounds.misses:
+                        self._say(
+                            f"{self.missed} referrers listed in a row are not in the source: "
+                            "the rest not tried"
+                        )
+                        return self._done()
             frontier = below
         return self._done()
 
@@ -366,26 +383,38 @@ class _Carry:
             return []
 
     async def _carry(self, referrer: Referrer, destination: ReferrerDestination) -> bool:
-        """Copy one referrer by digest (its blobs first) and record it; False when the source
-        does not hold what it lists (a dangling entry of a fallback index)."""
+        """Copy one referrer by digest (its blobs first) and record it; False when it is not
+        carried: the source does not hold what it lists (a dangling entry of a fallback
+        index), or it is not about the subject it is listed under (said)."""
         mover, policy, emit = self.mover, self.options.retry, self.emit
-        if isinstance(destination, ReferrerCheck) and await retrying(
-            f"referrer {referrer.descriptor.digest}",
-            lambda: destination.has_referrer(referrer),
-            policy,
-            emit,
-        ):
-            return True  # there and recorded: nothing moves, nothing is written
         digest = referrer.descriptor.digest
+        if isinstance(destination, ReferrerCheck) and await retrying(
+            f"referrer {digest}", lambda: destination.has_referrer(referrer), policy, emit
+        ):
+            self.missed = 0
+            return True  # there and recorded: nothing moves, nothing is written
         single = CopyOptions(jobs=self.options.jobs, retry=policy, bounds=self.options.bounds)
         try:
             _, plan = await resolve(mover.source, digest, single, emit)
         except NotFound:
             self.dangling += 1
+            self.missed += 1
             return False
         except ManifestError as exc:
             self._say(f"referrer {digest} not carried: {exc}")
             return False
+        self.missed = 0
+        if referrer.tag is None:
+            # A listing (an API's answer, a fallback index) is only a claim: what a manifest
+            # is about is its own ``subject``. Another image's SBOM, or an unrelated image,
+            # carried as this one's would be kept, saved and copied as if it were.
+            about = declared_subject(plan.top)
+            if about != referrer.subject:
+                what = f"its subject is {about}" if about else "it names no subject"
+                self._say(
+                    f"referrer {digest} is listed under {referrer.subject}, but {what}: not carried"
+                )
+                return False
         await mover.move(plan)
         await _put_manifest(mover.destination, plan.top, None, policy, emit)
         await retrying(

@@ -23,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from . import jsonio
 from .digest import Digest
-from .errors import ManifestError
+from .errors import InvalidDigest, ManifestError
 from .manifest import DOCKER_CONFIG, OCI_CONFIG, OCI_INDEX, Descriptor, Manifest
 
 # cosign's tag convention: the subject's digest as a tag, with the kind as suffix.
@@ -111,6 +111,19 @@ def tagged_entry(manifest: Manifest) -> Descriptor:
     return entry
 
 
+def declared_subject(manifest: Manifest) -> Digest | None:
+    """The digest a manifest (an image manifest or an index) names as its ``subject``; None
+    when it names none, or nothing readable."""
+    subject = _document(manifest).get("subject")
+    digest = subject.get("digest") if isinstance(subject, dict) else None
+    if not isinstance(digest, str):
+        return None
+    try:
+        return Digest.parse(digest)
+    except InvalidDigest:
+        return None
+
+
 def merge_index(current: Manifest | None, entry: Descriptor) -> Manifest | None:
     """The fallback tag's index with ``entry`` added: every entry already there kept as it is
     (another tool's referrer, fields we do not know), and its other fields too. None when the
@@ -163,7 +176,10 @@ class ReferrerBounds:
     (huge, cyclic or deep) stops here, with one line said, and the image itself still copies."""
 
     depth: int = 4  # image → SBOM → its signature → ... levels below the image
-    count: int = 1000  # referrers carried for one image, every level together
+    # Referrers tried for one image, every level together: carried, there already, or found
+    # missing (each costs requests, so a listing of made-up digests is bounded too).
+    count: int = 1000
+    misses: int = 100  # listed referrers in a row the source does not hold: the rest not tried
 
 
 # --- the tree `xfer referrers` shows ------------------------------------------------------------
