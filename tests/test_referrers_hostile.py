@@ -89,6 +89,34 @@ def _tag_digest(registry: Registry, repository: str, tag: str) -> str | None:
     return there.headers.get("docker-content-digest") if there.status_code == 200 else None
 
 
+# ---- cosign's tag at the target -----------------------------------------------------------------
+
+
+def test_a_copy_keeps_the_signatures_the_target_already_has_under_the_cosign_tag(
+    tmp_path: Path, empty_registry: Registry
+) -> None:
+    """cosign keeps every signature of X in one manifest under ``sha256-<X>.sig``. A target
+    where the site signed X with its own key has its own ``.sig``: a copy of X with the
+    vendor's signature must leave it (as ``cosign copy`` does without ``-f``), saying so in one
+    line that names the tag, and still copy the image."""
+    root = tmp_path / "layout"
+    x = _image(root, "x")
+    vendor_sig = _image(root, "signature by the vendor")
+    tag = x["digest"].replace(":", "-") + ".sig"
+    _layout(root, [_named(x, "x"), _named(vendor_sig, tag)])
+    site = tmp_path / "site"
+    site_sig = _image(site, "signature by the site")
+    _layout(site, [_named(site_sig, "sig")])
+    _push(site, "sig", f"{empty_registry.host}/app:{tag}")
+
+    run = xfer("copy", f"oci:{root}:x", f"{empty_registry.host}/app:1")
+    assert run.code == 0, run.err
+    assert _tag_digest(empty_registry, "app", tag) == site_sig["digest"]
+    assert _tag_digest(empty_registry, "app", "1") == x["digest"]
+    warned = [line for line in run.err.splitlines() if "warning" in line and tag in line]
+    assert len(warned) == 1, run.err
+
+
 # ---- which tags are referrers' ------------------------------------------------------------------
 
 
@@ -211,6 +239,26 @@ def test_a_listing_of_referrers_that_are_not_there_is_bounded_like_one_of_referr
 
 
 # ---- what a target records, or a listing leads to, never fails the image ------------------------
+
+
+def test_a_foreign_fallback_tag_at_the_target_does_not_fail_the_copy(
+    tmp_path: Path, empty_registry: Registry
+) -> None:
+    """The target's fallback tag ``sha256-<X>`` names something that is not an OCI index
+    (another tool's, or a hostile one): the copy of X succeeds, the image and its SBOM are
+    written by digest, the tag is left as it is, with a warning naming it."""
+    root = tmp_path / "layout"
+    x = _image(root, "x")
+    sbom = _artifact(root, "sbom", x)
+    other = _image(root, "other")
+    _layout(root, [_named(x, "x"), _named(other, "other"), sbom])
+    tag = x["digest"].replace(":", "-")
+    _push(root, "other", f"{empty_registry.host}/app:{tag}")  # not an index
+    run = xfer("copy", f"oci:{root}:x", f"{empty_registry.host}/app:1")
+    assert run.code == 0, run.err
+    assert _tag_digest(empty_registry, "app", tag) == other["digest"]
+    assert _tag_digest(empty_registry, "app", sbom["digest"]) == sbom["digest"]
+    assert any("warning" in line and tag in line for line in run.err.splitlines()), run.err
 
 
 def test_a_referrers_page_linking_off_origin_is_refused_and_the_image_still_pulls(

@@ -385,14 +385,19 @@ class _Carry:
     async def _carry(self, referrer: Referrer, destination: ReferrerDestination) -> bool:
         """Copy one referrer by digest (its blobs first) and record it; False when it is not
         carried: the source does not hold what it lists (a dangling entry of a fallback
-        index), or it is not about the subject it is listed under (said)."""
+        index), it is not about the subject it is listed under, or the destination keeps
+        something else where it would be recorded (said, the image not failed)."""
         mover, policy, emit = self.mover, self.options.retry, self.emit
         digest = referrer.descriptor.digest
-        if isinstance(destination, ReferrerCheck) and await retrying(
-            f"referrer {digest}", lambda: destination.has_referrer(referrer), policy, emit
-        ):
-            self.missed = 0
-            return True  # there and recorded: nothing moves, nothing is written
+        try:
+            if isinstance(destination, ReferrerCheck) and await retrying(
+                f"referrer {digest}", lambda: destination.has_referrer(referrer), policy, emit
+            ):
+                self.missed = 0
+                return True  # there and recorded: nothing moves, nothing is written
+        except (ManifestError, TooLarge) as exc:  # e.g. another signature under its tag
+            self._say(f"referrer {digest} not carried: {exc}")
+            return False
         single = CopyOptions(jobs=self.options.jobs, retry=policy, bounds=self.options.bounds)
         try:
             _, plan = await resolve(mover.source, digest, single, emit)
@@ -417,12 +422,16 @@ class _Carry:
                 return False
         await mover.move(plan)
         await _put_manifest(mover.destination, plan.top, None, policy, emit)
-        await retrying(
-            f"referrer {digest}",
-            lambda: destination.put_referrer(referrer, plan.top),
-            policy,
-            emit,
-        )
+        try:
+            await retrying(
+                f"referrer {digest}",
+                lambda: destination.put_referrer(referrer, plan.top),
+                policy,
+                emit,
+            )
+        except (ManifestError, TooLarge) as exc:  # e.g. a foreign fallback tag: left as it is
+            self._say(f"referrer {digest} copied by digest, not recorded: {exc}")
+            return False
         return True
 
 

@@ -24,7 +24,14 @@ from typing import Any, Protocol, runtime_checkable
 from . import jsonio
 from .digest import Digest
 from .errors import InvalidDigest, ManifestError
-from .manifest import DOCKER_CONFIG, OCI_CONFIG, OCI_INDEX, Descriptor, Manifest
+from .manifest import (
+    DOCKER_CONFIG,
+    MAX_MANIFEST_BYTES,
+    OCI_CONFIG,
+    OCI_INDEX,
+    Descriptor,
+    Manifest,
+)
 
 # cosign's tag convention: the subject's digest as a tag, with the kind as suffix.
 COSIGN_SUFFIXES = (".sig", ".att", ".sbom")
@@ -133,8 +140,7 @@ def merge_index(current: Manifest | None, entry: Descriptor) -> Manifest | None:
     else:
         if not current.is_index:
             raise ManifestError(
-                f"the referrers fallback tag names {current.digest}, a {current.media_type}, "
-                "not an index: left as it is",
+                f"it names {current.digest}, a {current.media_type}, not an index: left as it is",
                 digest=str(current.digest),
             )
         if any(d.digest == entry.digest for d in current.index().manifests):
@@ -142,12 +148,19 @@ def merge_index(current: Manifest | None, entry: Descriptor) -> Manifest | None:
         doc = _document(current)
         if current.media_type != OCI_INDEX:
             raise ManifestError(
-                f"the referrers fallback index {current.digest} is a {current.media_type}, "
+                f"its index {current.digest} is a {current.media_type}, "
                 "not an OCI index: left as it is",
                 digest=str(current.digest),
             )
     doc["manifests"] = [*doc.get("manifests", []), entry.to_json()]
     raw = json.dumps(doc, separators=(",", ":")).encode()
+    if len(raw) > MAX_MANIFEST_BYTES:
+        # Written, no reader (ours included) would take it: the index stays as it is.
+        raise ManifestError(
+            f"its index would grow past {MAX_MANIFEST_BYTES} bytes with "
+            f"{entry.digest}: left as it is",
+            digest=str(entry.digest),
+        )
     return Manifest.from_bytes(raw, OCI_INDEX, what="referrers fallback index")
 
 

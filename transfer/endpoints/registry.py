@@ -22,12 +22,14 @@ import anyio
 from ..client import RegistryClient, Started
 from ..digest import Digest, Verifier
 from ..errors import (
+    ManifestError,
     NetworkError,
     NotFound,
     RangeError,
     RangeIgnored,
     RegistryError,
     SizeMismatch,
+    TooLarge,
     TransferError,
     UsageError,
 )
@@ -336,7 +338,19 @@ class RegistryDestination:
         client, repository = self.client, self.reference.repository
         if referrer.tag is not None:
             there = await client.head_manifest(repository, referrer.tag)
-            return there is not None and there.digest == referrer.descriptor.digest
+            if there is None or there.digest == referrer.descriptor.digest:
+                return there is not None
+            # cosign keeps every signature (attestation, SBOM) of an image in the one
+            # manifest under this tag; the target's names another, its own signatures maybe.
+            # `cosign copy` refuses to replace it (without -f); so does a copy here: it is
+            # left as it is, and the source's is not carried (a merge would be a new manifest
+            # no tool signed off: the copy would change what the tag's owner wrote).
+            raise ManifestError(
+                f"the tag {self.client.host}/{repository}:{referrer.tag} names another "
+                f"manifest, {there.digest}: left as it is (cosign keeps all of an image's "
+                "signatures in that one manifest; the source's are not merged into it)",
+                digest=str(referrer.descriptor.digest),
+            )
         listed = await self._listed(referrer.subject)
         return referrer.descriptor.digest in listed
 
@@ -349,8 +363,15 @@ class RegistryDestination:
         if api is not None:
             listed = {d.digest for d in api}
         else:
-            index = await self._fallback_index(subject)
-            listed = {d.digest for d in index.index().manifests} if index else set()
+            try:
+                index = await self._fallback_index(subject)
+            except (ManifestError, TooLarge):
+                index = None  # unreadable (over the cap): lists nothing we can tell
+            # Not an index (another tool's tag, or a hostile one): it lists nothing; recording
+            # there says why it is left as it is (merge_index).
+            listed = (
+                {d.digest for d in index.index().manifests} if index and index.is_index else set()
+            )
         self._subjects[subject] = listed
         return listed
 
@@ -384,28 +405,39 @@ class RegistryDestination:
         client, repository = self.client, self.reference.repository
         lock = client.fallback_locks.setdefault((repository, subject), anyio.Lock())
         tag = fallback_tag(subject)
-        async with lock:
-            for attempt in range(FALLBACK_ATTEMPTS):
-                merged = merge_index(await self._fallback_index(subject), entry)
-                if merged is None:
-                    break  # listed already (by us, a moment ago, or by another copy)
-                await client.put_manifest(repository, tag, merged)
-                # Let a concurrent writer's PUT land before ours is read back (and give
-                # writers that keep colliding different turns).
-                await anyio.sleep(random.uniform(0.05, 0.1) * (attempt + 1))
-            else:
-                current = await self._fallback_index(subject)
-                if current is None or entry.digest not in {
-                    d.digest for d in current.index().manifests
-                }:
-                    raise RegistryError(
-                        f"referrers fallback tag {self.client.host}/{repository}:{tag}: other "
-                        f"writers replaced it {FALLBACK_ATTEMPTS} times without our entry "
-                        f"{entry.digest}",
-                        host=self.client.host,
-                        digest=str(entry.digest),
-                    )
+        try:
+            async with lock:
+                await self._merge_turns(subject, entry, tag)
+        except (ManifestError, TooLarge) as exc:
+            # Not an index, over the cap, or one more entry would put it over: another
+            # tool's tag (or a hostile one) is left as it is; the caller says so.
+            raise ManifestError(
+                f"referrers fallback tag {self.client.host}/{repository}:{tag}: {exc.message}",
+                digest=str(entry.digest),
+            ) from None
         self._subjects.setdefault(subject, set()).add(entry.digest)
+
+    async def _merge_turns(self, subject: Digest, entry: Descriptor, tag: str) -> None:
+        """``_merge_fallback``'s read, add, write, read again (the caller holds the lock)."""
+        client, repository = self.client, self.reference.repository
+        for attempt in range(FALLBACK_ATTEMPTS):
+            merged = merge_index(await self._fallback_index(subject), entry)
+            if merged is None:
+                break  # listed already (by us, a moment ago, or by another copy)
+            await client.put_manifest(repository, tag, merged)
+            # Let a concurrent writer's PUT land before ours is read back (and give
+            # writers that keep colliding different turns).
+            await anyio.sleep(random.uniform(0.05, 0.1) * (attempt + 1))
+        else:
+            current = await self._fallback_index(subject)
+            if current is None or entry.digest not in {d.digest for d in current.index().manifests}:
+                raise RegistryError(
+                    f"referrers fallback tag {self.client.host}/{repository}:{tag}: other "
+                    f"writers replaced it {FALLBACK_ATTEMPTS} times without our entry "
+                    f"{entry.digest}",
+                    host=self.client.host,
+                    digest=str(entry.digest),
+                )
 
     async def commit(self) -> None:
         return None
