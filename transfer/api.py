@@ -33,7 +33,7 @@ from .endpoints.address import Address, parse_address
 from .endpoints.layout import REF_NAME, Layout, LayoutDestination
 from .endpoints.layout_referrers import cosign_tag
 from .endpoints.transports import Context, Origin, archive, open_destination, open_source
-from .errors import ArchiveError, StoreError, UsageError
+from .errors import ArchiveError, ManifestError, StoreError, UsageError
 from .fetch import RangePolicy
 from .manifest import MAX_CONFIG_BYTES, Descriptor, ImageConfig, Manifest, Platform
 from .progress import Emit, Message, ignore
@@ -297,7 +297,7 @@ async def load(
                 ref_name, others = (names[0], names[1:]) if names else (None, [])
                 label = ref_name or f"{file} (an image without a name)"
                 source = ArchiveImageSource(archive, label)
-                destination = LayoutDestination(layout, ref_name, emit=emit)
+                destination = LayoutDestination(layout, ref_name)
                 result = await copy_image(source, destination, identifier, ref_name, options, emit)
                 if ref_name is None:
                     # Named only now that its digest is known (the platform's image, if one
@@ -372,9 +372,18 @@ async def _load_referrers(
         if digest in stored and layout.has_blob(referrer.descriptor):
             continue
         source = ArchiveImageSource(archive, str(digest))
-        destination = LayoutDestination(layout, context, emit=emit)
-        result = await copy_image(source, destination, digest, None, whole, emit)
-        await destination.put_referrer(referrer, result.manifest)
+        destination = LayoutDestination(layout, context)
+        try:
+            # A cosign tag naming another manifest in the store is left as it is, as a copy
+            # leaves it (said, nothing of the archive's written), also when the image's copy
+            # found it first and said so.
+            if referrer.tag is not None and await destination.has_referrer(referrer):
+                continue
+            result = await copy_image(source, destination, digest, None, whole, emit)
+            await destination.put_referrer(referrer, result.manifest)
+        except ManifestError as exc:
+            emit(Message(f"warning: {context}: referrer {digest} not loaded: {exc}"))
+            continue
         stored.add(digest)
 
 

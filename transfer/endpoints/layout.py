@@ -36,13 +36,19 @@ import anyio
 from .. import jsonio
 from ..digest import Digest, Verifier
 from ..durable import atomic_write, create_once, fsync_dir, remove_dead_temporaries
-from ..errors import IntegrityError, NetworkError, RangeError, StoreError, TransferError
+from ..errors import (
+    IntegrityError,
+    ManifestError,
+    NetworkError,
+    RangeError,
+    StoreError,
+    TransferError,
+)
 from ..fetch import RangePolicy, fill
 from ..ingest import Chunk, Ingest
 from ..localfile import open_regular, read_capped, read_upto
 from ..manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest
 from ..ociview import ORIGINAL, is_view_of, needs_view, original_type, views
-from ..progress import Emit, Message, ignore
 from ..referrers import Referrer
 from ..space import Claim, free_bytes
 from . import Opener, Progress
@@ -648,18 +654,11 @@ class LayoutDestination:
 
     concurrent = True
 
-    def __init__(
-        self,
-        layout: Layout,
-        ref_name: str | None,
-        extra: dict[str, str] | None = None,
-        emit: Emit = ignore,
-    ):
+    def __init__(self, layout: Layout, ref_name: str | None, extra: dict[str, str] | None = None):
         self.layout = layout
         self.name = ref_name or str(layout.root)
         self.ref_name = ref_name
         self.extra = extra or {}
-        self.emit = emit
 
     async def has_blob(self, desc: Descriptor) -> bool:
         return self.layout.has_blob(desc)
@@ -683,12 +682,18 @@ class LayoutDestination:
         self.layout.set_reference(tag, manifest, self.extra)
 
     async def has_referrer(self, referrer: Referrer) -> bool:
-        """Stored and listed where ``put_referrer`` lists it (a rerun then writes nothing)."""
-        if not self.layout.has_blob(referrer.descriptor):
-            return False
+        """Stored and listed where ``put_referrer`` lists it (a rerun then writes nothing).
+        A cosign tag naming another manifest here raises ``ManifestError`` (see ``_held``):
+        the copy says so and carries nothing of the source's."""
         name = None
         if referrer.tag is not None:
             name = cosign_name(self.ref_name, referrer.tag)
+            entries = self.layout.read_index()
+            held = next((e.digest for e in entries if e.annotations.get(REF_NAME) == name), None)
+            if held is not None and held != referrer.descriptor.digest:
+                raise self._held(name, held, referrer.descriptor.digest)
+        if not self.layout.has_blob(referrer.descriptor):
+            return False
         return any(
             e.digest == referrer.descriptor.digest and e.annotations.get(REF_NAME) == name
             for e in self.layout.read_index()
@@ -696,22 +701,27 @@ class LayoutDestination:
 
     async def put_referrer(self, referrer: Referrer, manifest: Manifest) -> None:
         """A referrer with a subject becomes an unnamed index.json entry; a cosign one keeps
-        its tag, in this image's repository where names are full references (the store)."""
+        its tag, in this image's repository where names are full references (the store),
+        unless the tag names another manifest here (``ManifestError``, nothing named)."""
         self.layout.put_bytes(manifest.descriptor(), manifest.raw)
         if referrer.tag is not None:
-            # cosign keeps every signature of an image in the one manifest under its tag: one
-            # held here already (the site's own signature) is never replaced by another's.
             name = cosign_name(self.ref_name, referrer.tag)
             held = self.layout.set_references([name], manifest, replace=False)
             if name in held:
-                self.emit(
-                    Message(
-                        f"warning: {self.name}: {name} names {held[name]} here already: kept "
-                        f"(the source's {manifest.digest} is stored, untagged)"
-                    )
-                )
+                raise self._held(name, held[name], manifest.digest)
         else:
             self.layout.add_referrer(referrer_entry(referrer, manifest))
+
+    def _held(self, name: str, held: Digest, digest: Digest) -> ManifestError:
+        """cosign keeps every signature (attestation, SBOM) of an image in the one manifest
+        under its tag: one held here (the site's own signatures maybe) is left as it is, as
+        ``cosign copy`` leaves it without -f, never merged (a manifest no tool signed off)."""
+        return ManifestError(
+            f"the tag {name} in {self.layout.root} names another manifest, {held}: left as it "
+            "is (cosign keeps all of an image's signatures in that one manifest; the source's "
+            "are not merged into it)",
+            digest=str(digest),
+        )
 
     async def commit(self) -> None:
         return None

@@ -145,8 +145,7 @@ class StoreTransport:
         name = str(address.reference)
         layout = context.session.layout()
         with layout.in_use():
-            writer = LayoutDestination(layout, name, emit=context.emit)
-            async with _writing(writer, name) as writing:
+            async with _writing(LayoutDestination(layout, name), name) as writing:
                 yield writing
 
 
@@ -171,8 +170,7 @@ class LayoutTransport:
         name = name or "latest"
         layout = Layout(address.path, context.settings.ranges)
         with layout.in_use():
-            writer = LayoutDestination(layout, name, emit=context.emit)
-            async with _writing(writer, name) as writing:
+            async with _writing(LayoutDestination(layout, name), name) as writing:
                 yield writing
 
 
