@@ -205,3 +205,83 @@ def test_an_import_checks_the_blobs_its_referrers_rely_on_before_writing_anythin
     assert doc["layers"][0]["digest"] in run.err, run.err
     tagged = xfer("inspect", "--raw", f"{empty_registry.host}/pre/a:1")
     assert tagged.code != 0, "the image was tagged before the import found a blob missing"
+
+
+def test_an_import_does_not_put_an_image_under_a_name_whose_digest_names_another(
+    tmp_path: Path, empty_registry: Any
+) -> None:
+    """A bundle entry named ``r.example/y@sha256:C`` that holds manifest B (a hostile bundle;
+    or an export of a digest reference with --platform, whose entry is then the platform's
+    image or a filtered index) must not be reported as written to ``PREFIX/y@sha256:C`` (which
+    the target never gets), nor copied again on every rerun (issue 14: a rerun is a no-op);
+    ``r.example/z:1@sha256:A`` holding C must not tag C as z:1 when the name pins A."""
+    root = tmp_path / "layout"
+    a, b, c = _image(root, "a"), _image(root, "b"), _image(root, "c")
+    _layout(
+        root,
+        [
+            _named(a, "r.example/x:1"),
+            _named(b, f"r.example/y@{c['digest']}"),
+            _named(c, f"r.example/z:1@{a['digest']}"),
+        ],
+    )
+    bundle = _tar(root, tmp_path / "b.tar")
+    dest = f"{empty_registry.host}/pre"
+    first = xfer("mirror", "--json", f"oci-archive:{bundle}", dest)
+    summary = first.json_lines()[-1]
+    claimed = {i["target"]: i["digest"] for i in summary["images"]["copied"]}
+    for target, digest in claimed.items():
+        if "@" in target:
+            assert target.endswith("@" + digest), f"reported {target} but wrote {digest}"
+    tagged = xfer("inspect", "--raw", f"{dest}/z:1")
+    assert tagged.code != 0 or hashlib.sha256(tagged.out.encode()).hexdigest() != c["digest"][7:], (
+        "z:1 was tagged with C although its name pins A"
+    )
+    again = xfer("mirror", "--json", f"oci-archive:{bundle}", dest)
+    assert again.json_lines()[-1]["copied"] == 0, "a rerun of the import copies again"
+
+
+def test_an_import_names_two_images_that_would_land_on_the_same_target_tag(
+    tmp_path: Path, empty_registry: Any
+) -> None:
+    """Without --scoped, ``a.example/app:1`` and ``b.example/app:1`` both go to PREFIX/app:1:
+    two different images race for one tag and the report says both were copied. The import
+    must refuse (or fail those images) naming the clash, so the tag's content is never a
+    matter of which copy finished last."""
+    root = tmp_path / "layout"
+    a, b = _image(root, "a"), _image(root, "b")
+    _layout(root, [_named(a, "a.example/app:1"), _named(b, "b.example/app:1")])
+    bundle = _tar(root, tmp_path / "b.tar")
+    run = xfer("mirror", "--json", f"oci-archive:{bundle}", f"{empty_registry.host}/pre")
+    copied = run.json_lines()[-1]["copied"] if run.code == 0 else 0
+    assert copied < 2, "both images reported copied to the one tag pre/app:1"
+
+
+def test_a_mirror_names_two_sources_that_would_land_on_the_same_target_tag(
+    tmp_path: Path, empty_registry: Any
+) -> None:
+    """The registry-to-registry mirror's plan has the same gap as the import: without --scoped,
+    ``A/app:1`` and ``B/app:1`` (different images) both go to ``PREFIX/app:1``. Both are
+    refused, each naming the other; the rest of the plan is copied."""
+    from fixtures.registry import Registry
+
+    root = tmp_path / "layout"
+    a, b, c = _image(root, "a"), _image(root, "b"), _image(root, "c")
+    _layout(root, [_named(a, "a"), _named(b, "b"), _named(c, "c")])
+    with Registry() as other:
+        _push_layout(root, "a", f"{empty_registry.host}/app:1")
+        _push_layout(root, "c", f"{empty_registry.host}/solo:1")
+        _push_layout(root, "b", f"{other.host}/app:1")
+        config = tmp_path / "sync.yaml"
+        config.write_text(
+            f"{empty_registry.host}:\n  images:\n    app: ['1']\n    solo: ['1']\n"
+            f"{other.host}:\n  images:\n    app: ['1']\n"
+        )
+        run = xfer("mirror", "--json", config, f"{other.host}/m")
+    assert run.code == 1, run.err
+    summary = run.json_lines()[-1]
+    assert [i["target"] for i in summary["images"]["copied"]] == [f"{other.host}/m/solo:1"]
+    failed = {i["source"]: i["error"] for i in summary["failed"]}
+    one, two = f"{empty_registry.host}/app:1", f"{other.host}/app:1"
+    assert set(failed) == {one, two}, failed
+    assert two in failed[one] and one in failed[two], failed

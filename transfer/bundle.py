@@ -605,12 +605,14 @@ async def import_bundle(
     from .api import session_for
     from .mirror import (
         COPY,
+        FAILED,
         UNCHANGED,
         MirrorItem,
         MirrorReport,
         PlanEntry,
         _check_destination,
         _target,
+        refuse_clashes,
     )
 
     _check_destination(destination)
@@ -625,19 +627,31 @@ async def import_bundle(
         report = MirrorReport()
         work = []
         for image in found:
-            ref = parse(image.name)
+            ref, refused = _entry_reference(image, emit)
             if options.referrers and ref.tag is not None and is_referrer_tag(ref.tag):
                 continue  # sha256-<hex>[.sig|.att|.sbom] travel with their subject (as mirror)
             item = MirrorItem(ref, _target(ref, destination, scoped))
             if shard is None or shard.owns(item.target):
-                work.append((image, item))
+                work.append((image, item, refused))
         if shard is not None:
             emit(Message(f"mirror: shard {shard.index}/{shard.count}: {len(work)} images"))
         limiter = anyio.CapacityLimiter(HEADS_AT_ONCE)
         entries = [
-            PlanEntry(str(item.source), str(item.target), COPY, image.digest, item=item)
-            for image, item in work
+            PlanEntry(
+                str(item.source),
+                str(item.target),
+                FAILED if refused else COPY,
+                image.digest,
+                reason=refused,
+                item=item,
+            )
+            for image, item, refused in work
         ]
+        refuse_clashes(entries)
+        for entry in entries:
+            if entry.action == FAILED and entry.item is not None:
+                report.failed.append((entry.item, entry.reason or "failed"))
+                emit(Message(f"failed {entry.item.source}: {entry.reason}"))
         plans: dict[str, _Plan] = {}
         referred: dict[str, list[Descriptor]] = {}  # the blobs of the referrers each carries
 
@@ -658,11 +672,12 @@ async def import_bundle(
                     referred[entry.source] = await _referrer_blobs(image.source, plan, options)
 
         async with anyio.create_task_group() as group:
-            for (image, _), entry in zip(work, entries, strict=True):
-                group.start_soon(decide, image, entry)
+            for (image, _, _), entry in zip(work, entries, strict=True):
+                if entry.action == COPY:
+                    group.start_soon(decide, image, entry)
         report.plan = entries
         copying = [
-            (image, e) for (image, _), e in zip(work, entries, strict=True) if e.action == COPY
+            (image, e) for (image, _, _), e in zip(work, entries, strict=True) if e.action == COPY
         ]
         for entry in entries:
             if entry.action == UNCHANGED and entry.item is not None:
@@ -714,6 +729,21 @@ async def import_bundle(
             for image, entry in copying:
                 group.start_soon(copy_one, image, entry)
         return report
+
+
+def _entry_reference(image: _Image, emit: Emit) -> tuple[Reference, str | None]:
+    """The reference an image of the bundle is imported as, and why it is refused (or None).
+    A name may pin a digest other than the manifest the entry holds (a hostile bundle; an
+    export of ``REPO@DIGEST`` with --platform holds that platform's image): a name without a
+    tag then goes by the entry's digest, the one actually written (and asked for by a rerun);
+    a tag is never put on what its name says is another image."""
+    ref = parse(image.name)
+    if ref.digest is None or ref.digest == image.digest:
+        return ref, None
+    if ref.tag is not None:
+        return ref, f"its name pins {ref.digest}, the bundle holds {image.digest}: not tagged"
+    emit(Message(f"{image.name} holds {image.digest}: imported by that digest"))
+    return Reference(ref.registry, ref.repository, None, image.digest), None
 
 
 async def _relied_needed(

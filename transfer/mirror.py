@@ -404,6 +404,7 @@ async def mirror(
             items = [(item, s) for item, s in items if shard.owns(item.target)]
             emit(Message(f"mirror: shard {shard.index}/{shard.count}: {len(items)} images"))
         entries = await run.states(items) + entries
+        refuse_clashes(entries)
         report.plan = entries
         if dry_run:
             await run.sizes([e for e in entries if e.action == COPY])
@@ -628,6 +629,29 @@ async def _unchanged(
     digest = here.digest if here is not None else None
     same = there is not None and here is not None and here.digest == there.digest
     return same, digest, here
+
+
+def refuse_clashes(entries: list[PlanEntry]) -> None:
+    """Images of different sources that would land on one target (``a.example/app:1`` and
+    ``b.example/app:1`` without --scoped): unless every one is known to be the same image,
+    each is marked failed naming the others, so a tag's content is never a matter of which
+    copy finished last; the rest of the plan runs."""
+    by_target: dict[str, list[PlanEntry]] = {}
+    for entry in entries:
+        if entry.item is not None and entry.action in (COPY, UNCHANGED):
+            by_target.setdefault(entry.target, []).append(entry)
+    for target, group in by_target.items():
+        digests = {entry.digest for entry in group}
+        same = len(digests) == 1 and None not in digests
+        if same or len({entry.source for entry in group}) < 2:
+            continue
+        for entry in group:
+            others = ", ".join(sorted({e.source for e in group} - {entry.source}))
+            entry.action = FAILED
+            entry.reason = (
+                f"{target} is also the target of {others}, not known to be the same image: "
+                "none of them is copied (--scoped keeps each source's host in the target)"
+            )
 
 
 def _check_destination(destination: str) -> None:
