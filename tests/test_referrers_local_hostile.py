@@ -432,3 +432,31 @@ def test_a_load_keeps_the_signature_the_store_already_holds_under_the_cosign_tag
     named = {e["annotations"][REF_NAME]: e["digest"] for e in _entries(store) if "annotations" in e}
     assert named[name] == site["digest"], "the site's signature was replaced"
     assert name in run.err and "left as it is" in run.err, run.err
+
+
+def test_a_docker_typed_signature_the_store_holds_as_an_oci_view_is_its_own_on_a_rerun(
+    tmp_path: Path,
+) -> None:
+    """A cosign signature with Docker media types is named in the store through its OCI view
+    (the entry names the original): copying it again finds it there, says nothing of another
+    signature and writes nothing."""
+    root = tmp_path / "source"
+    x = _image(root, "x")
+    payload = _put(root, b'{"critical": {}}', SIMPLE_SIGNING)
+    config = json.dumps({"architecture": "", "os": "", "rootfs": {"type": "layers"}}).encode()
+    docker = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": _put(root, config, "application/vnd.docker.container.image.v1+json"),
+        "layers": [payload],
+    }
+    sig = _doc(root, docker, docker["mediaType"])
+    _layout(root, [_named(x, "x"), _named(sig, _tag(x, ".sig"))])
+    store = tmp_path / "store"
+    for _ in range(2):
+        run = xfer("copy", f"oci:{root}:x", "store:r.example/x:1", store=store)
+        assert run.code == 0, run.err
+        assert "left as it is" not in run.err, run.err
+    name = f"r.example/x:{_tag(x, '.sig')}"
+    held = [e for e in _entries(store) if e.get("annotations", {}).get(REF_NAME) == name]
+    assert [e["annotations"].get(ORIGINAL) for e in held] == [sig["digest"]]

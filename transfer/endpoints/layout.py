@@ -649,6 +649,11 @@ class LayoutSource:
         return None
 
 
+def _is_entry_of(entry: Descriptor, digest: Digest) -> bool:
+    """An index.json entry of that manifest: itself, or the OCI view of it (``ORIGINAL``)."""
+    return entry.digest == digest or entry.annotations.get(ORIGINAL) == str(digest)
+
+
 class LayoutDestination:
     """Writes blobs with resume; the reference is set last, once everything it needs is stored."""
 
@@ -685,19 +690,17 @@ class LayoutDestination:
         """Stored and listed where ``put_referrer`` lists it (a rerun then writes nothing).
         A cosign tag naming another manifest here raises ``ManifestError`` (see ``_held``):
         the copy says so and carries nothing of the source's."""
+        digest = referrer.descriptor.digest
+        entries = self.layout.read_index()
         name = None
         if referrer.tag is not None:
             name = cosign_name(self.ref_name, referrer.tag)
-            entries = self.layout.read_index()
-            held = next((e.digest for e in entries if e.annotations.get(REF_NAME) == name), None)
-            if held is not None and held != referrer.descriptor.digest:
-                raise self._held(name, held, referrer.descriptor.digest)
+            held = next((e for e in entries if e.annotations.get(REF_NAME) == name), None)
+            if held is not None and not _is_entry_of(held, digest):
+                raise self._held(name, held.digest, digest)
         if not self.layout.has_blob(referrer.descriptor):
             return False
-        return any(
-            e.digest == referrer.descriptor.digest and e.annotations.get(REF_NAME) == name
-            for e in self.layout.read_index()
-        )
+        return any(_is_entry_of(e, digest) and e.annotations.get(REF_NAME) == name for e in entries)
 
     async def put_referrer(self, referrer: Referrer, manifest: Manifest) -> None:
         """A referrer with a subject becomes an unnamed index.json entry; a cosign one keeps
