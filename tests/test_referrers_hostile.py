@@ -289,3 +289,26 @@ def test_a_referrers_page_linking_off_origin_is_refused_and_the_image_still_pull
         assert not other.seen()
     assert run.code == 0, run.err
     assert any("warning" in line and "next-page link" in line for line in run.err.splitlines())
+
+
+def test_a_fallback_index_one_entry_from_the_manifest_cap_is_left_as_it_is() -> None:
+    """Our own merge must not write a fallback index that no reader takes (over the manifest
+    cap, ours included): an index within a few bytes of the cap gets no entry; it is left as
+    it is, saying why."""
+    from transfer.digest import Digest
+    from transfer.errors import ManifestError
+    from transfer.manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest
+    from transfer.referrers import merge_index
+
+    doc: dict[str, Any] = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
+    empty = len(json.dumps(doc, separators=(",", ":")))
+    doc["annotations"] = {"pad": "p" * (MAX_MANIFEST_BYTES - empty - 40)}
+    near = Manifest.from_bytes(json.dumps(doc, separators=(",", ":")).encode(), OCI_INDEX)
+    assert len(near.raw) <= MAX_MANIFEST_BYTES
+    entry = Descriptor(OCI_MANIFEST, Digest.parse("sha256:" + "ab" * 32), 300)
+    try:
+        merge_index(near, entry)
+    except ManifestError as exc:
+        assert "left as it is" in str(exc) and str(MAX_MANIFEST_BYTES) in str(exc)
+    else:
+        raise AssertionError("merged past the manifest cap")
