@@ -44,7 +44,7 @@ from .digest import Digest
 from .endpoints import Destination, Source
 from .endpoints.address import Address
 from .endpoints.archive_read import CONTAINERD_NAME, normalised
-from .endpoints.layout import REF_NAME, Layout, LayoutDestination
+from .endpoints.layout import MAX_INDEX_BYTES, REF_NAME, Layout, LayoutDestination
 from .endpoints.registry import RunMounts
 from .endpoints.transports import Context, Origin, open_destination
 from .errors import ArchiveError, TransferError, UsageError
@@ -63,7 +63,6 @@ SINCE = "dev.xfer.bundle.since"
 RELIES_ON_TYPE = "application/vnd.dev.xfer.bundle.relies-on.v1+json"
 # ~100 bytes a blob: far above any real bundle's record, bounded as index.json is.
 MAX_RECORD_BYTES = 64 << 20
-MAX_INDEX_BYTES = 64 << 20
 HEADS_AT_ONCE = 32  # manifest walks and HEADs in flight at once (small requests)
 
 

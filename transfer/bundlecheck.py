@@ -39,12 +39,7 @@ from .localfile import open_regular
 from .manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest
 from .ociview import ORIGINAL, original_type
 
-READ_SIZE = 8 << 20
-# An incremental bundle's record of the blobs it relies on from outside (written by the export,
-# bundle.py): a blob of the bundle, named by this annotation on index.json.
-RELIES_ON = "dev.xfer.bundle.relies-on"
-RELIES_ON_TYPE = "application/vnd.dev.xfer.bundle.relies-on.v1+json"
-MAX_RECORD_BYTES = 64 << 20  # one sequential read: large, so the disk streams and the hash has work
+READ_SIZE = 8 << 20  # one sequential read: large, so the disk streams and the hash has work
 _BLOB_NAME = re.compile(r"blobs/([a-z0-9]+)/([0-9a-f]+)")
 
 
