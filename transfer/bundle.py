@@ -135,6 +135,7 @@ def _blob_names(names: Iterable[str]) -> set[Digest]:
 
 def held_by_archive(path: Path) -> Held:
     """An earlier bundle (a tar): every blob member, and what it itself relied on."""
+    from .endpoints.archive_read import relied_on_in_archive
     from .endpoints.tarindex import TarIndex
 
     tar = TarIndex.read(path)
@@ -143,13 +144,7 @@ def held_by_archive(path: Path) -> Held:
             raise UsageError(f"--since {path}: not an OCI archive (no index.json)")
         raw = tar.read_small("index.json", MAX_INDEX_BYTES)
         blobs = _blob_names(tar.names())
-        doc = _index_doc(raw, str(path))
-        record = record_digest(doc, str(path))
-        if record is not None:
-            name = f"blobs/{record.algorithm}/{record.encoded}"
-            if name not in tar:
-                raise ArchiveError(f"{path}: its relies-on record {record} is not in it")
-            blobs |= set(parse_record(tar.read_small(name, MAX_RECORD_BYTES), str(path)))
+        blobs |= set(relied_on_in_archive(tar, _index_doc(raw, str(path)), path))
         return Held(blobs, [Digest.of(raw)])
     finally:
         tar.close()
@@ -169,15 +164,23 @@ def held_by_layout(path: Path) -> Held:
             names += [f"blobs/{algorithm}/{entry}" for entry in os.listdir(directory)]
     blobs = _blob_names(names)
     raw = read_capped(path / "index.json", MAX_INDEX_BYTES, str(path / "index.json"))
-    doc = _index_doc(raw, str(path))
-    record = record_digest(doc, str(path))
-    if record is not None:
-        file = path / "blobs" / record.algorithm / record.encoded
-        data = read_capped(file, MAX_RECORD_BYTES, str(file))
-        if Digest.of(data, record.algorithm) != record:
-            raise ArchiveError(f"{path}: its relies-on record {record} is damaged")
-        blobs |= set(parse_record(data, str(path)))
+    blobs |= set(_relied_on_in_layout(path, _index_doc(raw, str(path)), str(path)))
     return Held(blobs, [Digest.of(raw)])
+
+
+def _relied_on_in_layout(root: Path, doc: object, where: str) -> dict[Digest, Descriptor]:
+    """The blobs the relies-on record named by a layout's index.json ``doc`` lists, checked
+    against its digest (as ``relied_on_in_archive`` checks an archive's)."""
+    from .localfile import read_capped
+
+    record = record_digest(doc, where)
+    if record is None:
+        return {}
+    file = root / "blobs" / record.algorithm / record.encoded
+    data = read_capped(file, MAX_RECORD_BYTES, str(file))
+    if Digest.of(data, record.algorithm) != record:
+        raise ArchiveError(f"{root}: its relies-on record {record} is damaged")
+    return parse_record(data, str(root))
 
 
 def _index_doc(raw: bytes, where: str) -> dict[str, object]:
@@ -570,16 +573,8 @@ def _layout_relies_on(layout: Layout) -> dict[Digest, Descriptor]:
     from .localfile import read_capped
 
     path = layout.root / "index.json"
-    record = record_digest(
-        _index_doc(read_capped(path, MAX_INDEX_BYTES, str(path)), str(path)), str(path)
-    )
-    if record is None:
-        return {}
-    file = layout.blob_path(record)
-    data = read_capped(file, MAX_RECORD_BYTES, str(file))
-    if Digest.of(data, record.algorithm) != record:
-        raise ArchiveError(f"{layout.root}: its relies-on record {record} is damaged")
-    return parse_record(data, str(layout.root))
+    doc = _index_doc(read_capped(path, MAX_INDEX_BYTES, str(path)), str(path))
+    return _relied_on_in_layout(layout.root, doc, str(path))
 
 
 async def import_bundle(

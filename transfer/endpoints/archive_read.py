@@ -245,7 +245,7 @@ class OciArchive(_Archive):
             ]
         except ManifestError as exc:
             raise ArchiveError(exc.message) from None
-        self.relied_on = _relied_on(tar, doc, self.path)
+        self.relied_on = relied_on_in_archive(tar, doc, self.path)
 
     def _original(self, tar: TarIndex, desc: Descriptor) -> Descriptor:
         """An entry pointing at an OCI view (``xfer save --format oci`` of a Docker image):
@@ -379,7 +379,7 @@ class OciArchive(_Archive):
         raise ArchiveError(f"archive {self.path} has no image named {identifier}")
 
 
-def _relied_on(tar: TarIndex, doc: Any, path: Path) -> dict[Digest, Descriptor]:
+def relied_on_in_archive(tar: TarIndex, doc: Any, path: Path) -> dict[Digest, Descriptor]:
     """The blobs an incremental bundle's record says it relies on from outside."""
     from ..bundle import MAX_RECORD_BYTES, parse_record, record_digest
 
