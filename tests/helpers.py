@@ -1,4 +1,5 @@
-"""Running the real `xfer` command in tests, filling a store and checking it from the outside."""
+"""Running the real `xfer` command in tests, filling a store and checking it from the outside, and
+building small OCI layouts by hand (no registry needed) for the hostile-input tests."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -19,6 +21,8 @@ import anyio
 
 import transfer
 from fixtures.images import BuiltImages
+from transfer.digest import Digest
+from transfer.manifest import Descriptor
 
 ROOT = Path(__file__).resolve().parent.parent
 STORE_HOST = "example.com/test"  # store names only: nothing is fetched from this host
@@ -217,3 +221,88 @@ def run_bounded(main: Callable[[], Awaitable[T]], seconds: float, what: str) -> 
     assert not runner.is_alive(), f"{what} never returned"
     assert len(outcome) == 1, f"{what} raised instead of returning"
     return outcome[0]
+
+
+# ---- a tiny OCI layout built by hand ------------------------------------------------------------
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+EMPTY = "application/vnd.oci.empty.v1+json"
+SPDX = "application/spdx+json"
+REF_NAME = "org.opencontainers.image.ref.name"
+
+
+def put_blob(
+    root: Path, data: bytes, media_type: str = "application/octet-stream"
+) -> dict[str, Any]:
+    """``data`` as a blob of the layout at ``root``; its descriptor as JSON."""
+    digest = hashlib.sha256(data).hexdigest()
+    path = root / "blobs" / "sha256" / digest
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(data)}
+
+
+def put_json(root: Path, doc: dict[str, Any], media_type: str = OCI_MANIFEST) -> dict[str, Any]:
+    return put_blob(root, json.dumps(doc, separators=(",", ":")).encode(), media_type)
+
+
+def put_image(root: Path, seed: str, subject: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A one-layer image manifest (``seed`` makes its layer, so its digest, its own)."""
+    config = json.dumps(
+        {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}
+    ).encode()
+    doc: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": put_blob(root, config, OCI_CONFIG),
+        "layers": [put_blob(root, f"layer {seed}".encode(), OCI_LAYER)],
+    }
+    if subject is not None:
+        doc["subject"] = {k: subject[k] for k in ("mediaType", "digest", "size")}
+    return put_json(root, doc)
+
+
+def put_artifact(root: Path, seed: str, subject: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """An SBOM with ``subject`` as oras attaches one; ``extra`` top-level fields."""
+    doc: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": SPDX,
+        "config": put_blob(root, b"{}", EMPTY),
+        "layers": [put_blob(root, f"sbom {seed}".encode(), SPDX)],
+        "subject": {k: subject[k] for k in ("mediaType", "digest", "size")},
+        **extra,
+    }
+    return put_json(root, doc)
+
+
+def write_layout(
+    root: Path, entries: list[dict[str, Any]], annotations: dict[str, str] | None = None
+) -> None:
+    """``oci-layout`` and an ``index.json`` listing ``entries`` (as written, however hostile)."""
+    (root / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    index: dict[str, Any] = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
+    if annotations:
+        index["annotations"] = annotations
+    (root / "index.json").write_text(json.dumps(index))
+
+
+def named_entry(desc: dict[str, Any], name: str) -> dict[str, Any]:
+    """An index.json entry of ``desc`` named ``name`` (``org.opencontainers.image.ref.name``)."""
+    return {**desc, "annotations": {REF_NAME: name}}
+
+
+def tar_layout(root: Path, out: Path) -> Path:
+    """The layout at ``root`` as an OCI archive at ``out``."""
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                tar.add(path, path.relative_to(root).as_posix())
+    return out
+
+
+def descriptor(d: dict[str, Any]) -> Descriptor:
+    return Descriptor(d["mediaType"], Digest.parse(d["digest"]), d["size"])

@@ -7,91 +7,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tarfile
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import xfer
+from tests.helpers import (
+    descriptor,
+    named_entry,
+    put_artifact,
+    put_blob,
+    put_image,
+    tar_layout,
+    write_layout,
+    xfer,
+)
 from transfer.bundle import RELIES_ON, RELIES_ON_TYPE, record_bytes
-from transfer.digest import Digest
-from transfer.manifest import Descriptor
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
-EMPTY = "application/vnd.oci.empty.v1+json"
-REF_NAME = "org.opencontainers.image.ref.name"
-
-
-# ---- a tiny layout builder (no registry needed) --------------------------------------------------
-
-
-def _put(root: Path, data: bytes, media_type: str = "application/octet-stream") -> dict[str, Any]:
-    digest = hashlib.sha256(data).hexdigest()
-    path = root / "blobs" / "sha256" / digest
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(data)}
-
-
-def _doc(root: Path, doc: dict[str, Any], media_type: str = OCI_MANIFEST) -> dict[str, Any]:
-    return _put(root, json.dumps(doc, separators=(",", ":")).encode(), media_type)
-
-
-def _image(root: Path, seed: str, subject: dict[str, Any] | None = None) -> dict[str, Any]:
-    layer = _put(root, f"layer {seed}".encode(), OCI_LAYER)
-    config = json.dumps(
-        {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}
-    ).encode()
-    doc: dict[str, Any] = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": _put(root, config, OCI_CONFIG),
-        "layers": [layer],
-    }
-    if subject is not None:
-        doc["subject"] = {k: subject[k] for k in ("mediaType", "digest", "size")}
-    return _doc(root, doc)
-
-
-def _artifact(root: Path, seed: str, subject: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "artifactType": "application/spdx+json",
-        "config": _put(root, b"{}", EMPTY),
-        "layers": [_put(root, f"sbom {seed}".encode(), "application/spdx+json")],
-        "subject": {k: subject[k] for k in ("mediaType", "digest", "size")},
-        **extra,
-    }
-    return _doc(root, doc)
-
-
-def _layout(
-    root: Path, entries: list[dict[str, Any]], annotations: dict[str, str] | None = None
-) -> None:
-    (root / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
-    index: dict[str, Any] = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
-    if annotations:
-        index["annotations"] = annotations
-    (root / "index.json").write_text(json.dumps(index))
-
-
-def _named(desc: dict[str, Any], name: str) -> dict[str, Any]:
-    return {**desc, "annotations": {REF_NAME: name}}
-
-
-def _tar(root: Path, out: Path) -> Path:
-    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
-        for path in sorted(root.rglob("*")):
-            if path.is_file():
-                tar.add(path, path.relative_to(root).as_posix())
-    return out
-
-
-def _desc(d: dict[str, Any]) -> Descriptor:
-    return Descriptor(d["mediaType"], Digest.parse(d["digest"]), d["size"])
+# ---- a hand-built layout into a registry -------------------------------------------------------
 
 
 def _push_layout(root: Path, name: str, target: str) -> None:
@@ -114,14 +45,14 @@ def test_since_an_index_json_sends_no_credentials_to_hosts_it_names(
     from fixtures.leakbait import LeakBait, challenge
 
     root = tmp_path / "layout"
-    a = _image(root, "a")
-    _layout(root, [_named(a, "a")])
+    a = put_image(root, "a")
+    write_layout(root, [named_entry(a, "a")])
     _push_layout(root, "a", f"{empty_registry.host}/app:1")
     config = tmp_path / "sync.yaml"
     config.write_text(f"{empty_registry.host}:\n  images:\n    app: ['1']\n")
     with LeakBait(handlers=[challenge("Basic")]) as bait:
         index = tmp_path / "index.json"
-        entry = _named(a, f"{bait.host}/stolen:1")
+        entry = named_entry(a, f"{bait.host}/stolen:1")
         index.write_text(json.dumps({"schemaVersion": 2, "manifests": [entry]}))
         xfer(
             "mirror",
@@ -143,16 +74,16 @@ def test_verify_does_not_pass_a_bundle_that_relies_on_its_own_manifests(tmp_path
     are included"). A relied-on manifest an entry or an index names must be a problem (its
     image's graph cannot be checked at all), not a relied-on blob."""
     root = tmp_path / "layout"
-    a, b = _image(root, "a"), _image(root, "b")
+    a, b = put_image(root, "a"), put_image(root, "b")
     for path in (root / "blobs/sha256").iterdir():
         path.unlink()
-    record = _put(root, record_bytes([_desc(a), _desc(b)]), RELIES_ON_TYPE)
-    _layout(
+    record = put_blob(root, record_bytes([descriptor(a), descriptor(b)]), RELIES_ON_TYPE)
+    write_layout(
         root,
-        [_named(a, "r.example/a:1"), _named(b, "r.example/b:1")],
+        [named_entry(a, "r.example/a:1"), named_entry(b, "r.example/b:1")],
         {RELIES_ON: record["digest"]},
     )
-    bundle = _tar(root, tmp_path / "hollow.tar")
+    bundle = tar_layout(root, tmp_path / "hollow.tar")
     run = xfer("verify", f"oci-archive:{bundle}")
     assert run.code == 1, run.err
     assert a["digest"] in run.out and b["digest"] in run.out
@@ -168,8 +99,8 @@ def test_an_import_reads_a_layout_bundle_on_read_only_media(
     import subprocess
 
     root = tmp_path / "layout"
-    a = _image(root, "a")
-    _layout(root, [_named(a, "r.example/a:1")])
+    a = put_image(root, "a")
+    write_layout(root, [named_entry(a, "r.example/a:1")])
     subprocess.run(["chattr", "+i", str(root)], check=True)
     try:
         assert xfer("verify", f"oci:{root}").code == 0
@@ -187,18 +118,18 @@ def test_an_import_checks_the_blobs_its_referrers_rely_on_before_writing_anythin
     it carries: here the target holds the image's blobs but not the SBOM's, so the import must
     fail naming the SBOM's blob with nothing written, not tag the image and then fail."""
     root = tmp_path / "layout"
-    a = _image(root, "a")
-    sbom = _artifact(root, "sbom", a)
-    _layout(root, [_named(a, "a")])
+    a = put_image(root, "a")
+    sbom = put_artifact(root, "sbom", a)
+    write_layout(root, [named_entry(a, "a")])
     _push_layout(root, "a", f"{empty_registry.host}/pre/a:old")  # its blobs are at the target
     doc = json.loads((root / "blobs/sha256" / sbom["digest"][7:]).read_bytes())
     image = json.loads((root / "blobs/sha256" / a["digest"][7:]).read_bytes())
     relied = [image["config"], *image["layers"], *doc["layers"]]
     for desc in relied:
         (root / "blobs/sha256" / desc["digest"][7:]).unlink(missing_ok=True)
-    record = _put(root, record_bytes([_desc(d) for d in relied]), RELIES_ON_TYPE)
-    _layout(root, [_named(a, "r.example/a:1"), sbom], {RELIES_ON: record["digest"]})
-    bundle = _tar(root, tmp_path / "incremental.tar")
+    record = put_blob(root, record_bytes([descriptor(d) for d in relied]), RELIES_ON_TYPE)
+    write_layout(root, [named_entry(a, "r.example/a:1"), sbom], {RELIES_ON: record["digest"]})
+    bundle = tar_layout(root, tmp_path / "incremental.tar")
 
     run = xfer("mirror", f"oci-archive:{bundle}", f"{empty_registry.host}/pre")
     assert run.code == 1, run.err
@@ -216,16 +147,16 @@ def test_an_import_does_not_put_an_image_under_a_name_whose_digest_names_another
     the target never gets), nor copied again on every rerun (issue 14: a rerun is a no-op);
     ``r.example/z:1@sha256:A`` holding C must not tag C as z:1 when the name pins A."""
     root = tmp_path / "layout"
-    a, b, c = _image(root, "a"), _image(root, "b"), _image(root, "c")
-    _layout(
+    a, b, c = put_image(root, "a"), put_image(root, "b"), put_image(root, "c")
+    write_layout(
         root,
         [
-            _named(a, "r.example/x:1"),
-            _named(b, f"r.example/y@{c['digest']}"),
-            _named(c, f"r.example/z:1@{a['digest']}"),
+            named_entry(a, "r.example/x:1"),
+            named_entry(b, f"r.example/y@{c['digest']}"),
+            named_entry(c, f"r.example/z:1@{a['digest']}"),
         ],
     )
-    bundle = _tar(root, tmp_path / "b.tar")
+    bundle = tar_layout(root, tmp_path / "b.tar")
     dest = f"{empty_registry.host}/pre"
     first = xfer("mirror", "--json", f"oci-archive:{bundle}", dest)
     summary = first.json_lines()[-1]
@@ -249,9 +180,9 @@ def test_an_import_names_two_images_that_would_land_on_the_same_target_tag(
     must refuse (or fail those images) naming the clash, so the tag's content is never a
     matter of which copy finished last."""
     root = tmp_path / "layout"
-    a, b = _image(root, "a"), _image(root, "b")
-    _layout(root, [_named(a, "a.example/app:1"), _named(b, "b.example/app:1")])
-    bundle = _tar(root, tmp_path / "b.tar")
+    a, b = put_image(root, "a"), put_image(root, "b")
+    write_layout(root, [named_entry(a, "a.example/app:1"), named_entry(b, "b.example/app:1")])
+    bundle = tar_layout(root, tmp_path / "b.tar")
     run = xfer("mirror", "--json", f"oci-archive:{bundle}", f"{empty_registry.host}/pre")
     copied = run.json_lines()[-1]["copied"] if run.code == 0 else 0
     assert copied < 2, "both images reported copied to the one tag pre/app:1"
@@ -266,8 +197,8 @@ def test_a_mirror_names_two_sources_that_would_land_on_the_same_target_tag(
     from fixtures.registry import Registry
 
     root = tmp_path / "layout"
-    a, b, c = _image(root, "a"), _image(root, "b"), _image(root, "c")
-    _layout(root, [_named(a, "a"), _named(b, "b"), _named(c, "c")])
+    a, b, c = put_image(root, "a"), put_image(root, "b"), put_image(root, "c")
+    write_layout(root, [named_entry(a, "a"), named_entry(b, "b"), named_entry(c, "c")])
     with Registry() as other:
         _push_layout(root, "a", f"{empty_registry.host}/app:1")
         _push_layout(root, "c", f"{empty_registry.host}/solo:1")

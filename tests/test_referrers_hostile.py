@@ -17,65 +17,18 @@ from typing import Any
 import httpx
 
 from fixtures.registry import Registry
-from tests.helpers import xfer
+from tests.helpers import (
+    OCI_INDEX,
+    OCI_MANIFEST,
+    named_entry,
+    put_artifact,
+    put_image,
+    put_json,
+    write_layout,
+    xfer,
+)
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
-EMPTY = "application/vnd.oci.empty.v1+json"
-REF_NAME = "org.opencontainers.image.ref.name"
-
-
-# ---- a tiny layout builder ----------------------------------------------------------------------
-
-
-def _put(root: Path, data: bytes, media_type: str = "application/octet-stream") -> dict[str, Any]:
-    digest = hashlib.sha256(data).hexdigest()
-    path = root / "blobs" / "sha256" / digest
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(data)}
-
-
-def _doc(root: Path, doc: dict[str, Any], media_type: str = OCI_MANIFEST) -> dict[str, Any]:
-    return _put(root, json.dumps(doc, separators=(",", ":")).encode(), media_type)
-
-
-def _image(root: Path, seed: str) -> dict[str, Any]:
-    layer = _put(root, f"layer {seed}".encode(), OCI_LAYER)
-    config = json.dumps(
-        {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}
-    ).encode()
-    doc = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": _put(root, config, OCI_CONFIG),
-        "layers": [layer],
-    }
-    return _doc(root, doc)
-
-
-def _artifact(root: Path, seed: str, subject: dict[str, Any]) -> dict[str, Any]:
-    doc = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "artifactType": "application/spdx+json",
-        "config": _put(root, b"{}", EMPTY),
-        "layers": [_put(root, f"sbom {seed}".encode(), "application/spdx+json")],
-        "subject": {k: subject[k] for k in ("mediaType", "digest", "size")},
-    }
-    return _doc(root, doc)
-
-
-def _layout(root: Path, entries: list[dict[str, Any]]) -> None:
-    (root / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
-    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
-    (root / "index.json").write_text(json.dumps(index))
-
-
-def _named(desc: dict[str, Any], name: str) -> dict[str, Any]:
-    return {**desc, "annotations": {REF_NAME: name}}
+# ---- a hand-built layout into a registry, and back ----------------------------------------------
 
 
 def _push(root: Path, name: str, target: str) -> None:
@@ -100,13 +53,13 @@ def test_a_copy_keeps_the_signatures_the_target_already_has_under_the_cosign_tag
     vendor's signature must leave it (as ``cosign copy`` does without ``-f``), saying so in one
     line that names the tag, and still copy the image."""
     root = tmp_path / "layout"
-    x = _image(root, "x")
-    vendor_sig = _image(root, "signature by the vendor")
+    x = put_image(root, "x")
+    vendor_sig = put_image(root, "signature by the vendor")
     tag = x["digest"].replace(":", "-") + ".sig"
-    _layout(root, [_named(x, "x"), _named(vendor_sig, tag)])
+    write_layout(root, [named_entry(x, "x"), named_entry(vendor_sig, tag)])
     site = tmp_path / "site"
-    site_sig = _image(site, "signature by the site")
-    _layout(site, [_named(site_sig, "sig")])
+    site_sig = put_image(site, "signature by the site")
+    write_layout(site, [named_entry(site_sig, "sig")])
     _push(site, "sig", f"{empty_registry.host}/app:{tag}")
 
     run = xfer("copy", f"oci:{root}:x", f"{empty_registry.host}/app:1")
@@ -127,10 +80,10 @@ def test_mirror_keeps_ordinary_tags_that_only_look_like_digest_tags(
     tags: a mirror of every tag copies them. Only ``sha256-<64 hex>`` / ``sha512-<128 hex>``
     (and cosign's suffixes of them) travel with their subject instead."""
     root = tmp_path / "layout"
-    a = _image(root, "a")
+    a = put_image(root, "a")
     commit = "0123456789abcdef0123456789abcdef01234567"
     tags = ["1", f"sha-{commit}", f"main-{commit}", f"build-{commit[:32]}"]
-    _layout(root, [_named(a, "a")])
+    write_layout(root, [named_entry(a, "a")])
     for tag in tags:
         _push(root, "a", f"{empty_registry.host}/app:{tag}")
     config = tmp_path / "sync.yaml"
@@ -154,9 +107,9 @@ def test_a_referrer_listed_under_a_subject_it_is_not_about_is_not_carried_as_its
     from fixtures.referrersapi import ReferrersAPI
 
     root = tmp_path / "layout"
-    x = _image(root, "x")
-    z = _image(root, "z")
-    _layout(root, [_named(x, "x"), _named(z, "z")])
+    x = put_image(root, "x")
+    z = put_image(root, "z")
+    write_layout(root, [named_entry(x, "x"), named_entry(z, "z")])
     _push(root, "x", f"{empty_registry.host}/app:1")
     _push(root, "z", f"{empty_registry.host}/app:other")
     with ReferrersAPI(empty_registry.url) as api:
@@ -177,16 +130,16 @@ def test_a_fallback_index_at_the_source_cannot_carry_another_images_referrer(
     whose own subject is Y: a copy of X leaves it out (it is not written to the target, nor
     recorded under either image there), and carries X's own SBOM listed beside it."""
     root = tmp_path / "layout"
-    x, y = _image(root, "x"), _image(root, "y")
-    about_y, about_x = _artifact(root, "about-y", y), _artifact(root, "about-x", x)
-    lying = _doc(
+    x, y = put_image(root, "x"), put_image(root, "y")
+    about_y, about_x = put_artifact(root, "about-y", y), put_artifact(root, "about-x", x)
+    lying = put_json(
         root,
         {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [about_y, about_x]},
         OCI_INDEX,
     )
     tag = x["digest"].replace(":", "-")
     named = {"x": x, "lying": lying, "about-y": about_y, "about-x": about_x}
-    _layout(root, [_named(desc, name) for name, desc in named.items()])
+    write_layout(root, [named_entry(desc, name) for name, desc in named.items()])
     _push(root, "x", f"{empty_registry.host}/src:1")
     for name in ("about-y", "about-x"):
         _push(root, name, f"{empty_registry.host}/src:{name}")
@@ -217,8 +170,8 @@ def test_a_listing_of_referrers_that_are_not_there_is_bounded_like_one_of_referr
     from fixtures.referrersapi import ReferrersAPI
 
     root = tmp_path / "layout"
-    a = _image(root, "a")
-    _layout(root, [_named(a, "a")])
+    a = put_image(root, "a")
+    write_layout(root, [named_entry(a, "a")])
     _push(root, "a", f"{empty_registry.host}/app:1")
     fake = [
         {
@@ -248,10 +201,10 @@ def test_a_foreign_fallback_tag_at_the_target_does_not_fail_the_copy(
     (another tool's, or a hostile one): the copy of X succeeds, the image and its SBOM are
     written by digest, the tag is left as it is, with a warning naming it."""
     root = tmp_path / "layout"
-    x = _image(root, "x")
-    sbom = _artifact(root, "sbom", x)
-    other = _image(root, "other")
-    _layout(root, [_named(x, "x"), _named(other, "other"), sbom])
+    x = put_image(root, "x")
+    sbom = put_artifact(root, "sbom", x)
+    other = put_image(root, "other")
+    write_layout(root, [named_entry(x, "x"), named_entry(other, "other"), sbom])
     tag = x["digest"].replace(":", "-")
     _push(root, "other", f"{empty_registry.host}/app:{tag}")  # not an index
     run = xfer("copy", f"oci:{root}:x", f"{empty_registry.host}/app:1")
@@ -271,8 +224,8 @@ def test_a_referrers_page_linking_off_origin_is_refused_and_the_image_still_pull
     from fixtures.leakbait import Answer, LeakBait, Seen, challenge
 
     root = tmp_path / "layout"
-    x = _image(root, "x")
-    _layout(root, [_named(x, "x")])
+    x = put_image(root, "x")
+    write_layout(root, [named_entry(x, "x")])
     _push(root, "x", f"{empty_registry.host}/app:1")
     with LeakBait(handlers=[challenge("Basic")]) as other:
 

@@ -8,15 +8,28 @@ an index.json written as a hostile or careless tool might write it.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import tarfile
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from tests.helpers import xfer
+from tests.helpers import (
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    REF_NAME,
+    SPDX,
+    descriptor,
+    named_entry,
+    put_artifact,
+    put_blob,
+    put_image,
+    put_json,
+    tar_layout,
+    write_layout,
+    xfer,
+)
 from transfer.digest import Digest
 from transfer.endpoints import tarindex
 from transfer.endpoints.archive_read import OciArchive
@@ -25,94 +38,26 @@ from transfer.endpoints.layout_referrers import list_referrers
 from transfer.manifest import Descriptor
 from transfer.ociview import ORIGINAL
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
-EMPTY = "application/vnd.oci.empty.v1+json"
-SPDX = "application/spdx+json"
 SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
-REF_NAME = "org.opencontainers.image.ref.name"
-
-
-def _put(root: Path, data: bytes, media_type: str = "application/octet-stream") -> dict[str, Any]:
-    digest = hashlib.sha256(data).hexdigest()
-    path = root / "blobs" / "sha256" / digest
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": len(data)}
-
-
-def _doc(root: Path, doc: dict[str, Any], media_type: str = OCI_MANIFEST) -> dict[str, Any]:
-    return _put(root, json.dumps(doc, separators=(",", ":")).encode(), media_type)
-
-
-def _image(root: Path, seed: str) -> dict[str, Any]:
-    config = json.dumps(
-        {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}
-    ).encode()
-    doc: dict[str, Any] = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": _put(root, config, OCI_CONFIG),
-        "layers": [_put(root, f"layer {seed}".encode(), OCI_LAYER)],
-    }
-    return _doc(root, doc)
-
-
-def _artifact(root: Path, seed: str, subject: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    """An SBOM with ``subject`` as oras attaches one."""
-    doc: dict[str, Any] = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "artifactType": SPDX,
-        "config": _put(root, b"{}", EMPTY),
-        "layers": [_put(root, f"sbom {seed}".encode(), SPDX)],
-        "subject": {k: subject[k] for k in ("mediaType", "digest", "size")},
-        **extra,
-    }
-    return _doc(root, doc)
 
 
 def _signature(root: Path, subject: dict[str, Any]) -> dict[str, Any]:
     """As cosign signs: no ``subject``, an image config, a simple-signing payload layer."""
     payload = json.dumps({"critical": {"image": {"docker-manifest-digest": subject["digest"]}}})
-    layer = _put(root, payload.encode(), SIMPLE_SIGNING)
+    layer = put_blob(root, payload.encode(), SIMPLE_SIGNING)
     layer["annotations"] = {"dev.cosignproject.cosign/signature": "not checked here"}
     config = {"architecture": "", "os": "", "rootfs": {"type": "layers", "diff_ids": []}}
     doc = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
-        "config": _put(root, json.dumps(config).encode(), OCI_CONFIG),
+        "config": put_blob(root, json.dumps(config).encode(), OCI_CONFIG),
         "layers": [layer],
     }
-    return _doc(root, doc)
-
-
-def _layout(root: Path, entries: list[dict[str, Any]]) -> None:
-    (root / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
-    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
-    (root / "index.json").write_text(json.dumps(index))
-
-
-def _named(desc: dict[str, Any], name: str) -> dict[str, Any]:
-    return {**desc, "annotations": {REF_NAME: name}}
+    return put_json(root, doc)
 
 
 def _tag(desc: dict[str, Any], suffix: str = "") -> str:
     return str(desc["digest"]).replace(":", "-") + suffix
-
-
-def _tar(root: Path, out: Path) -> Path:
-    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
-        for path in sorted(root.rglob("*")):
-            if path.is_file():
-                tar.add(path, path.relative_to(root).as_posix())
-    return out
-
-
-def _desc(d: dict[str, Any]) -> Descriptor:
-    return Descriptor(d["mediaType"], Digest.parse(d["digest"]), d["size"])
 
 
 def _entries(root: Path) -> list[dict[str, Any]]:
@@ -125,10 +70,12 @@ def _listed(root: Path, archive: Path, subject: dict[str, Any]) -> tuple[set[str
 
     async def ask() -> tuple[set[str], set[str]]:
         layout = LayoutSource(Layout(root), "x")
-        from_layout = {str(r.descriptor.digest) for r in await layout.get_referrers(_desc(subject))}
+        from_layout = {
+            str(r.descriptor.digest) for r in await layout.get_referrers(descriptor(subject))
+        }
         opened = OciArchive(archive)
         try:
-            found = await opened.get_referrers(_desc(subject))
+            found = await opened.get_referrers(descriptor(subject))
         finally:
             await opened.aclose()
         return from_layout, {str(r.descriptor.digest) for r in found}
@@ -146,11 +93,11 @@ def test_a_fallback_index_cannot_make_another_images_referrer_one_of_this_image(
     Y (or that has none) does not make it a referrer of X: the listing would then show, save,
     load and carry as X's SBOM what is about another image. What it lists about X still is."""
     root = tmp_path / "layout"
-    x, y = _image(root, "x"), _image(root, "y")
-    about_x = _artifact(root, "about-x", x)
-    about_y = _artifact(root, "about-y", y)
-    about_nothing = _image(root, "no subject")
-    lying = _doc(
+    x, y = put_image(root, "x"), put_image(root, "y")
+    about_x = put_artifact(root, "about-x", x)
+    about_y = put_artifact(root, "about-y", y)
+    about_nothing = put_image(root, "no subject")
+    lying = put_json(
         root,
         {
             "schemaVersion": 2,
@@ -159,9 +106,9 @@ def test_a_fallback_index_cannot_make_another_images_referrer_one_of_this_image(
         },
         OCI_INDEX,
     )
-    _layout(root, [_named(x, "x"), _named(y, "y"), _named(lying, _tag(x))])
+    write_layout(root, [named_entry(x, "x"), named_entry(y, "y"), named_entry(lying, _tag(x))])
 
-    from_layout, from_archive = _listed(root, _tar(root, tmp_path / "a.tar"), x)
+    from_layout, from_archive = _listed(root, tar_layout(root, tmp_path / "a.tar"), x)
     assert from_layout == from_archive == {about_x["digest"]}
 
 
@@ -169,14 +116,16 @@ def test_a_fallback_index_child_the_layout_does_not_hold_is_not_listed(tmp_path:
     """A child of a fallback index whose manifest the layout does not hold cannot be checked
     against its subject: it is not listed as a referrer (nothing says what it is about)."""
     root = tmp_path / "layout"
-    x = _image(root, "x")
-    about_x = _artifact(root, "about-x", x)
-    gone = _artifact(root, "gone", x)
+    x = put_image(root, "x")
+    about_x = put_artifact(root, "about-x", x)
+    gone = put_artifact(root, "gone", x)
     (root / "blobs/sha256" / gone["digest"][7:]).unlink()
     index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [gone, about_x]}
-    _layout(root, [_named(x, "x"), _named(_doc(root, index, OCI_INDEX), _tag(x))])
+    write_layout(
+        root, [named_entry(x, "x"), named_entry(put_json(root, index, OCI_INDEX), _tag(x))]
+    )
 
-    from_layout, from_archive = _listed(root, _tar(root, tmp_path / "a.tar"), x)
+    from_layout, from_archive = _listed(root, tar_layout(root, tmp_path / "a.tar"), x)
     assert from_layout == from_archive == {about_x["digest"]}
 
 
@@ -191,10 +140,10 @@ def test_an_index_json_listing_one_big_referrer_many_times_reads_it_once(
     manifest once, not once per entry: otherwise one 4 MiB manifest listed 100 000 times makes
     ``xfer load`` / ``xfer referrers`` / a copy read and hash 400 GB."""
     root = tmp_path / "layout"
-    x = _image(root, "x")
-    big = _artifact(root, "big", x, annotations={"pad": "p" * (1 << 20)})  # a 1 MiB manifest
-    _layout(root, [_named(x, "x"), *([big] * 300)])
-    archive = _tar(root, tmp_path / "a.tar")
+    x = put_image(root, "x")
+    big = put_artifact(root, "big", x, annotations={"pad": "p" * (1 << 20)})  # a 1 MiB manifest
+    write_layout(root, [named_entry(x, "x"), *([big] * 300)])
+    archive = tar_layout(root, tmp_path / "a.tar")
 
     reads: list[str] = []
     real_read = tarindex.TarIndex.read_small
@@ -226,13 +175,13 @@ def test_an_index_json_repeating_an_entry_that_names_an_original_reads_it_once(
     checked by reading both manifests: an index.json repeating it 300 times (under 300 names)
     reads each once, not 600 times."""
     root = tmp_path / "layout"
-    x, other = _image(root, "x"), _image(root, "other")
+    x, other = put_image(root, "x"), put_image(root, "other")
     entries = [
         {**x, "annotations": {REF_NAME: f"r.example/x:{i}", ORIGINAL: other["digest"]}}
         for i in range(300)
     ]
-    _layout(root, entries)
-    archive = _tar(root, tmp_path / "a.tar")
+    write_layout(root, entries)
+    archive = tar_layout(root, tmp_path / "a.tar")
     reads: list[str] = []
     real_read = tarindex.TarIndex.read_small
 
@@ -261,9 +210,9 @@ def test_a_listing_reads_at_most_its_limit_of_manifests_and_keeps_the_rest_as_ro
     stay roots (what they are about is unknown, so gc drops nothing on their account), listed
     as referrers of nothing, and counted."""
     root = tmp_path / "layout"
-    x = _image(root, "x")
-    sboms = [_artifact(root, f"sbom {i}", x) for i in range(5)]
-    _layout(root, [_named(x, "x"), *sboms])
+    x = put_image(root, "x")
+    sboms = [put_artifact(root, f"sbom {i}", x) for i in range(5)]
+    write_layout(root, [named_entry(x, "x"), *sboms])
     layout = Layout(root)
     entries = layout.read_index()
     reads: list[Digest] = []
@@ -291,20 +240,20 @@ def _signed_archive(tmp_path: Path) -> tuple[Path, dict[str, dict[str, Any]]]:
     """An archive as ``xfer save`` writes a signed image with an SBOM and the SBOM's
     signature: full references, cosign tags in the image's repository, the SBOM unnamed."""
     root = tmp_path / "layout"
-    x = _image(root, "x")
-    sig, sbom = _signature(root, x), _artifact(root, "sbom", x)
+    x = put_image(root, "x")
+    sig, sbom = _signature(root, x), put_artifact(root, "sbom", x)
     sbom_sig = _signature(root, sbom)
-    _layout(
+    write_layout(
         root,
         [
-            _named(x, "r.example/x:1"),
-            _named(sig, f"r.example/x:{_tag(x, '.sig')}"),
+            named_entry(x, "r.example/x:1"),
+            named_entry(sig, f"r.example/x:{_tag(x, '.sig')}"),
             {**sbom, "artifactType": SPDX},
-            _named(sbom_sig, f"r.example/x:{_tag(sbom, '.sig')}"),
+            named_entry(sbom_sig, f"r.example/x:{_tag(sbom, '.sig')}"),
         ],
     )
     parts = {"image": x, "sig": sig, "sbom": sbom, "sbom_sig": sbom_sig}
-    return _tar(root, tmp_path / "signed.tar"), parts
+    return tar_layout(root, tmp_path / "signed.tar"), parts
 
 
 def _stored(store: Path) -> set[str]:
@@ -361,10 +310,14 @@ def test_a_layout_of_one_image_and_a_fallback_tag_is_read_without_a_name(tmp_pat
     """An ``oci:`` layout holding one image, its referrers under the referrers tag schema's
     ``sha256-<hex>`` tag and a cosign tag has one image to read without a name."""
     root = tmp_path / "layout"
-    x = _image(root, "x")
-    sbom, sig = _artifact(root, "sbom", x), _signature(root, x)
-    index = _doc(root, {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [sbom]}, OCI_INDEX)
-    _layout(root, [_named(x, "x"), _named(index, _tag(x)), _named(sig, _tag(x, ".sig"))])
+    x = put_image(root, "x")
+    sbom, sig = put_artifact(root, "sbom", x), _signature(root, x)
+    index = put_json(
+        root, {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [sbom]}, OCI_INDEX
+    )
+    write_layout(
+        root, [named_entry(x, "x"), named_entry(index, _tag(x)), named_entry(sig, _tag(x, ".sig"))]
+    )
     run = xfer("copy", f"oci:{root}", f"oci:{tmp_path / 'out'}:y")
     assert run.code == 0, run.err
     assert _stored(tmp_path / "out") == {x["digest"], sbom["digest"], sig["digest"]}
@@ -373,13 +326,17 @@ def test_a_layout_of_one_image_and_a_fallback_tag_is_read_without_a_name(tmp_pat
 def test_one_image_under_two_names_is_one_image_to_read_without_a_name(tmp_path: Path) -> None:
     """A layout or an archive whose one signed image is listed under two names has one image."""
     root = tmp_path / "layout"
-    x = _image(root, "x")
+    x = put_image(root, "x")
     sig = _signature(root, x)
-    _layout(
+    write_layout(
         root,
-        [_named(x, "r.example/x:1"), _named(x, "r.example/x:latest"), _named(sig, _tag(x, ".sig"))],
+        [
+            named_entry(x, "r.example/x:1"),
+            named_entry(x, "r.example/x:latest"),
+            named_entry(sig, _tag(x, ".sig")),
+        ],
     )
-    archive = _tar(root, tmp_path / "a.tar")
+    archive = tar_layout(root, tmp_path / "a.tar")
     for source in (f"oci:{root}", f"oci-archive:{archive}"):
         out = tmp_path / source.split(":")[0]
         run = xfer("copy", source, f"oci:{out}:y")
@@ -400,13 +357,13 @@ def test_a_copy_keeps_the_signature_a_layout_already_holds_under_the_cosign_tag(
     writes nothing of the source's signature (as at a registry; merging would make a manifest
     no tool signed off)."""
     root = tmp_path / "source"
-    x = _image(root, "x")
+    x = put_image(root, "x")
     vendor = _signature(root, x)
     tag = _tag(x, ".sig")
-    _layout(root, [_named(x, "x"), _named(vendor, tag)])
+    write_layout(root, [named_entry(x, "x"), named_entry(vendor, tag)])
     for target, name in ((tmp_path / "site", tag), (tmp_path / "store", f"r.example/x:{tag}")):
         site = _signature(target, {"digest": x["digest"] + "-site"})  # another payload
-        _layout(target, [_named(site, name)])
+        write_layout(target, [named_entry(site, name)])
         into = f"oci:{target}:x" if target.name == "site" else "store:r.example/x:1"
         run = xfer("copy", f"oci:{root}:x", into, store=tmp_path / "store")
         assert run.code == 0, run.err
@@ -426,7 +383,7 @@ def test_a_load_keeps_the_signature_the_store_already_holds_under_the_cosign_tag
     store = tmp_path / "store"
     name = f"r.example/x:{_tag(parts['image'], '.sig')}"
     site = _signature(store, {"digest": parts["image"]["digest"] + "-site"})
-    _layout(store, [_named(site, name)])
+    write_layout(store, [named_entry(site, name)])
     run = xfer("load", archive, store=store)
     assert run.code == 0, run.err
     named = {e["annotations"][REF_NAME]: e["digest"] for e in _entries(store) if "annotations" in e}
@@ -441,17 +398,17 @@ def test_a_docker_typed_signature_the_store_holds_as_an_oci_view_is_its_own_on_a
     (the entry names the original): copying it again finds it there, says nothing of another
     signature and writes nothing."""
     root = tmp_path / "source"
-    x = _image(root, "x")
-    payload = _put(root, b'{"critical": {}}', SIMPLE_SIGNING)
+    x = put_image(root, "x")
+    payload = put_blob(root, b'{"critical": {}}', SIMPLE_SIGNING)
     config = json.dumps({"architecture": "", "os": "", "rootfs": {"type": "layers"}}).encode()
     docker = {
         "schemaVersion": 2,
         "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-        "config": _put(root, config, "application/vnd.docker.container.image.v1+json"),
+        "config": put_blob(root, config, "application/vnd.docker.container.image.v1+json"),
         "layers": [payload],
     }
-    sig = _doc(root, docker, docker["mediaType"])
-    _layout(root, [_named(x, "x"), _named(sig, _tag(x, ".sig"))])
+    sig = put_json(root, docker, docker["mediaType"])
+    write_layout(root, [named_entry(x, "x"), named_entry(sig, _tag(x, ".sig"))])
     store = tmp_path / "store"
     for _ in range(2):
         run = xfer("copy", f"oci:{root}:x", "store:r.example/x:1", store=store)
