@@ -13,6 +13,7 @@ import pytest
 from fixtures.faultproxy import FaultProxy
 from fixtures.images import BuiltImages, build, seed
 from fixtures.registry import Registry
+from fixtures.signing import SignedSet, seed_signed
 from fixtures.tokenserver import ALICE, TokenServer
 
 TOKEN_REPOS = ("public/{name}:1", "private/{name}:1")
@@ -38,6 +39,16 @@ def empty_registry() -> Iterator[Registry]:
     """A fresh anonymous registry with nothing in it (push tests)."""
     with Registry() as reg:
         yield reg
+
+
+@pytest.fixture(scope="module")
+def signed(images: BuiltImages) -> Iterator[tuple[Registry, SignedSet]]:
+    """A registry (no referrers API) holding ``test/small`` and ``test/multi`` signed as cosign
+    signs with a key, each with an SBOM (signed too) recorded through the fallback tag; one
+    per test module."""
+    with Registry() as reg:
+        seed(images.layout, reg.host, [images.images["small"], images.images["multi"]])
+        yield reg, seed_signed(reg.url, images.images["small"], images.images["multi"])
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -20,6 +19,7 @@ from fixtures.images import OCI_INDEX, BuiltImages, seed
 from fixtures.pushimage import RegistryPusher
 from fixtures.registry import Registry
 from fixtures.signing import (
+    SIMPLE_SIGNING,
     SPDX,
     Attached,
     SignedSet,
@@ -29,7 +29,6 @@ from fixtures.signing import (
     get_manifest,
     new_key,
     push_artifact,
-    seed_signed,
 )
 from tests.helpers import xfer
 from transfer.api import Settings
@@ -39,15 +38,6 @@ from transfer.progress import Event, Message
 from transfer.reference import parse
 from transfer.referrers import ReferrerBounds
 from transfer.session import Session
-
-SIG_TYPE = "application/vnd.dev.cosign.simplesigning.v1+json"
-
-
-@pytest.fixture(scope="module")
-def signed(images: BuiltImages) -> Iterator[tuple[Registry, SignedSet]]:
-    with Registry() as reg:
-        seed(images.layout, reg.host, [images.images["small"], images.images["multi"]])
-        yield reg, seed_signed(reg.url, images.images["small"], images.images["multi"])
 
 
 def assert_carried(target: Registry, repo: str, attached: Attached, public_key: bytes) -> None:
@@ -118,7 +108,7 @@ def test_referrers_type_keeps_only_that_artifact_type(
     run = xfer(
         "copy",
         "--referrers-type",
-        SIG_TYPE,
+        SIMPLE_SIGNING,
         f"{source.host}/test/small:1",
         f"{empty_registry.host}/t/sig:1",
     )
@@ -170,7 +160,7 @@ def test_referrers_command_shows_the_tree(
     assert tree["digest"] == small.digest
     by_digest = {node["digest"]: node for node in tree["referrers"]}
     sig = by_digest[keys.small.signature.manifest.digest]
-    assert sig["artifactType"] == SIG_TYPE and sig["tag"] == f"sha256-{small.digest[7:]}.sig"
+    assert sig["artifactType"] == SIMPLE_SIGNING and sig["tag"] == f"sha256-{small.digest[7:]}.sig"
     sbom = by_digest[keys.small.sbom.digest]
     assert sbom["artifactType"] == SPDX and sbom["size"] == keys.small.sbom.size
     assert sbom["annotations"] == keys.small.sbom.annotations
@@ -187,7 +177,7 @@ def test_referrers_command_shows_the_tree(
     assert [n["digest"] for n in tree["referrers"]] == [keys.multi_index.signature.manifest.digest]
     children = {c["digest"]: c for c in tree["manifests"]}
     child = children[images.images["multi"].platforms["linux/amd64"]]
-    assert {n["artifactType"] for n in child["referrers"]} == {SIG_TYPE, SPDX}
+    assert {n["artifactType"] for n in child["referrers"]} == {SIMPLE_SIGNING, SPDX}
 
 
 def test_referrers_command_escapes_what_the_registry_says(
@@ -331,8 +321,10 @@ def test_every_moving_command_takes_the_referrer_options(command: list[str]) -> 
     from transfer.cli import _settings, build_parser
 
     parser = build_parser()
-    args = parser.parse_args([*command, "--referrers-type", SPDX, "--referrers-type", SIG_TYPE])
-    assert _settings(args).referrer_types == (SPDX, SIG_TYPE)
+    args = parser.parse_args(
+        [*command, "--referrers-type", SPDX, "--referrers-type", SIMPLE_SIGNING]
+    )
+    assert _settings(args).referrer_types == (SPDX, SIMPLE_SIGNING)
     assert _settings(args).referrers
     args = parser.parse_args([*command, "--no-referrers"])
     assert not _settings(args).referrers

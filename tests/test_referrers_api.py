@@ -14,6 +14,7 @@ from fixtures.pushimage import RegistryPusher
 from fixtures.referrersapi import ReferrersAPI
 from fixtures.registry import Registry
 from fixtures.signing import (
+    SIMPLE_SIGNING,
     SPDX,
     SignedSet,
     check_signed,
@@ -22,20 +23,9 @@ from fixtures.signing import (
     new_key,
     public_pem,
     push_artifact,
-    seed_signed,
     sign_and_attach,
 )
 from tests.helpers import xfer
-
-SIG_TYPE = "application/vnd.dev.cosign.simplesigning.v1+json"
-
-
-@pytest.fixture(scope="module")
-def signed(images: BuiltImages) -> Iterator[tuple[Registry, SignedSet]]:
-    """A registry without the API: referrers recorded through the fallback tag."""
-    with Registry() as reg:
-        seed(images.layout, reg.host, [images.images["small"], images.images["multi"]])
-        yield reg, seed_signed(reg.url, images.images["small"], images.images["multi"])
 
 
 @pytest.fixture
@@ -70,7 +60,7 @@ def test_a_target_with_the_referrers_api_indexes_them_and_gets_no_fallback_tag(
     assert [n["digest"] for n in by_type[SPDX]["referrers"]] == [
         keys.small.sbom_signature.manifest.digest
     ]
-    assert by_type[SIG_TYPE]["digest"] == keys.small.signature.manifest.digest
+    assert by_type[SIMPLE_SIGNING]["digest"] == keys.small.signature.manifest.digest
     assert any("/referrers/" in path for path in api_target.referrer_gets)
 
 

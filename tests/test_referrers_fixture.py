@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
-from fixtures.images import OCI_INDEX, BuiltImages, seed
+from fixtures.images import OCI_INDEX, BuiltImages
 from fixtures.registry import Registry
 from fixtures.signing import (
     EMPTY,
@@ -23,16 +22,8 @@ from fixtures.signing import (
     new_key,
     public_pem,
     read_signature,
-    seed_signed,
     verify_signature,
 )
-
-
-@pytest.fixture(scope="module")
-def signed(images: BuiltImages) -> Iterator[tuple[Registry, SignedSet]]:
-    with Registry() as reg:
-        seed(images.layout, reg.host, [images.images["small"], images.images["multi"]])
-        yield reg, seed_signed(reg.url, images.images["small"], images.images["multi"])
 
 
 def test_signature_verifies_against_the_image_digest(

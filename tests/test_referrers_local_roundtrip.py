@@ -7,13 +7,10 @@ image's referrers and keep the other's."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 import transfer
-from fixtures.images import BuiltImages, seed
+from fixtures.images import BuiltImages
 from fixtures.registry import Registry
 from fixtures.signing import (
     SPDX,
@@ -22,16 +19,8 @@ from fixtures.signing import (
     check_signed,
     fallback_index,
     get_manifest,
-    seed_signed,
 )
 from tests.helpers import stored_blobs, xfer
-
-
-@pytest.fixture(scope="module")
-def signed(images: BuiltImages) -> Iterator[tuple[Registry, SignedSet]]:
-    with Registry() as reg:
-        seed(images.layout, reg.host, [images.images["small"], images.images["multi"]])
-        yield reg, seed_signed(reg.url, images.images["small"], images.images["multi"])
 
 
 def _intact_and_listed(url: str, attached: Attached, public_key: bytes) -> None:
