@@ -43,8 +43,9 @@ from .copy import CopyOptions, PlatformChoice, _Plan, copy_image, resolve
 from .digest import Digest
 from .endpoints import Destination, Source
 from .endpoints.address import Address
-from .endpoints.archive_read import CONTAINERD_NAME, normalised
+from .endpoints.archive_read import CONTAINERD_NAME
 from .endpoints.layout import MAX_INDEX_BYTES, REF_NAME, Layout, LayoutDestination
+from .endpoints.layout_referrers import entry_name, is_full_reference
 from .endpoints.registry import RunMounts
 from .endpoints.transports import Context, Origin, open_destination
 from .errors import ArchiveError, TransferError, UsageError
@@ -222,7 +223,7 @@ async def held_by_index(
     limiter = anyio.CapacityLimiter(HEADS_AT_ONCE)
 
     async def walk(entry: Descriptor) -> None:
-        name = entry.annotations.get(CONTAINERD_NAME) or entry.annotations.get(REF_NAME)
+        name = entry_name(entry)
         if not name:
             raise UsageError(f"--since {path}: an image ({entry.digest}) without its reference")
         ref = parse(name)
@@ -557,10 +558,10 @@ async def open_bundle(
         raise UsageError(f"{address.path} is not an OCI image layout (no oci-layout file)")
     found = []
     for entry in await anyio.to_thread.run_sync(layout.read_index):
-        name = entry.annotations.get(CONTAINERD_NAME) or entry.annotations.get(REF_NAME)
+        name = entry_name(entry)
         # A full reference names the source repository; a bare tag (another tool's layout, a
         # cosign tag beside its image) names none to import into.
-        if name and normalised(name) == name:
+        if name and is_full_reference(name):
             desc = await anyio.to_thread.run_sync(layout.resolve, entry)
             found.append(_Image(name, desc.digest, LayoutSource(layout, name)))
     relied = await anyio.to_thread.run_sync(_layout_relies_on, layout)

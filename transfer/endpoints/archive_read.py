@@ -48,7 +48,7 @@ from ..reference import parse
 from ..referrers import Referrer
 from .layout import REF_NAME
 from .layout_referrers import CONTAINERD_NAME as CONTAINERD_NAME
-from .layout_referrers import Listing, list_referrers
+from .layout_referrers import Listing, entry_name, list_referrers
 from .tarindex import READ_CHUNK, Member, TarIndex
 
 MAX_DOCUMENT = 16 << 20  # manifest.json, index.json: far above any real one
@@ -315,7 +315,7 @@ class OciArchive(_Archive):
         out = []
         for desc in listing.roots(self._entries):
             # Docker 25+ keeps only the tag in ref.name and the full name beside it.
-            label = desc.annotations.get(CONTAINERD_NAME) or desc.annotations.get(REF_NAME)
+            label = entry_name(desc)
             name = normalised(label) if label else None
             out.append(ArchivedImage((name,) if name else (), desc.digest))
         return out
