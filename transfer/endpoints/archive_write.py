@@ -53,9 +53,9 @@ from ..ociview import ORIGINAL, needs_view, views
 from ..reference import parse
 from ..referrers import Referrer
 from . import Opener, Progress
-from .archive_read import CONTAINERD_NAME, normalised
+from .archive_read import CONTAINERD_NAME
 from .layout import ABSENT, INDEX_MEDIA_TYPE, LAYOUT_VERSION, REF_NAME
-from .layout_referrers import cosign_name, docker_loads, referrer_entry
+from .layout_referrers import cosign_name, docker_loads, is_full_reference, referrer_entry
 
 FORMATS = ("docker", "oci")
 WRITE_BATCH = 1 << 20  # bytes gathered before one write (+hash) in a worker thread
@@ -79,6 +79,14 @@ def create_beside(path: Path) -> tuple[int, Path]:
     fd, temp = create_new(lambda: path.with_name(f"{stem}.{pid}.{secrets.token_hex(8)}.partial"))
     lock_own(fd)
     return fd, temp
+
+
+def _name_annotations(name: str) -> dict[str, str]:
+    """An index.json entry's names: a full reference also as containerd's name, which
+    containerd and docker read; a bare tag (an ``oci:`` layout's) only as ref.name."""
+    if is_full_reference(name):
+        return {CONTAINERD_NAME: name, REF_NAME: name}
+    return {REF_NAME: name}
 
 
 def tar_header(name: str, size: int, directory: bool = False) -> bytes:
@@ -331,9 +339,7 @@ class ArchiveDestination:
     def _oci_index(self, top: dict[str, str] | None = None) -> bytes:
         entries = []
         for name, manifest in self._tagged:
-            annotations = {REF_NAME: name}
-            if normalised(name) == name:  # a full reference: what containerd and docker read
-                annotations = {CONTAINERD_NAME: name, REF_NAME: name}
+            annotations = _name_annotations(name)
             view = self._views.get(manifest.digest)
             if view is not None:
                 annotations[ORIGINAL] = str(manifest.digest)
@@ -372,9 +378,7 @@ class ArchiveDestination:
                 entries.append(referrer_entry(referrer, manifest).to_json())
                 continue
             name = cosign_name(self._image_named(referrer.subject), referrer.tag)
-            annotations = {REF_NAME: name}
-            if normalised(name) == name:
-                annotations = {CONTAINERD_NAME: name, REF_NAME: name}
+            annotations = _name_annotations(name)
             entries.append(manifest.descriptor(annotations=annotations).to_json())
         return entries
 
