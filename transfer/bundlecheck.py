@@ -38,6 +38,7 @@ from .graph import Edge, Rules, is_foreign, walk_sync
 from .localfile import open_regular
 from .manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest
 from .ociview import ORIGINAL, original_type
+from .referrers import is_referrer_tag
 
 READ_SIZE = 8 << 20  # one sequential read: large, so the disk streams and the hash has work
 _BLOB_NAME = re.compile(r"blobs/([a-z0-9]+)/([0-9a-f]+)")
@@ -49,7 +50,7 @@ class BundleReport:
 
     endpoint: str
     root: str | None  # sha256 of index.json: the digest that names the whole content
-    images: int  # index.json entries
+    images: int  # index.json entries that are images (or indexes) of their own
     blobs: int  # blobs re-hashed
     bytes: int  # their bytes
     volumes: int  # files read (1 for a single archive; 0 for a layout)
@@ -57,6 +58,7 @@ class BundleReport:
     problems: tuple[str, ...]  # one line each, every one of them
     damaged: tuple[str, ...] = ()  # digests whose bytes do not match
     missing: tuple[str, ...] = ()  # digests an image needs that the bundle lacks
+    referrers: int = 0  # index.json entries that are referrers (unnamed, or a cosign tag)
 
 
 @dataclass
@@ -165,11 +167,22 @@ def relied_on(index: dict[str, Any], bundle: _Bundle, found: _Found) -> dict[Dig
     return {digest: desc.size for digest, desc in blobs.items()}
 
 
-def _check_graph(bundle: _Bundle, found: _Found, expect: str | None) -> tuple[str | None, int, int]:
-    """Walk every image of index.json; problems into ``found``. Returns (root, images, relied)."""
+def _is_referrer(entry: Descriptor) -> bool:
+    """An index.json entry listed for its subject: unnamed, or under a cosign tag."""
+    name = entry.annotations.get(REF_NAME)
+    if name is None:
+        return True
+    return is_referrer_tag(name.rpartition(":")[2])
+
+
+def _check_graph(
+    bundle: _Bundle, found: _Found, expect: str | None
+) -> tuple[str | None, list[Descriptor], int]:
+    """Walk every image of index.json; problems into ``found``. Returns (root, the entries,
+    how many blobs it relies on from outside)."""
     if bundle.index is None:
         found.problems.append(f"{bundle.name} has no index.json: not an OCI layout or archive")
-        return None, 0, 0
+        return None, [], 0
     root = str(Digest.of(bundle.index))
     if expect is not None and expect != root:
         found.problems.append(
@@ -179,11 +192,11 @@ def _check_graph(bundle: _Bundle, found: _Found, expect: str | None) -> tuple[st
         doc = jsonio.loads(bundle.index, strict=True)
     except jsonio.JSONError as exc:
         found.problems.append(f"{bundle.name}: index.json is not valid JSON: {exc}")
-        return root, 0, 0
+        return root, [], 0
     entries = doc.get("manifests") if isinstance(doc, dict) else None
     if not isinstance(entries, list):
         found.problems.append(f"{bundle.name}: index.json has no manifests list")
-        return root, 0, 0
+        return root, [], 0
     relied = relied_on(doc, bundle, found)
     roots: list[Descriptor] = []
     for i, entry in enumerate(entries):
@@ -269,13 +282,14 @@ def _check_graph(bundle: _Bundle, found: _Found, expect: str | None) -> tuple[st
     for digest, what in missing.items():
         found.problems.append(f"blob {digest} is missing ({what})")
     found.missing = list(missing)
-    return root, len(roots), len(relied_used)
+    return root, roots, len(relied_used)
 
 
 def _report(
-    endpoint: str, found: _Found, graph: tuple[str | None, int, int], volumes: int
+    endpoint: str, found: _Found, graph: tuple[str | None, list[Descriptor], int], volumes: int
 ) -> BundleReport:
-    root, images, relied = graph
+    root, entries, relied = graph
+    referrers = sum(1 for entry in entries if _is_referrer(entry))
     damaged = [
         f"blob {d} is damaged: {why}" + (f" (in {found.where[d]})" if volumes > 1 else "")
         for d, why in found.damaged.items()
@@ -283,7 +297,8 @@ def _report(
     return BundleReport(
         endpoint=endpoint,
         root=root,
-        images=images,
+        images=len(entries) - referrers,
+        referrers=referrers,
         blobs=found.hashed,
         bytes=found.bytes,
         volumes=volumes,

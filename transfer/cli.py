@@ -752,7 +752,8 @@ async def _verify_bundle(args: argparse.Namespace) -> int:
             volumes = f" in {report.volumes} volumes" if report.volumes > 1 else ""
             relied = f", {report.relied_on} relied on from outside" if report.relied_on else ""
             print(
-                f"{report.endpoint}: {report.images} images, {report.blobs} blobs "
+                f"{report.endpoint}: {report.images} images, {report.referrers} referrers, "
+                f"{report.blobs} blobs "
                 f"({_size(report.bytes)}){volumes}{relied} in {seconds:.1f}s: {state}; "
                 f"root {report.root}",
                 file=sys.stderr,
