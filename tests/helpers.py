@@ -21,6 +21,7 @@ import anyio
 
 import transfer
 from fixtures.images import BuiltImages
+from fixtures.signing import Attached, check_signed, fallback_index, get_blob, get_manifest
 from transfer.digest import Digest
 from transfer.manifest import Descriptor
 
@@ -306,3 +307,21 @@ def tar_layout(root: Path, out: Path) -> Path:
 
 def descriptor(d: dict[str, Any]) -> Descriptor:
     return Descriptor(d["mediaType"], Digest.parse(d["digest"]), d["size"])
+
+
+# ---- referrers carried into a registry ----------------------------------------------------------
+
+
+def assert_carried(url: str, repo: str, attached: Attached, public_key: bytes) -> None:
+    """At the registry ``url``: the subject's signature verifies against its digest, its SBOM is
+    listed in the fallback tag index as pushed (artifact type, annotations) with the same bytes
+    and document, and the SBOM's own signature verifies against the SBOM's digest."""
+    check_signed(url, repo, attached.subject, public_key)
+    if attached.sbom is None:
+        return
+    assert attached.sbom.descriptor() in fallback_index(url, repo, attached.subject)
+    found = get_manifest(url, repo, attached.sbom.digest)
+    assert found is not None and found[0] == attached.sbom.raw
+    layer = json.loads(found[0])["layers"][0]
+    assert get_blob(url, repo, layer["digest"]) == attached.sbom_document
+    check_signed(url, repo, attached.sbom.digest, public_key)

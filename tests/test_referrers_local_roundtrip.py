@@ -13,29 +13,10 @@ import transfer
 from fixtures.images import BuiltImages
 from fixtures.registry import Registry
 from fixtures.signing import (
-    SPDX,
-    Attached,
     SignedSet,
-    check_signed,
-    fallback_index,
     get_manifest,
 )
-from tests.helpers import stored_blobs, xfer
-
-
-def _intact_and_listed(url: str, attached: Attached, public_key: bytes) -> None:
-    """At ``url``: the subject's signature verifies against its digest; its SBOM is listed as
-    its referrer (the fallback tag's index) with its artifact type, byte for byte what was
-    signed, and the SBOM's own signature verifies against the SBOM's digest."""
-    check_signed(url, attached.repo, attached.subject, public_key)
-    if attached.sbom is None:
-        return
-    listed = {e["digest"]: e for e in fallback_index(url, attached.repo, attached.subject)}
-    assert listed[attached.sbom.digest]["artifactType"] == SPDX
-    found = get_manifest(url, attached.repo, attached.sbom.digest)
-    assert found is not None and found[0] == attached.sbom.raw
-    assert attached.sbom_signature is not None
-    check_signed(url, attached.repo, attached.sbom.digest, public_key)
+from tests.helpers import assert_carried, stored_blobs, xfer
 
 
 def test_save_load_push_carries_signatures_and_sboms_into_a_third_registry_and_gc_drops_them(
@@ -70,9 +51,9 @@ def test_save_load_push_carries_signatures_and_sboms_into_a_third_registry_and_g
         target = source.replace(reg.host, third.host)
         pushed = xfer("push", source, target, store=store)
         assert pushed.code == 0, pushed.err
-    _intact_and_listed(third.url, keys.small, keys.public_key)
-    _intact_and_listed(third.url, keys.multi_index, keys.public_key)
-    _intact_and_listed(third.url, keys.multi_child, keys.public_key)
+    assert_carried(third.url, keys.small.repo, keys.small, keys.public_key)
+    assert_carried(third.url, keys.multi_index.repo, keys.multi_index, keys.public_key)
+    assert_carried(third.url, keys.multi_child.repo, keys.multi_child, keys.public_key)
     assert get_manifest(third.url, "test/small", small.digest) is not None
     assert get_manifest(third.url, "test/multi", multi.digest) is not None
 
