@@ -65,6 +65,19 @@ def _entries(root: Path) -> list[dict[str, Any]]:
     return manifests
 
 
+def _count_tar_reads(monkeypatch: Any) -> list[str]:
+    """The members an archive reads by name (``TarIndex.read_small``), in order, from now on."""
+    reads: list[str] = []
+    real_read = tarindex.TarIndex.read_small
+
+    def counting_read(self: tarindex.TarIndex, name: str, cap: int) -> bytes:
+        reads.append(name)
+        return real_read(self, name, cap)
+
+    monkeypatch.setattr(tarindex.TarIndex, "read_small", counting_read)
+    return reads
+
+
 def _listed(root: Path, archive: Path, subject: dict[str, Any]) -> tuple[set[str], set[str]]:
     """The referrers of ``subject`` the layout at ``root`` and the archive of it list."""
 
@@ -145,14 +158,7 @@ def test_an_index_json_listing_one_big_referrer_many_times_reads_it_once(
     write_layout(root, [named_entry(x, "x"), *([big] * 300)])
     archive = tar_layout(root, tmp_path / "a.tar")
 
-    reads: list[str] = []
-    real_read = tarindex.TarIndex.read_small
-
-    def counting_read(self: tarindex.TarIndex, name: str, cap: int) -> bytes:
-        reads.append(name)
-        return real_read(self, name, cap)
-
-    monkeypatch.setattr(tarindex.TarIndex, "read_small", counting_read)
+    reads = _count_tar_reads(monkeypatch)
     layout_reads: list[Digest] = []
     real_get = Layout.get_manifest
 
@@ -182,14 +188,7 @@ def test_an_index_json_repeating_an_entry_that_names_an_original_reads_it_once(
     ]
     write_layout(root, entries)
     archive = tar_layout(root, tmp_path / "a.tar")
-    reads: list[str] = []
-    real_read = tarindex.TarIndex.read_small
-
-    def counting_read(self: tarindex.TarIndex, name: str, cap: int) -> bytes:
-        reads.append(name)
-        return real_read(self, name, cap)
-
-    monkeypatch.setattr(tarindex.TarIndex, "read_small", counting_read)
+    reads = _count_tar_reads(monkeypatch)
 
     async def names() -> int:
         opened = OciArchive(archive)
