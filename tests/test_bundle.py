@@ -9,6 +9,7 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from fixtures.images import BuiltImages, ImageInfo, inspect_raw
@@ -457,3 +458,48 @@ def test_an_import_with_scoped_keeps_the_source_host_as_mirror_does(
     scope = registry.host.replace(":", "_")
     there = inspect_raw(f"{second_registry.host}/site/{scope}/test/small:1")
     assert there == images.images["small"].raw
+
+
+def test_a_bundles_index_json_does_not_depend_on_the_order_its_referrers_arrived(
+    tmp_path: Path,
+) -> None:
+    """Images of a bundle are exported at once, so their referrers are carried in any order;
+    index.json (whose digest is the bundle's root digest) must list them the same way every
+    time, or the same signed images give another root digest on every export."""
+    from tests.helpers import put_artifact, put_image
+    from transfer.digest import Digest
+    from transfer.endpoints.bundle_write import BundleDestination
+    from transfer.manifest import Manifest
+    from transfer.referrers import Referrer, index_entry
+
+    layout = tmp_path / "layout"
+    x = put_image(layout, "x")
+    sboms = [put_artifact(layout, seed, x) for seed in ("a", "b", "c")]
+
+    def manifest(desc: dict[str, str]) -> Manifest:
+        raw = (layout / "blobs" / "sha256" / desc["digest"][7:]).read_bytes()
+        return Manifest.from_bytes(raw, desc["mediaType"])
+
+    image = manifest(x)
+    blobs = image.image().blobs()  # relied on from outside (an incremental bundle): not written
+
+    async def write(order: list[dict[str, str]], out: Path) -> bytes:
+        bundle = BundleDestination(out, {blob.digest for blob in blobs})
+        await bundle.start()
+        for blob in blobs:
+            assert await bundle.has_blob(blob)
+        await bundle.put_manifest(image, "r.example/x:1")
+        for desc in order:
+            sbom = manifest(desc)
+            await bundle.put_referrer(Referrer(index_entry(sbom), Digest.parse(x["digest"])), sbom)
+        await bundle.commit()
+        await bundle.aclose()
+        with tarfile.open(out) as tar:
+            handle = tar.extractfile("index.json")
+            assert handle is not None
+            return handle.read()
+
+    first = anyio.run(write, sboms, tmp_path / "one.tar")
+    again = anyio.run(write, sboms[::-1], tmp_path / "two.tar")
+    assert len(json.loads(first)["manifests"]) == 4
+    assert first == again

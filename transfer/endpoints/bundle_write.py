@@ -12,7 +12,8 @@ unfinished, and the bundle is then not committed (it appears only complete, as a
 Small members (directories, manifests, index documents) claim their region and write it whole.
 
 Member order is the order transfers started, so it may differ from run to run; the contents and
-the root digest do not (``index.json``'s: it names every image by digest, in order of name).
+the root digest do not (``index.json``'s: it names every image by digest, in order of name,
+and every referrer in order of digest).
 """
 
 from __future__ import annotations
@@ -111,9 +112,11 @@ class _BundleParts(ArchiveDestination):
         return desc
 
     def _oci_index(self, top: dict[str, str] | None = None) -> bytes:
-        # Images go in as their copies end, in any order: named in order of their names, so
-        # the same images give the same index.json, and the same root digest.
+        # Images go in as their copies end, and their referrers as they are carried, in any
+        # order: images in order of their names, referrers of their digests, so the same
+        # images give the same index.json, and the same root digest.
         self._tagged.sort(key=lambda tagged: tagged[0])
+        self._referrers = dict(sorted(self._referrers.items()))
         annotations = dict(sorted({**self.annotations, **(top or {})}.items()))
         raw = super()._oci_index(annotations or None)
         self.root = Digest.of(raw)
