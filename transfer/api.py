@@ -676,11 +676,14 @@ async def mirror(
             shard=shard,
             dry_run=dry_run,
         )
-    if destination.startswith(("oci:", "oci-archive:")):
-        try:
-            text = await anyio.Path(config).read_text()
-        except OSError as exc:
-            raise UsageError(f"cannot read mirror configuration {config}: {exc.strerror}") from None
+    exporting = destination.startswith(("oci:", "oci-archive:"))
+    if since and not exporting:
+        raise UsageError("--since is for an export into a bundle (oci-archive:FILE or oci:DIR)")
+    try:
+        text = await anyio.Path(config).read_text()
+    except OSError as exc:
+        raise UsageError(f"cannot read mirror configuration {config}: {exc.strerror}") from None
+    if exporting:
         return await bundle.export(
             text,
             parse_address(destination),
@@ -693,13 +696,6 @@ async def mirror(
             dry_run=dry_run,
             since=since,
         )
-    if since:
-        raise UsageError("--since is for an export into a bundle (oci-archive:FILE or oci:DIR)")
-
-    try:
-        text = await anyio.Path(config).read_text()
-    except OSError as exc:
-        raise UsageError(f"cannot read mirror configuration {config}: {exc.strerror}") from None
     return await mirror_config(
         text,
         destination,
