@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fixtures.faultproxy import FaultProxy
 from fixtures.images import BuiltImages, inspect_raw
 from fixtures.registry import Registry, Request
 from fixtures.tokenserver import TokenServer
@@ -113,6 +114,31 @@ def test_a_rerun_is_one_manifest_head_per_image_on_each_side(
         ("GET", "tags"): len(NAMES),
         ("GET", "referrers"): 1,
     }
+
+
+def test_an_unchanged_images_referrer_lookups_are_not_held_to_images_at_once(
+    registry: Registry, empty_registry: Registry, tmp_path: Path
+) -> None:
+    """A no-op rerun still asks the source what refers to each image (a tag list per
+    repository), small requests over the connections the plan's HEADs opened: they go out
+    together, not one image's turn at a time as the blobs of `--images` copies do (with 30
+    repositories over 25 ms that was 8 waves of 4: a rerun of 0.6 s instead of 0.4 s)."""
+    with FaultProxy(registry.url, latency=0.05) as source:
+        lines = [f"{source.host}:", "  images:"]
+        lines += [f"    test/{name}: ['1']" for name in NAMES]
+        config = tmp_path / "sync.yaml"
+        config.write_text("\n".join(lines) + "\n")
+        assert xfer("mirror", config, empty_registry.host).code == 0
+        source.records.reset()
+        again = xfer("mirror", "--images", "1", config, empty_registry.host)
+        assert again.code == 0, again.err
+        lists = [r for r in source.records.snapshot() if "/tags/list" in r.path]
+    assert len(lists) == len(NAMES)
+    # The most tag lists in flight at one moment (each held 50 ms by the proxy).
+    overlapping = max(
+        sum(1 for o in lists if o.started <= r.started < (o.finished or o.started)) for r in lists
+    )
+    assert overlapping > 1, "the tag lists went one image at a time"
 
 
 def test_dry_run_plans_with_bytes_and_writes_nothing(

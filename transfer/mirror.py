@@ -542,10 +542,15 @@ class _Run:
             report.copied.append(result)
             report.copied_items.append((item, result))
 
+        # An unchanged image's referrers are looked up with small requests (a tag list, a
+        # fallback index), over the connections the plan's HEADs left open: as many at once
+        # as those HEADs, not the few images whose blobs move at once.
+        lookups = anyio.CapacityLimiter(HEADS_AT_ONCE)
+
         async def carry_one(entry: PlanEntry) -> None:
             assert entry.item is not None
             try:
-                async with limiter:
+                async with lookups:
                     await self.carry(entry)
             except TransferError as exc:
                 report.failed.append((entry.item, f"referrers: {exc}"))
