@@ -51,6 +51,17 @@ def _save_two(store: Path, images: BuiltImages, out: Path, *extra: str) -> dict[
     return refs
 
 
+def _save_in_volumes(
+    store: Path, refs: dict[str, str], single: Path, base: Path, parts: int = 3
+) -> int:
+    """``refs`` saved again at ``base`` in volumes of about 1/``parts`` of ``single`` (their
+    whole archive's size), so the set has several; the size limit it was given."""
+    limit = max(single.stat().st_size // parts, 8192)
+    run = xfer("save", *refs.values(), "-o", base, "--max-size", str(limit), store=store)
+    assert run.code == 0, run.err
+    return limit
+
+
 def test_save_with_max_size_writes_volumes_of_whole_blobs_within_the_limit(
     images: BuiltImages, store: Path, tmp_path: Path
 ) -> None:
@@ -112,8 +123,7 @@ def test_load_reads_a_volume_set_by_its_name_and_by_its_first_volume(
     single = tmp_path / "single.tar"
     refs = _save_two(store, images, single)
     base = tmp_path / "set.tar"
-    limit = str(max(single.stat().st_size // 3, 8192))
-    assert xfer("save", *refs.values(), "-o", base, "--max-size", limit, store=store).code == 0
+    _save_in_volumes(store, refs, single, base)
 
     for i, name in enumerate((base, tmp_path / "set.001.tar")):
         other = tmp_path / f"store{i}"
@@ -135,8 +145,7 @@ def test_a_missing_or_truncated_volume_is_named(
     single = tmp_path / "single.tar"
     refs = _save_two(store, images, single)
     base = tmp_path / "set.tar"
-    limit = str(max(single.stat().st_size // 3, 8192))
-    assert xfer("save", *refs.values(), "-o", base, "--max-size", limit, store=store).code == 0
+    _save_in_volumes(store, refs, single, base)
     volumes = _volumes(base)
     assert len(volumes) >= 3
 
@@ -234,9 +243,8 @@ def test_a_rerun_keeps_matching_volumes_and_rewrites_those_that_differ(
     single = tmp_path / "single.tar"
     refs = _save_two(store, images, single)
     base = tmp_path / "set.tar"
-    limit = str(max(single.stat().st_size // 4, 8192))
+    limit = str(_save_in_volumes(store, refs, single, base, parts=4))
     order = list(refs.values())
-    assert xfer("save", *order, "-o", base, "--max-size", limit, store=store).code == 0
     volumes = _volumes(base)
     assert len(volumes) >= 3
     volumes[-1].unlink()
@@ -278,8 +286,7 @@ def test_a_shorter_set_removes_what_an_older_export_left_at_its_name(
     single = tmp_path / "single.tar"
     refs = _save_two(store, images, single)
     base = tmp_path / "set.tar"
-    small = str(max(single.stat().st_size // 4, 8192))
-    assert xfer("save", *refs.values(), "-o", base, "--max-size", small, store=store).code == 0
+    _save_in_volumes(store, refs, single, base, parts=4)
     assert len(_volumes(base)) >= 4
     base.write_bytes(single.read_bytes())  # an older single-file export of the same name
     run = xfer("save", refs["small"], "-o", base, "--max-size", "1G", store=store)
@@ -334,8 +341,7 @@ def test_a_set_cut_short_by_another_exports_last_volume_is_refused(
     single = tmp_path / "single.tar"
     refs = _save_two(store, images, single)
     base = tmp_path / "set.tar"
-    limit = str(max(single.stat().st_size // 3, 8192))
-    assert xfer("save", *refs.values(), "-o", base, "--max-size", limit, store=store).code == 0
+    _save_in_volumes(store, refs, single, base)
     other = tmp_path / "other.tar"
     assert xfer("save", refs["small"], "-o", other, "--max-size", "1G", store=store).code == 0
     second = tmp_path / "set.002.tar"
@@ -354,8 +360,7 @@ def test_unpack_reads_an_image_out_of_a_volume_set(
     single = tmp_path / "single.tar"
     refs = _save_two(store, images, single)
     base = tmp_path / "set.tar"
-    limit = str(max(single.stat().st_size // 3, 8192))
-    assert xfer("save", *refs.values(), "-o", base, "--max-size", limit, store=store).code == 0
+    _save_in_volumes(store, refs, single, base)
     assert len(_volumes(base)) >= 3
     trees = []
     for name, archive in (("from-set", base), ("from-single", single)):
@@ -393,9 +398,8 @@ def test_a_kept_volume_over_the_size_now_asked_is_written_again(
     single = tmp_path / "single.tar"
     refs = _save_two(store, images, single)
     base = tmp_path / "set.tar"
-    limit = max(single.stat().st_size // 3, 8192)
+    limit = _save_in_volumes(store, refs, single, base)
     order = list(refs.values())
-    assert xfer("save", *order, "-o", base, "--max-size", str(limit), store=store).code == 0
     volumes = _volumes(base)
     volumes[-1].unlink()
     first = volumes[0]
@@ -413,8 +417,7 @@ def test_a_damaged_blob_in_a_volume_is_named_with_its_volume_by_load(
     single = tmp_path / "single.tar"
     refs = _save_two(store, images, single)
     base = tmp_path / "set.tar"
-    limit = str(max(single.stat().st_size // 3, 8192))
-    assert xfer("save", *refs.values(), "-o", base, "--max-size", limit, store=store).code == 0
+    _save_in_volumes(store, refs, single, base)
     second = _volumes(base)[1]
     with tarfile.open(second) as tar:
         member = next(m for m in tar.getmembers() if m.size > 1000)
