@@ -45,3 +45,33 @@ def test_the_system_call_is_found_and_accepts_a_real_file(tmp_path: Path) -> Non
         writeback.written(fd, 0, W)
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["save's tar", "bundle's tar"])
+def test_an_archive_being_written_hands_each_complete_window_to_the_disk_before_its_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, parallel: bool
+) -> None:
+    # The archive's final fsync is on a save's or a bundle export's critical path: 0.4 s of
+    # a 1.9 s export of the bench set when every page was still dirty at the end.
+    from transfer.endpoints.archive_write import TarWriter
+    from transfer.endpoints.bundle_write import ParallelTar
+
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(
+        writeback, "_sync_file_range", lambda: lambda fd, o, n, f: calls.append((o, n)) or 0
+    )
+    tar = (ParallelTar if parallel else TarWriter)(tmp_path / "b.tar")
+    piece = b"x" * MiB
+    if parallel:  # two regions filled at once, piece by piece, as two blobs arrive
+        first, second = tar.claim(2 * W), tar.claim(2 * W)
+        for n in range(2 * W // MiB):
+            tar.pwrite(piece, first + n * MiB)
+            tar.pwrite(piece, second + n * MiB)
+    else:
+        for _ in range(4 * W // MiB):
+            tar.data(piece)
+    before_fsync = sorted(calls)
+    tar.finish()
+    tar.close()
+
+    assert before_fsync == [(w * W, W) for w in range(4)]

@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 
 import anyio
 
+from .. import writeback
 from ..digest import Digest, Verifier
 from ..durable import create_new, fsync_dir, lock_own, remove_dead_temporaries
 from ..errors import ArchiveError, ManifestError, TransferError
@@ -113,7 +114,10 @@ class TarWriter:
 
     def _write(self, data: bytes) -> None:
         self.handle.write(data)
-        self.position += len(data)
+        start, self.position = self.position, self.position + len(data)
+        # The finish's fsync is on the save's critical path (~0.4 s for a 1 GB bundle here):
+        # what is complete goes to the disk while the rest still arrives.
+        writeback.written(self.handle.fileno(), start, self.position)
 
     def header(self, name: str, size: int, directory: bool = False) -> None:
         self._write(tar_header(name, size, directory))

@@ -27,6 +27,7 @@ from typing import Any
 import anyio
 import anyio.from_thread
 
+from .. import writeback
 from ..digest import Digest, Verifier
 from ..ingest import Chunk
 from ..manifest import Descriptor, Manifest
@@ -58,10 +59,11 @@ class ParallelTar(TarWriter):
             return at
 
     def pwrite(self, data: Chunk, at: int) -> None:
-        view = memoryview(data)
+        view, start = memoryview(data), at
         while view:
             done = os.pwrite(self.fd, view, at)
             view, at = view[done:], at + done
+        writeback.written(self.fd, start, at)  # as the sequential writer does, per region
 
     def _write(self, data: bytes) -> None:  # a header, or a whole small member: one claim
         self.pwrite(data, self.claim(len(data)))
