@@ -286,3 +286,30 @@ def test_push_mounts_blobs_from_the_repository_the_stored_image_came_from(
     assert len(mounts) == len(info.blobs)
     assert not [r for r in served if r.method in ("PATCH", "PUT") and r.kind == "upload"]
     assert run.json_lines()[-1]["bytes_transferred"] == 0
+
+
+def test_push_mounts_blobs_another_stored_image_holds_in_another_repository_of_the_target(
+    registry: Registry, empty_registry: Registry, images: BuiltImages, store: Path
+) -> None:
+    # shared-a went to the target's team-a earlier (and is in the store under that name);
+    # shared-b, pulled from elsewhere, shares its two base layers: pushed into team-b, those
+    # are mounted from team-a, only its own layers cross the network.
+    a, b = images.images["shared-a"], images.images["shared-b"]
+    earlier = f"{empty_registry.host}/team-a/shared-a:1"
+    assert xfer("copy", f"oci:{images.layout}:shared-a", earlier).code == 0
+    assert xfer("pull", earlier, store=store).code == 0
+    elsewhere = f"{registry.host}/{b.ref}"
+    assert xfer("pull", elsewhere, store=store).code == 0
+    mark = empty_registry.mark()
+
+    run = xfer("push", "--json", elsewhere, f"{empty_registry.host}/team-b/shared-b:1", store=store)
+
+    assert run.code == 0, run.err
+    served = empty_registry.requests(mark)
+    mounted = {r.query for r in served if r.method == "POST" and r.status == 201}
+    shared = {d.digest for d in a.blobs} & {d.digest for d in b.blobs}
+    assert len(shared) == 2
+    assert mounted == {f"mount={d}&from=team-a/shared-a" for d in shared}
+    uploads = [r for r in served if r.method == "PUT" and r.kind == "upload"]
+    assert len(uploads) == len(b.blobs) - len(shared)  # its own layers and its config
+    assert xfer("pull", f"{empty_registry.host}/team-b/shared-b:1", store=store).code == 0

@@ -33,7 +33,7 @@ from .endpoints.address import Address, parse_address
 from .endpoints.layout import REF_NAME, Layout, LayoutDestination
 from .endpoints.layout_referrers import cosign_tag
 from .endpoints.transports import Context, Origin, archive, open_destination, open_source
-from .errors import ArchiveError, ManifestError, StoreError, UsageError
+from .errors import ArchiveError, ManifestError, StoreError, TransferError, UsageError
 from .fetch import RangePolicy
 from .manifest import MAX_CONFIG_BYTES, Descriptor, ImageConfig, Manifest, Platform
 from .progress import Emit, Message, ignore
@@ -202,6 +202,8 @@ async def push(
     ``platform`` pushes only that image of it), to ``destination`` or its own name."""
     ref = parse(reference)
     target = parse(destination) if destination else ref
+    settings = settings or Settings()
+    known = await anyio.to_thread.run_sync(_stored_elsewhere, settings.layout(), target)
     return await copy(
         Address("store", reference=ref),
         Address("registry", reference=target),
@@ -209,7 +211,31 @@ async def push(
         platform=platform,
         emit=emit,
         session=session,
+        mounts=known,
     )
+
+
+def _stored_elsewhere(layout: Layout, target: Reference) -> dict[Digest, str]:
+    """Blobs the target registry should hold in another repository: those of the store's
+    images named after one (pulled from or pushed to it), so a push mounts them instead of
+    sending them again. A wrong guess (deleted since) costs nothing: the registry answers the
+    mount by opening the upload that was needed anyway."""
+    from .maintenance import reachable  # only a push walks other images
+
+    known: dict[Digest, str] = {}
+    for entry in layout.read_index():
+        name = entry.annotations.get(REF_NAME)
+        if not name or cosign_tag(name) is not None:
+            continue
+        try:
+            ref = parse(name)
+        except TransferError:
+            continue  # a name another tool wrote: not one of ours to guess from
+        if ref.registry != target.registry or ref.repository == target.repository:
+            continue
+        for digest in reachable(layout, [entry], referrers=False).blobs:
+            known.setdefault(digest, ref.repository)
+    return known
 
 
 async def save(
