@@ -190,6 +190,7 @@ def test_a_one_platform_save_of_an_index_verifies(
     assert run.code == 0, run.err
     run = xfer("verify", f"oci-archive:{archive}")
     assert run.code == 0, run.out + run.err
+    assert "1 image, 0 referrers, " in run.err  # counted in words a person would write
 
 
 def test_a_plain_oci_save_of_a_docker_image_verifies(

@@ -748,12 +748,12 @@ async def _verify_bundle(args: argparse.Namespace) -> int:
         for problem in report.problems:
             _say(problem)
         if not args.quiet:
-            state = "ok" if not report.problems else f"{len(report.problems)} problems"
+            state = "ok" if not report.problems else _counted(len(report.problems), "problem")
             volumes = f" in {report.volumes} volumes" if report.volumes > 1 else ""
             relied = f", {report.relied_on} relied on from outside" if report.relied_on else ""
             print(
-                f"{report.endpoint}: {report.images} images, {report.referrers} referrers, "
-                f"{report.blobs} blobs "
+                f"{report.endpoint}: {_counted(report.images, 'image')}, "
+                f"{_counted(report.referrers, 'referrer')}, {_counted(report.blobs, 'blob')} "
                 f"({_size(report.bytes)}){volumes}{relied} in {seconds:.1f}s: {state}; "
                 f"root {report.root}",
                 file=sys.stderr,
@@ -764,6 +764,10 @@ async def _verify_bundle(args: argparse.Namespace) -> int:
             hint="export it again, or copy the damaged or missing files again",
         )
     return 0
+
+
+def _counted(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 async def cmd_tags(args: argparse.Namespace) -> int:
