@@ -1,47 +1,34 @@
-"""The command line: argparse commands, and the only module that prints or owns tqdm."""
+"""The command line: argparse commands, and the only module that prints or owns tqdm.
+
+A command imports the library when it runs, not when this module loads: ``xfer --version``,
+``--help`` and a usage error load neither the library nor httpx, anyio or tenacity, and each
+command loads only the modules it uses.
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
-import logging
 import os
 import sys
 import time
-import traceback
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
-import anyio
-
-from . import api
-from .auth import Credentials
-from .copy import SMALL_JOBS, CopyResult
-from .endpoints.address import parse_address
 from .errors import ArchiveError, StoreError, TransferError, UsageError, printable
-from .fetch import RangePolicy
-from .manifest import Descriptor, Index, Platform
-from .progress import (
-    BlobDone,
-    BlobProgress,
-    BlobStart,
-    Event,
-    ImageDone,
-    ImageStart,
-    Message,
-    Retry,
-)
-from .referrers import ReferrerNode
-from .retry import RetryPolicy
-from .session import Session
-from .throttle import Throttle, parse_rate
-from .transport import TransportOptions
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without loading typing for --version
 if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine, Sequence
+    from typing import Any, NoReturn, TextIO
+
+    from . import api
+    from .auth import Credentials
+    from .copy import CopyResult
+    from .manifest import Descriptor, Platform
     from .mirror import MirrorReport
+    from .progress import Event
+    from .referrers import ReferrerNode
 
 PROG = "xfer"
 
@@ -73,6 +60,16 @@ class Renderer:
         self.images = 0
 
     def __call__(self, event: Event) -> None:
+        from .progress import (
+            BlobDone,
+            BlobProgress,
+            BlobStart,
+            ImageDone,
+            ImageStart,
+            Message,
+            Retry,
+        )
+
         if isinstance(event, ImageDone):
             for key in self.totals:
                 self.totals[key] += getattr(event, key)
@@ -172,6 +169,8 @@ def _renderer(args: argparse.Namespace, verb: str = "fetched") -> Renderer:
 
 def _credentials(args: argparse.Namespace) -> Credentials | None:
     """``--creds USER:PASS`` or ``--username`` with the password on stdin (never in argv)."""
+    from .auth import Credentials
+
     if getattr(args, "creds", None):
         user, sep, password = args.creds.partition(":")
         if not sep:
@@ -187,6 +186,15 @@ def _credentials(args: argparse.Namespace) -> Credentials | None:
 
 
 def _settings(args: argparse.Namespace, credentials: Credentials | None = None) -> api.Settings:
+    from dataclasses import replace
+
+    from . import api
+    from .copy import SMALL_JOBS
+    from .fetch import RangePolicy
+    from .retry import RetryPolicy
+    from .throttle import Throttle
+    from .transport import TransportOptions
+
     creds = credentials if credentials is not None else _credentials(args)
     transport = TransportOptions(
         plain_http=getattr(args, "plain_http", False),
@@ -242,6 +250,8 @@ def _settings(args: argparse.Namespace, credentials: Credentials | None = None) 
 
 
 def _bytes_option(name: str, text: str) -> int:
+    from .throttle import parse_rate
+
     try:
         return int(parse_rate(text))
     except ValueError as exc:
@@ -250,6 +260,8 @@ def _bytes_option(name: str, text: str) -> int:
 
 def _platform(args: argparse.Namespace) -> Platform | None:
     """One platform (unpack: a root filesystem is one image)."""
+    from .manifest import Platform
+
     return Platform.parse(args.platform) if getattr(args, "platform", None) else None
 
 
@@ -259,6 +271,8 @@ def _platforms(args: argparse.Namespace) -> Platform | tuple[Platform, ...] | No
     text = getattr(args, "platform", None)
     if not text:
         return None
+    from .manifest import Platform
+
     chosen = tuple(dict.fromkeys(Platform.parse(part) for part in text.split(",")))
     return chosen[0] if len(chosen) == 1 else chosen
 
@@ -267,6 +281,9 @@ def _platforms(args: argparse.Namespace) -> Platform | tuple[Platform, ...] | No
 
 
 async def cmd_pull(args: argparse.Namespace) -> int:
+    from . import api
+    from .session import Session
+
     settings = _settings(args)
     render = _renderer(args)
     results: list[CopyResult] = []
@@ -291,6 +308,10 @@ async def cmd_pull(args: argparse.Namespace) -> int:
 
 
 async def cmd_copy(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from . import api
+
     # The whole index is the default for copy; --all-platforms is accepted for skopeo's users.
     platform = None if args.all_platforms else _platforms(args)
     settings = _settings(args)
@@ -315,6 +336,8 @@ async def cmd_copy(args: argparse.Namespace) -> int:
 
 
 async def cmd_push(args: argparse.Namespace) -> int:
+    from . import api
+
     render = _renderer(args, "pushed")
     try:
         result = await api.push(
@@ -337,6 +360,9 @@ def _print_digest(render: Renderer, result: CopyResult) -> int:
 
 
 async def cmd_mirror(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from . import api
     from .mirror import Shard  # YAML and semver load only for a mirror
 
     shard = Shard.parse(args.shard) if args.shard else None
@@ -461,6 +487,8 @@ def _mirror_plan(args: argparse.Namespace, report: MirrorReport) -> int:
 
 
 async def cmd_save(args: argparse.Namespace) -> int:
+    from . import api
+
     render = _renderer(args, "written")
     try:
         await api.save(
@@ -490,6 +518,8 @@ def _volume_size(args: argparse.Namespace) -> int | None:
 
 
 async def cmd_load(args: argparse.Namespace) -> int:
+    from . import api
+
     file = args.input or args.file
     if not file or (args.input and args.file):
         raise UsageError("xfer load takes one archive: FILE or -i FILE")
@@ -511,6 +541,7 @@ async def cmd_load(args: argparse.Namespace) -> int:
 
 
 async def cmd_unpack(args: argparse.Namespace) -> int:
+    from . import api
     from .unpack import DEFAULT_MAX_SIZE, UnpackOptions  # tar and zstd code only for unpack
 
     max_size = _bytes_option("--max-size", args.max_size) if args.max_size else DEFAULT_MAX_SIZE
@@ -545,6 +576,8 @@ async def cmd_unpack(args: argparse.Namespace) -> int:
 
 
 def _creds(text: str, option: str) -> Credentials:
+    from .auth import Credentials
+
     user, sep, password = text.partition(":")
     if not sep:
         raise UsageError(f"{option} takes USER:PASSWORD")
@@ -552,6 +585,8 @@ def _creds(text: str, option: str) -> Credentials:
 
 
 async def cmd_images(args: argparse.Namespace) -> int:
+    from . import api
+
     entries = await api.images(_settings(args))
     if args.json:
         for entry in entries:
@@ -579,6 +614,10 @@ async def cmd_images(args: argparse.Namespace) -> int:
 
 
 async def cmd_inspect(args: argparse.Namespace) -> int:
+    from . import api
+    from .endpoints.address import parse_address
+    from .manifest import Index
+
     address = parse_address(args.reference)
     reference = address.written(args.reference)
     manifest, config = await api.inspect(address, _settings(args))
@@ -618,6 +657,9 @@ async def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 async def cmd_referrers(args: argparse.Namespace) -> int:
+    from . import api
+    from .endpoints.address import parse_address
+
     address = parse_address(args.reference)
     settings = _settings(args)
     tree = await api.referrers(address, settings, artifact_types=settings.referrer_types)
@@ -656,6 +698,8 @@ def _tree_lines(nodes: Sequence[ReferrerNode], indent: str) -> list[str]:
 
 
 async def cmd_rm(args: argparse.Namespace) -> int:
+    from . import api
+
     for name in await api.remove(args.references, _settings(args)):
         if args.json:
             print(json.dumps({"event": "removed", "reference": name}))
@@ -665,6 +709,8 @@ async def cmd_rm(args: argparse.Namespace) -> int:
 
 
 async def cmd_gc(args: argparse.Namespace) -> int:
+    from . import api
+
     report = await api.gc(_settings(args), all_partials=args.partials)
     for name in report.left:
         _warning(f"gc left {name} alone: it is a directory, not a blob or a partial download")
@@ -679,6 +725,8 @@ async def cmd_gc(args: argparse.Namespace) -> int:
 
 
 async def cmd_verify(args: argparse.Namespace) -> int:
+    from . import api
+
     if args.endpoint and not args.endpoint.startswith("store:"):
         return await _verify_bundle(args)
     if args.expect:
@@ -737,6 +785,8 @@ async def cmd_verify(args: argparse.Namespace) -> int:
 async def _verify_bundle(args: argparse.Namespace) -> int:
     """``xfer verify oci-archive:FILE`` / ``oci:DIR``: every problem on stdout, one line each
     (naming the blob, the volume), a short summary, exit 1 when there is any."""
+    from . import api
+
     if args.repair:
         raise UsageError("--repair mends the store; a bundle is exported again instead")
     started = time.monotonic()
@@ -771,6 +821,8 @@ def _counted(n: int, noun: str) -> str:
 
 
 async def cmd_tags(args: argparse.Namespace) -> int:
+    from . import api
+
     # Each page is printed (and flushed) as it arrives: a long listing starts at once and never
     # holds more than one page. Tags are the registry's text: escaped, as every result line.
     async with contextlib.aclosing(api.tag_pages(args.repository, _settings(args))) as pages:
@@ -785,6 +837,8 @@ async def cmd_tags(args: argparse.Namespace) -> int:
 
 
 async def cmd_login(args: argparse.Namespace) -> int:
+    from . import api
+
     given = _credentials(args) if args.creds or args.password_stdin else None
     creds = given or _ask_credentials(args.host, args.username)
     where = await api.login(args.host, creds, _settings(args, creds))
@@ -800,6 +854,8 @@ def _ask_credentials(host: str, user: str | None) -> Credentials:
         raise UsageError(f"xfer login {host}: give -u USER and --password-stdin (no terminal)")
     import getpass
 
+    from .auth import Credentials
+
     user = user or input("Username: ").strip()
     password = getpass.getpass("Password: ")
     if not user or not password:
@@ -808,6 +864,8 @@ def _ask_credentials(host: str, user: str | None) -> Credentials:
 
 
 async def cmd_logout(args: argparse.Namespace) -> int:
+    from . import api
+
     if await api.logout(args.host):
         print(f"Removed login credentials for {args.host}")
     else:
@@ -974,9 +1032,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--images",
         type=int,
-        default=api.MIRROR_IMAGES,
+        default=4,  # api.MIRROR_IMAGES, which --help would otherwise load the library for
         metavar="N",
-        help=f"images copied at once (default {api.MIRROR_IMAGES})",
+        help="images copied at once (default %(default)s)",
     )
     p.add_argument(
         "--dry-run",
@@ -1131,6 +1189,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         func: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = args.func
+        import anyio  # after parsing: --version and --help need no event loop
+
         return anyio.run(func, args)
     except TransferError as exc:
         if debug:
@@ -1177,6 +1237,8 @@ def run() -> NoReturn:
         code = code or 1
     with contextlib.suppress(OSError):
         sys.stderr.flush()
+    import logging  # loaded by the command's libraries already; --version never gets here
+
     logging.shutdown()
     os._exit(code)
 
@@ -1195,6 +1257,8 @@ def _traceback(exc: BaseException) -> None:
     """``--debug``: the traceback, as Python prints it but with every piece passed through
     ``printable``: an exception's text (a registry's message, maybe) is one line, its escapes
     and line breaks escaped; only a frame (file and line, then our source) spans two lines."""
+    import traceback
+
     for chunk in traceback.TracebackException.from_exception(exc).format():
         frame = chunk.lstrip(" |").startswith("File ")
         for line in chunk.rstrip("\n").split("\n") if frame else [chunk.strip("\n")]:
