@@ -2,8 +2,8 @@
 
 Every xfer run pays for its imports before it does anything (start-up, ``make bench``'s
 ``xfer --version``): ``--version``, ``--help`` and a usage error load none of the library, and a
-pull loads none of the code of the other commands. Each test runs the real command in a fresh
-interpreter and reads what it imported; no timing.
+pull, or a mirror between registries, loads none of the code of the other commands. Each test
+runs the real command in a fresh interpreter and reads what it imported; no timing.
 """
 
 from __future__ import annotations
@@ -113,6 +113,18 @@ def test_pull_loads_no_code_of_the_other_commands(
     assert {"transfer.copy", "transfer.endpoints.layout", "httpx"} <= modules  # it did pull
     assert not modules & OTHER_COMMANDS
     assert not packages(modules) & OPTIONAL
+
+
+def test_a_mirror_between_registries_loads_no_bundle_or_archive_code(
+    registry: Registry, empty_registry: Registry, images: BuiltImages, tmp_path: Path
+) -> None:
+    config = tmp_path / "sync.yaml"
+    repository, tag = images.images["small"].ref.rsplit(":", 1)
+    config.write_text(f"{registry.host}:\n  images:\n    {repository}: ['{tag}']\n")
+    modules = loaded("mirror", config, f"{empty_registry.host}/mirrored")
+    assert {"transfer.mirror", "yaml", "semver"} <= modules  # it did mirror
+    assert not modules & (OTHER_COMMANDS - {"transfer.mirror"})
+    assert "tarfile" not in modules
 
 
 def test_the_parser_states_the_apis_mirror_default_without_loading_it() -> None:

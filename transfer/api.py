@@ -679,7 +679,6 @@ async def mirror(
     the images into one (``since``: bundles, layouts or index.json files whose blobs the far
     side holds, left out; ``report.root`` is the bundle's root digest); ``config``
     ``oci-archive:FILE`` or ``oci:DIR`` imports a bundle's images into the registry."""
-    from . import bundle
     from .mirror import mirror as mirror_config  # YAML and semver load only for a mirror
 
     text_config = str(config)
@@ -689,7 +688,9 @@ async def mirror(
     if text_config.startswith(("oci:", "oci-archive:")):
         if since:
             raise UsageError("--since is for an export into a bundle, not an import")
-        return await bundle.import_bundle(
+        from .bundle import import_bundle  # archive and tar code only for a bundle
+
+        return await import_bundle(
             parse_address(text_config),
             destination,
             settings,
@@ -710,7 +711,9 @@ async def mirror(
     except OSError as exc:
         raise UsageError(f"cannot read mirror configuration {config}: {exc.strerror}") from None
     if exporting:
-        return await bundle.export(
+        from .bundle import export  # archive and tar code only for a bundle
+
+        return await export(
             text,
             parse_address(destination),
             settings,
