@@ -141,6 +141,41 @@ def test_an_unchanged_images_referrer_lookups_are_not_held_to_images_at_once(
     assert overlapping > 1, "the tag lists went one image at a time"
 
 
+def test_small_images_are_copied_all_at_once_by_default(
+    registry: Registry, empty_registry: Registry, tmp_path: Path
+) -> None:
+    """Each small image costs round trips one after the other (manifest, blobs, referrers): a
+    fleet of them over a slow path is as fast as its waves, so by default more than four go at
+    once (their large blobs share one bound for the run instead)."""
+    with FaultProxy(registry.url, latency=0.05) as source:
+        lines = [f"{source.host}:", "  images:"]
+        lines += [f"    test/{name}: ['1']" for name in NAMES]
+        config = tmp_path / "sync.yaml"
+        config.write_text("\n".join(lines) + "\n")
+        run = xfer("mirror", config, empty_registry.host)
+        assert run.code == 0, run.err
+        gets = [
+            r
+            for r in source.records.snapshot()
+            if r.method == "GET" and r.path.endswith("/manifests/1")
+        ]
+    assert len(gets) == len(NAMES)
+    overlapping = max(
+        sum(1 for o in gets if o.started <= r.started < (o.finished or o.started)) for r in gets
+    )
+    assert overlapping == len(NAMES), f"at most {overlapping} images were copied at once"
+
+
+def test_the_large_blob_transfers_of_a_run_share_one_bound() -> None:
+    from transfer.api import Settings
+    from transfer.session import TRANSFERS_PER_JOB, Session
+
+    session = Session(Settings(jobs=3))
+    bound = session.transfers(3)
+    assert bound is session.transfers(3)  # every image of the run takes from the same one
+    assert bound.total_tokens == 3 * TRANSFERS_PER_JOB
+
+
 def test_dry_run_plans_with_bytes_and_writes_nothing(
     registry: Registry, empty_registry: Registry, images: BuiltImages, tmp_path: Path
 ) -> None:

@@ -178,7 +178,7 @@ async def copy(
     src = source if isinstance(source, Address) else parse_address(source)
     dst = destination if isinstance(destination, Address) else parse_address(destination)
     async with session_for(settings, session) as (settings, session):
-        options = settings.copy_options(platform)
+        options = settings.copy_options(platform, transfers=session.transfers(settings.jobs))
         into = Context(session, dest_settings or settings, emit)
         async with (
             open_source(src, Context(session, settings, emit)) as reading,
@@ -647,7 +647,11 @@ async def unpack(
         )
 
 
-MIRROR_IMAGES = 4  # images a mirror copies at once (each with -j blob transfers)
+# Images a mirror copies at once. Small images cost round trips (manifest, blobs, referrers,
+# one after the other), so many at once hide the latency: 10 small repositories over 25 ms
+# went from 1.17 to 0.93 s with 16 instead of 4. Their large blobs share one bound for the
+# whole run (Session.transfers), so big images do not multiply threads and buffers.
+MIRROR_IMAGES = 16
 
 
 async def mirror(

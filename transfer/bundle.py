@@ -321,7 +321,9 @@ async def export(
         report.plan = entries + [
             PlanEntry(f"{s.repository}:{s.tag}", "", SKIP, reason=s.reason) for s in report.skipped
         ]
-        options = settings.copy_options(platform)  # --no-referrers, --referrers-type too
+        options = settings.copy_options(  # --no-referrers, --referrers-type too
+            platform, transfers=session.transfers(settings.jobs)
+        )
         volumes = settings.volume_size if target.kind == "oci-archive" else None
         # Volumes are written one member at a time, in an order a rerun repeats: one image
         # after another (volumes.py), each with its blobs at once.
@@ -618,7 +620,9 @@ async def import_bundle(
         open_bundle(source) as (found, relied),
     ):
         dest_settings = dest_settings or replace(settings, credentials=None)
-        options = settings.copy_options(platform)  # --no-referrers, --referrers-type too
+        options = settings.copy_options(  # --no-referrers, --referrers-type too
+            platform, transfers=session.transfers(settings.jobs)
+        )
         report = MirrorReport()
         work = []
         for image in found:

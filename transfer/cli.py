@@ -1032,7 +1032,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--images",
         type=int,
-        default=4,  # api.MIRROR_IMAGES, which --help would otherwise load the library for
+        default=16,  # api.MIRROR_IMAGES, which --help would otherwise load the library for
         metavar="N",
         help="images copied at once (default %(default)s)",
     )

@@ -10,6 +10,7 @@ endpoints can, within ``ReferrerBounds``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterable, Callable, Coroutine, Iterable, Sequence
@@ -94,6 +95,9 @@ class CopyOptions:
     referrers: bool = True
     referrer_types: tuple[str, ...] = ()
     referrer_bounds: ReferrerBounds = field(default_factory=ReferrerBounds)
+    # The run's bound on large blob transfers at once, shared by the images it copies at once
+    # (Session.transfers); None: only this image's --jobs.
+    transfers: anyio.CapacityLimiter | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -268,6 +272,8 @@ class _Mover:
         # destination takes (a tar being written).
         self.limiter = anyio.CapacityLimiter(options.jobs if destination.concurrent else 1)
         self.small = self.limiter
+        # Always taken after the image's own: one order, so two images never wait on each other.
+        self.run_wide = options.transfers or contextlib.nullcontext()
         if destination.concurrent and options.jobs > 1:
             self.small = anyio.CapacityLimiter(options.jobs * SMALL_JOBS)
 
@@ -283,8 +289,12 @@ class _Mover:
             emit(BlobDone(digest=str(desc.digest), size=desc.size, transferred=0, skipped=True))
 
         async def transfer(desc: Descriptor) -> None:
-            async with self.small if desc.size <= SMALL_BLOB else self.limiter:
-                got = await _transfer_blob(source, destination, desc, options.retry, emit)
+            if desc.size <= SMALL_BLOB:
+                async with self.small:
+                    got = await _transfer_blob(source, destination, desc, options.retry, emit)
+            else:
+                async with self.limiter, self.run_wide:
+                    got = await _transfer_blob(source, destination, desc, options.retry, emit)
             self.received += got
 
         await _run_all(transfer, missing)

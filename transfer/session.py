@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
+import anyio
+
 from .client import RegistryClient
 from .config import RegistryConfig
 from .config import load as load_registry_config
@@ -33,6 +35,12 @@ if TYPE_CHECKING:
     from .api import Settings
 
 
+# Large blobs moving at once in a whole run, per --jobs: what four images at once moved before
+# a mirror took more images at once for the round trips of small ones. It bounds the threads,
+# connections and buffers of a run of many big images; a single image never reaches it.
+TRANSFERS_PER_JOB = 4
+
+
 class Session:
     """The run's clients, one per (API host, transport options, credential source)."""
 
@@ -43,6 +51,7 @@ class Session:
         self._clients: dict[Hashable, RegistryClient] = {}
         self._gates: dict[str, HostGate] = {}
         self._warned: set[str] = set()
+        self._transfers: anyio.CapacityLimiter | None = None
         self._closed = False
 
     async def __aenter__(self) -> Session:
@@ -68,6 +77,12 @@ class Session:
         if self._config is None:
             self._config = load_registry_config()
         return self._config
+
+    def transfers(self, jobs: int) -> anyio.CapacityLimiter:
+        """The bound on large blob transfers at once shared by every image the run copies."""
+        if self._transfers is None:
+            self._transfers = anyio.CapacityLimiter(max(jobs, 1) * TRANSFERS_PER_JOB)
+        return self._transfers
 
     def gate(self, host: str) -> HostGate:
         """The host's gate, shared by every client of the run that reaches it."""
