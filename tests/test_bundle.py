@@ -503,3 +503,67 @@ def test_a_bundles_index_json_does_not_depend_on_the_order_its_referrers_arrived
     again = anyio.run(write, sboms[::-1], tmp_path / "two.tar")
     assert len(json.loads(first)["manifests"]) == 4
     assert first == again
+
+
+def test_load_of_an_incremental_bundle_names_every_blob_the_store_lacks_and_writes_nothing(
+    registry: Registry, empty_registry: Registry, images: BuiltImages, tmp_path: Path, store: Path
+) -> None:
+    """The store is a target as a registry is: what the bundle relies on from outside is
+    checked before anything is written, and every missing blob is named, not the first one
+    the copy happens to reach."""
+    source = empty_registry
+    shared_a, shared_b = images.images["shared-a"], images.images["shared-b"]
+    _tag(registry, shared_a.ref, f"{source.host}/app:1")
+    config = _config(tmp_path / "sync.yaml", source.host, {"app": []})
+    first = tmp_path / "week1.tar"
+    _export(config, f"oci-archive:{first}")
+    _tag(registry, shared_b.ref, f"{source.host}/app:2")
+    second = tmp_path / "week2.tar"
+    summary = _export(config, f"oci-archive:{second}", "--since", f"oci-archive:{first}")
+    relied = {b.digest for b in shared_a.blobs} & {b.digest for b in shared_b.blobs}
+    relied |= {b.digest for b in shared_a.blobs}
+    assert summary["relied_on"] == len(relied) >= 2
+
+    run = xfer("load", second, store=store)
+    assert run.code == 1
+    error = run.err.strip().splitlines()[-1]
+    assert f"lacks {len(relied)} blobs" in error and "nothing was written" in error
+    for digest in relied:
+        assert digest in error
+    assert not (store / "index.json").exists()
+    written = store / "blobs" / "sha256"
+    assert not written.exists() or not list(written.iterdir())
+
+    assert xfer("load", first, store=store).code == 0  # the week it was made after: then it loads
+    again = xfer("load", second, store=store)
+    assert again.code == 0, again.err
+    shown = xfer("inspect", "--raw", f"store:{source.host}/app:2", store=store)
+    assert shown.code == 0 and shown.out.encode() == shared_b.raw
+
+
+def test_an_image_without_a_name_is_skipped_by_an_import_with_one_warning_line(
+    empty_registry: Registry, tmp_path: Path
+) -> None:
+    """A bundle entry without ``org.opencontainers.image.ref.name`` names no repository to
+    import into: it is skipped, each such image named on a warning line; the named image is
+    imported and an unnamed referrer (an SBOM with a subject) is no skipped image."""
+    from tests.helpers import named_entry, put_artifact, put_image, tar_layout, write_layout
+
+    layout = tmp_path / "layout"
+    named = put_image(layout, "named")
+    lost = [put_image(layout, "lost one"), put_image(layout, "lost two")]
+    sbom = put_artifact(layout, "sbom", named)
+    write_layout(layout, [named_entry(named, "r.example/app:1"), *lost, sbom])
+    archive = tar_layout(layout, tmp_path / "bundle.tar")
+    for source in (f"oci:{layout}", f"oci-archive:{archive}"):
+        run = xfer("mirror", source, f"{empty_registry.host}/site")
+        assert run.code == 0, run.err
+        warnings = [line for line in run.err.splitlines() if "without a name" in line]
+        assert len(warnings) == len(lost), run.err
+        for desc in lost:
+            assert sum(desc["digest"] in line for line in warnings) == 1
+            assert all(line.startswith("warning:") for line in warnings)
+        assert sbom["digest"] not in run.err
+        assert inspect_raw(f"{empty_registry.host}/site/app:1") == (
+            layout / "blobs" / "sha256" / named["digest"][7:]
+        ).read_bytes()
