@@ -318,11 +318,21 @@ async def load(
             raise ArchiveError(
                 f"{file} holds {total} names, more than the {MAX_ARCHIVE_NAMES} one load takes"
             )
+
+        def label(names: list[str]) -> str:
+            return names[0] if names else f"{file} (an image without a name)"
+
         with layout.in_use():
+            if archive.relied_on:  # an incremental bundle: the store must hold what it left out
+                from .bundle import lacking, relied_lacking_in_store
+
+                images = [(ArchiveImageSource(archive, label(n)), i) for i, n in named.items()]
+                missing = await relied_lacking_in_store(images, archive.relied_on, layout, options)
+                if missing:
+                    raise lacking(file, "the store", missing, "load")
             for identifier, names in named.items():
                 ref_name, others = (names[0], names[1:]) if names else (None, [])
-                label = ref_name or f"{file} (an image without a name)"
-                source = ArchiveImageSource(archive, label)
+                source = ArchiveImageSource(archive, label(names))
                 destination = LayoutDestination(layout, ref_name)
                 result = await copy_image(source, destination, identifier, ref_name, options, emit)
                 if ref_name is None:

@@ -693,13 +693,7 @@ async def import_bundle(
             copying, entries, blobs, relied, session, dest_settings, limiter, mounts
         )
         if needed:
-            shown = ", ".join(f"{repo}@{d}" for repo, d in needed[:5])
-            more = f" and {len(needed) - 5} more" if len(needed) > 5 else ""
-            raise TransferError(
-                f"{source}: the target lacks {len(needed)} blobs this incremental bundle relies "
-                f"on: {shown}{more}; nothing was written",
-                hint="import the bundles it was made after (its --since) first",
-            )
+            raise lacking(source, "the target", [f"{repo}@{d}" for repo, d in needed], "import")
         copies = anyio.CapacityLimiter(images)
 
         async def copy_one(image: _Image, entry: PlanEntry) -> None:
@@ -728,6 +722,39 @@ async def import_bundle(
             for image, entry in copying:
                 group.start_soon(copy_one, image, entry)
         return report
+
+
+def lacking(source: object, target: str, needed: Sequence[str], verb: str) -> TransferError:
+    """The one error of an incremental bundle whose target (a registry, the store) lacks
+    blobs it relies on: how many, the first five named, and that nothing was written."""
+    shown = ", ".join(needed[:5])
+    more = f" and {len(needed) - 5} more" if len(needed) > 5 else ""
+    return TransferError(
+        f"{source}: {target} lacks {len(needed)} blobs this incremental bundle relies "
+        f"on: {shown}{more}; nothing was written",
+        hint=f"{verb} the bundles it was made after (its --since) first",
+    )
+
+
+async def relied_lacking_in_store(
+    images: Sequence[tuple[Source, str | Digest]],
+    relied: dict[Digest, Descriptor],
+    layout: Layout,
+    options: CopyOptions,
+) -> list[str]:
+    """The blobs ``images`` (and the referrers a copy carries with them) use that the bundle
+    relies on from outside and the store at ``layout`` lacks, sorted: a load's check before
+    it writes anything, as ``_relied_needed`` is an import's (the store is one blob store:
+    no repositories to ask, no HEADs)."""
+    if not relied:
+        return []
+    used: dict[Digest, Descriptor] = {}
+    for source, identifier in images:
+        _, plan = await resolve(source, identifier, options)
+        for blob in [*plan.blobs(), *await _referrer_blobs(source, plan, options)]:
+            if blob.digest in relied:
+                used.setdefault(blob.digest, blob)
+    return [str(d) for d, desc in sorted(used.items()) if not layout.has_blob(desc)]
 
 
 def _entry_reference(image: _Image, emit: Emit) -> tuple[Reference, str | None]:
