@@ -538,3 +538,31 @@ def test_load_of_an_incremental_bundle_names_every_blob_the_store_lacks_and_writ
     shown = xfer("inspect", "--raw", f"store:{source.host}/app:2", store=store)
     assert shown.code == 0 and shown.out.encode() == shared_b.raw
 
+
+def test_an_image_without_a_name_is_skipped_by_an_import_with_one_warning_line(
+    empty_registry: Registry, tmp_path: Path
+) -> None:
+    """A bundle entry without ``org.opencontainers.image.ref.name`` names no repository to
+    import into: it is skipped, each such image named on a warning line; the named image is
+    imported and an unnamed referrer (an SBOM with a subject) is no skipped image."""
+    from tests.helpers import named_entry, put_artifact, put_image, tar_layout, write_layout
+
+    layout = tmp_path / "layout"
+    named = put_image(layout, "named")
+    lost = [put_image(layout, "lost one"), put_image(layout, "lost two")]
+    sbom = put_artifact(layout, "sbom", named)
+    write_layout(layout, [named_entry(named, "r.example/app:1"), *lost, sbom])
+    archive = tar_layout(layout, tmp_path / "bundle.tar")
+    for source in (f"oci:{layout}", f"oci-archive:{archive}"):
+        run = xfer("mirror", source, f"{empty_registry.host}/site")
+        assert run.code == 0, run.err
+        warnings = [line for line in run.err.splitlines() if "without a name" in line]
+        assert len(warnings) == len(lost), run.err
+        for desc in lost:
+            assert sum(desc["digest"] in line for line in warnings) == 1
+            assert all(line.startswith("warning:") for line in warnings)
+        assert sbom["digest"] not in run.err
+        assert (
+            inspect_raw(f"{empty_registry.host}/site/app:1")
+            == (layout / "blobs" / "sha256" / named["digest"][7:]).read_bytes()
+        )

@@ -533,16 +533,36 @@ class _Image:
     source: Source
 
 
+@dataclass
+class _Opened:
+    """A bundle open for reading: its named images, the blobs it relies on from outside, and
+    the root digests of the bundles it was made after (its ``dev.xfer.bundle.since``)."""
+
+    images: list[_Image]
+    relied: dict[Digest, Descriptor]
+    since: list[str]
+
+
 @contextlib.asynccontextmanager
-async def open_bundle(
-    address: Address,
-) -> AsyncIterator[tuple[list[_Image], dict[Digest, Descriptor]]]:
-    """The named images of a bundle (``oci-archive:FILE`` or ``oci:DIR``), and the blobs it
-    relies on from outside; open until the block ends."""
+async def open_bundle(address: Address, emit: Emit = ignore) -> AsyncIterator[_Opened]:
+    """The named images of a bundle (``oci-archive:FILE`` or ``oci:DIR``), and what it relies
+    on from outside; open until the block ends. An image without a full reference names no
+    repository to go to: skipped, each on a warning line (referrers are no images: they
+    travel with their subjects)."""
     from .endpoints.archive_read import ArchiveImageSource, OciArchive, open_archive
     from .endpoints.layout import LayoutSource
 
     assert address.path is not None
+
+    def skipped(digest: Digest, name: str | None) -> None:
+        what = f"its name {name!r} is not a full reference" if name else "an image without a name"
+        emit(
+            Message(
+                f"warning: {address}: {what} ({digest}, no {REF_NAME} to name its "
+                "repository): skipped"
+            )
+        )
+
     if address.kind == "oci-archive":
         archive = await open_archive(address.path)
         async with contextlib.aclosing(archive):
@@ -550,34 +570,49 @@ async def open_bundle(
                 raise UsageError(f"{address.path} is a docker archive, not a bundle")
             found = []
             for image in await archive.images():
-                if isinstance(image.identifier, Digest) and image.names:
-                    source = ArchiveImageSource(archive, image.names[0])
-                    found.append(_Image(image.names[0], image.identifier, source))
-            yield found, archive.relied_on
+                if not isinstance(image.identifier, Digest):
+                    continue  # an OCI archive names every image by digest
+                if not image.names:
+                    skipped(image.identifier, None)
+                    continue
+                source = ArchiveImageSource(archive, image.names[0])
+                found.append(_Image(image.names[0], image.identifier, source))
+            since = _since(archive.annotations)
+            yield _Opened(found, archive.relied_on, since)
         return
     layout = Layout(address.path)
     if not layout.exists():
         raise UsageError(f"{address.path} is not an OCI image layout (no oci-layout file)")
+    entries = await anyio.to_thread.run_sync(layout.read_index)
+    listing = await anyio.to_thread.run_sync(layout.listing, entries)
     found = []
-    for entry in await anyio.to_thread.run_sync(layout.read_index):
+    for entry in listing.roots(entries):  # referrers (with a subject, or a cosign tag) left
         name = entry_name(entry)
-        # A full reference names the source repository; a bare tag (another tool's layout, a
-        # cosign tag beside its image) names none to import into.
+        # A full reference names the source repository; a bare tag (another tool's layout)
+        # names none to import into.
         if name and is_full_reference(name):
             desc = await anyio.to_thread.run_sync(layout.resolve, entry)
             found.append(_Image(name, desc.digest, LayoutSource(layout, name)))
-    relied = await anyio.to_thread.run_sync(_layout_relies_on, layout)
+        else:
+            skipped(entry.digest, name)
+    relied, since = await anyio.to_thread.run_sync(_layout_relies_on, layout)
     # Read only, as every oci:DIR source is: no store lock, whose .xfer/ a bundle on
     # read-only media (where air-gapped bundles arrive) cannot hold.
-    yield found, relied
+    yield _Opened(found, relied, since)
 
 
-def _layout_relies_on(layout: Layout) -> dict[Digest, Descriptor]:
+def _since(annotations: object) -> list[str]:
+    """The root digests an index.json's ``dev.xfer.bundle.since`` lists."""
+    text = annotations.get(SINCE) if isinstance(annotations, dict) else None
+    return [part for part in str(text).split(",") if part] if text else []
+
+
+def _layout_relies_on(layout: Layout) -> tuple[dict[Digest, Descriptor], list[str]]:
     from .localfile import read_capped
 
     path = layout.root / "index.json"
     doc = _index_doc(read_capped(path, MAX_INDEX_BYTES, str(path)), str(path))
-    return _relied_on_in_layout(layout.root, doc, str(path))
+    return _relied_on_in_layout(layout.root, doc, str(path)), _since(doc.get("annotations"))
 
 
 async def import_bundle(
@@ -617,8 +652,9 @@ async def import_bundle(
         raise UsageError("--images must be at least 1")
     async with (
         session_for(settings, session) as (settings, session),
-        open_bundle(source) as (found, relied),
+        open_bundle(source, emit) as opened,
     ):
+        found, relied = opened.images, opened.relied
         dest_settings = dest_settings or replace(settings, credentials=None)
         options = settings.copy_options(  # --no-referrers, --referrers-type too
             platform, transfers=session.transfers(settings.jobs)

@@ -228,6 +228,7 @@ class OciArchive(_Archive):
         self._listing: Listing | None = None
         # (view media type, view, original) → whether the entry's view is the original's
         self._views: dict[tuple[str, Digest, Digest], bool] = {}
+        self.annotations: dict[str, str] = {}  # index.json's own (a bundle's record, …)
 
     def _load(self, tar: TarIndex) -> None:
         if "index.json" not in tar:
@@ -246,6 +247,10 @@ class OciArchive(_Archive):
         except ManifestError as exc:
             raise ArchiveError(exc.message) from None
         self.relied_on = relied_on_in_archive(tar, doc, self.path)
+        found = doc.get("annotations")
+        self.annotations = (
+            {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+        )
 
     def _original(self, tar: TarIndex, desc: Descriptor) -> Descriptor:
         """An entry pointing at an OCI view (``xfer save --format oci`` of a Docker image):
