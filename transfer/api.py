@@ -692,13 +692,30 @@ async def mirror(
     Bundles (``transfer.bundle``): ``destination`` ``oci-archive:FILE`` or ``oci:DIR`` exports
     the images into one (``since``: bundles, layouts or index.json files whose blobs the far
     side holds, left out; ``report.root`` is the bundle's root digest); ``config``
-    ``oci-archive:FILE`` or ``oci:DIR`` imports a bundle's images into the registry."""
+    ``oci-archive:FILE`` or ``oci:DIR`` imports a bundle's images into the registry, or, with
+    a bundle as ``destination`` too, re-packs them into it (the export's flags and root)."""
     from .mirror import mirror as mirror_config  # YAML and semver load only for a mirror
 
     text_config = str(config)
     volumes = settings.volume_size if settings is not None else None
     if volumes and not destination.startswith("oci-archive:"):
         raise UsageError("--max-size is for an export into a bundle file (oci-archive:FILE)")
+    exporting = destination.startswith(("oci:", "oci-archive:"))
+    if text_config.startswith(("oci:", "oci-archive:")) and exporting:
+        from .bundle import repack  # archive and tar code only for a bundle
+
+        return await repack(
+            parse_address(text_config),
+            parse_address(destination),
+            settings,
+            platform=platform,
+            emit=emit,
+            session=session,
+            images=images,
+            shard=shard,
+            dry_run=dry_run,
+            since=since,
+        )
     if text_config.startswith(("oci:", "oci-archive:")):
         if since:
             raise UsageError("--since is for an export into a bundle, not an import")
@@ -717,7 +734,6 @@ async def mirror(
             shard=shard,
             dry_run=dry_run,
         )
-    exporting = destination.startswith(("oci:", "oci-archive:"))
     if since and not exporting:
         raise UsageError("--since is for an export into a bundle (oci-archive:FILE or oci:DIR)")
     try:

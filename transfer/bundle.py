@@ -4,7 +4,9 @@
 YAML names into one bundle, the layout ``xfer save`` writes (OCI layout, and docker's
 ``manifest.json`` when the bundle is whole); each image's ``org.opencontainers.image.ref.name``
 and ``io.containerd.image.name`` is its full source reference. ``xfer mirror oci-archive:BUNDLE.tar
-HOST/PREFIX`` imports it: each image to ``PREFIX/<source repository>:<tag>``.
+HOST/PREFIX`` imports it: each image to ``PREFIX/<source repository>:<tag>``. ``xfer mirror
+oci-archive:A.tar oci:DIR`` (any bundle into any bundle) re-packs it: the export's pipeline with
+the bundle as where images are read, so the same images give the same root digest.
 
 The bundle's root digest is the digest of its ``index.json``: it names the whole content, since
 index.json names every image by digest and (below) the record of what the bundle relies on.
@@ -31,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,10 +51,10 @@ from .endpoints.layout_referrers import entry_name, is_full_reference
 from .endpoints.registry import RunMounts
 from .endpoints.transports import Context, Origin, open_destination
 from .errors import ArchiveError, TransferError, UsageError
-from .manifest import Descriptor
+from .manifest import Descriptor, Manifest
 from .progress import Emit, Message, ignore
 from .reference import Reference, parse
-from .referrers import is_referrer_tag
+from .referrers import Referrer, is_referrer_tag
 
 if TYPE_CHECKING:
     from .api import Settings
@@ -324,22 +326,133 @@ async def export(
         options = settings.copy_options(  # --no-referrers, --referrers-type too
             platform, transfers=session.transfers(settings.jobs)
         )
-        volumes = settings.volume_size if target.kind == "oci-archive" else None
-        # Volumes are written one member at a time, in an order a rerun repeats: one image
-        # after another (volumes.py), each with its blobs at once.
-        limiter = anyio.CapacityLimiter(1 if volumes else images)
-        run = _Export(session, options, emit, limiter, held, volumes)
-        if dry_run:
-            await run.sizes(entries)
-            return report
-        if target.kind == "oci-archive":
-            assert target.path is not None
-            await run.archive(target.path, entries, report)
-        else:
-            assert target.path is not None
-            await run.layout(target.path, entries, report)
-        report.bundle = str(target)
+        await _write(
+            target, entries, report, session, settings, options, emit, images, held, dry_run
+        )
         return report
+
+
+async def repack(
+    source: Address,
+    target: Address,
+    settings: Settings | None = None,
+    *,
+    platform: PlatformChoice = None,
+    emit: Emit = ignore,
+    session: Session | None = None,
+    images: int = 4,
+    shard: Shard | None = None,
+    dry_run: bool = False,
+    since: Sequence[str] = (),
+) -> MirrorReport:
+    """A bundle (``oci-archive:FILE`` or ``oci:DIR``) into another bundle: a file into a
+    directory or back, re-split into volumes (``--max-size``), or cut down to what changed
+    (``since``). The export's pipeline with the source bundle as where images are read: each
+    image keeps its name (its full source reference), so the same images give the same
+    root digest however they came."""
+    from .api import session_for
+    from .mirror import COPY, MirrorItem, MirrorReport, PlanEntry
+
+    if images < 1:
+        raise UsageError("--images must be at least 1")
+    _refuse_same(source, target)
+    async with (
+        session_for(settings, session) as (settings, session),
+        open_bundle(source, emit) as opened,
+    ):
+        options = settings.copy_options(  # --no-referrers, --referrers-type too
+            platform, transfers=session.transfers(settings.jobs)
+        )
+        report = MirrorReport()
+        by_source: dict[str, _Image] = {}
+        entries = []
+        for image in opened.images:
+            ref = parse(image.name)
+            if options.referrers and ref.tag is not None and is_referrer_tag(ref.tag):
+                continue  # sha256-<hex>[.sig|.att|.sbom] travel with their subject (as export)
+            if shard is not None and not shard.owns(ref):
+                continue
+            by_source[str(ref)] = image
+            item = MirrorItem(ref, ref)
+            entries.append(
+                PlanEntry(str(ref), str(target), COPY, image.digest, item=item, settings=settings)
+            )
+        if shard is not None:
+            emit(Message(f"mirror: shard {shard.index}/{shard.count}: {len(entries)} images"))
+        report.plan = entries
+        held = await held_by(since, session, settings)
+        # An incremental source keeps relying on what it relied on: those blobs are left out
+        # of the re-pack as the --since blobs are, so the new bundle's record names every one
+        # its images use (with the --since bundles', and its own since list extended). Not
+        # refused: re-splitting a delta for removable media, or turning it into a directory,
+        # is what a site boundary does with it; the record is what the far side's import and
+        # verify check, and a copy of the blobs it names does not exist here to put in.
+        roots = [Digest.parse(text) for text in opened.since]
+        held = Held(held.blobs | set(opened.relied), list(dict.fromkeys([*roots, *held.roots])))
+        await _write(
+            target,
+            entries,
+            report,
+            session,
+            settings,
+            options,
+            emit,
+            images,
+            held,
+            dry_run,
+            by_source,
+        )
+        return report
+
+
+def _refuse_same(source: Address, target: Address) -> None:
+    """A re-pack onto its own source would overwrite what it reads: one file, one directory,
+    or one volume set (``B.tar`` and ``B.001.tar`` … are the same bundle)."""
+    assert source.path is not None and target.path is not None
+
+    def base(path: Path) -> Path:
+        path = path.resolve()
+        stem, _, number = path.stem.rpartition(".")
+        if path.suffix == ".tar" and stem and len(number) == 3 and number.isdigit():
+            return path.with_name(f"{stem}.tar")  # a volume: its set
+        return path
+
+    if base(source.path) == base(target.path):
+        raise UsageError(
+            f"mirror: {target} is the bundle it reads ({source}): write the copy elsewhere"
+        )
+
+
+async def _write(
+    target: Address,
+    entries: list[PlanEntry],
+    report: MirrorReport,
+    session: Session,
+    settings: Settings,
+    options: CopyOptions,
+    emit: Emit,
+    images: int,
+    held: Held,
+    dry_run: bool,
+    bundle: Mapping[str, _Image] | None = None,
+) -> None:
+    """The planned images into the bundle ``target``: the one pipeline of an export from the
+    registries (``bundle`` None) and of a re-pack of another bundle (``bundle``: its images
+    by their plan entry's source)."""
+    volumes = settings.volume_size if target.kind == "oci-archive" else None
+    # Volumes are written one member at a time, in an order a rerun repeats: one image
+    # after another (volumes.py), each with its blobs at once.
+    limiter = anyio.CapacityLimiter(1 if volumes else images)
+    run = _Export(session, options, emit, limiter, held, volumes, bundle)
+    if dry_run:
+        await run.sizes(entries)
+        return
+    assert target.path is not None
+    if target.kind == "oci-archive":
+        await run.archive(target.path, entries, report)
+    else:
+        await run.layout(target.path, entries, report)
+    report.bundle = str(target)
 
 
 @dataclass
@@ -350,6 +463,23 @@ class _Export:
     limiter: anyio.CapacityLimiter
     held: Held
     volumes: int | None = None  # --max-size: the bundle as volumes of at most this many bytes
+    # A re-pack: the source bundle's images by their entry's source; None: the registries
+    bundle: Mapping[str, _Image] | None = None
+
+    @contextlib.asynccontextmanager
+    async def reading(self, entry: PlanEntry) -> AsyncIterator[tuple[Source, str | Digest]]:
+        """Where an entry's image is read: the source bundle, else its registry."""
+        from .endpoints.transports import open_source
+
+        assert entry.item is not None and entry.settings is not None
+        if self.bundle is not None:
+            image = self.bundle[entry.source]
+            yield image.source, image.digest
+            return
+        ref = entry.item.source
+        context = Context(self.session, entry.settings, self.emit)
+        async with open_source(Address("registry", reference=ref), context) as reading:
+            yield reading.source, reading.identifier
 
     async def sizes(self, entries: list[PlanEntry]) -> None:
         """--dry-run: the declared sizes of the blobs the bundle would hold, each counted once."""
@@ -362,10 +492,14 @@ class _Export:
             ref = entry.item.source
             try:
                 async with self.limiter:
-                    client = self.session.client(ref, settings=entry.settings)
-                    _, plan = await resolve(
-                        RegistrySource(client, ref), ref.identifier, self.options
-                    )
+                    if self.bundle is not None:
+                        image = self.bundle[entry.source]
+                        _, plan = await resolve(image.source, image.digest, self.options)
+                    else:
+                        client = self.session.client(ref, settings=entry.settings)
+                        _, plan = await resolve(
+                            RegistrySource(client, ref), ref.identifier, self.options
+                        )
             except TransferError as exc:
                 entry.action, entry.reason = "failed", str(exc)
                 return
@@ -386,27 +520,14 @@ class _Export:
         report: MirrorReport,
         destination: Callable[[Reference], Destination],
     ) -> None:
-        from .endpoints.address import Address
-        from .endpoints.transports import Context, open_source
 
         async def one(entry: PlanEntry) -> None:
-            assert entry.item is not None and entry.settings is not None
+            assert entry.item is not None
             ref = entry.item.source
             try:
-                async with (
-                    self.limiter,
-                    open_source(
-                        Address("registry", reference=ref),
-                        Context(self.session, entry.settings, self.emit),
-                    ) as reading,
-                ):
+                async with self.limiter, self.reading(entry) as (source, identifier):
                     result = await copy_image(
-                        reading.source,
-                        destination(ref),
-                        reading.identifier,
-                        str(ref),
-                        self.options,
-                        self.emit,
+                        source, destination(ref), identifier, str(ref), self.options, self.emit
                     )
             except TransferError as exc:
                 entry.action, entry.reason = "failed", str(exc)
@@ -453,11 +574,12 @@ class _Export:
 
         layout = Layout(path)
         relied: dict[Digest, Descriptor] = {}
+        referred: set[Digest] = set()
         with layout.in_use():
             await self.copies(
                 entries,
                 report,
-                lambda ref: _LayoutBundle(layout, str(ref), self.held.blobs, relied),
+                lambda ref: _LayoutBundle(layout, str(ref), self.held.blobs, relied, referred),
             )
             annotations = {}
             if relied:
@@ -467,35 +589,71 @@ class _Export:
                 annotations[RELIES_ON] = str(desc.digest)
             if self.held.roots:
                 annotations[SINCE] = ",".join(str(d) for d in self.held.roots)
-            report.root = await anyio.to_thread.run_sync(_annotate_index, layout, annotations)
+            report.root = await anyio.to_thread.run_sync(
+                _annotate_index, layout, annotations, referred
+            )
         report.relied_on = len(relied)
 
 
-def _annotate_index(layout: Layout, annotations: dict[str, str]) -> Digest:
-    """index.json with the bundle's own annotations (replacing earlier ones); its digest."""
+def _annotate_index(layout: Layout, annotations: dict[str, str], referred: set[Digest]) -> Digest:
+    """index.json with the bundle's own annotations (replacing earlier ones), written as a
+    bundle file's is, byte for byte (``bundle_index``): the same images give the same root
+    digest in a file and in a directory. Its digest."""
     from .durable import atomic_write
     from .localfile import read_capped
 
     path = layout.root / "index.json"
     raw = read_capped(path, MAX_INDEX_BYTES, str(path))
     doc = _index_doc(raw, str(layout.root))
-    doc.pop("annotations", None)
     entries = doc.get("manifests")
-    if isinstance(entries, list):  # in order of name, as an archive bundle's
-        entries.sort(key=_entry_name)
-    if annotations:
-        doc["annotations"] = dict(sorted(annotations.items()))
-    data = json.dumps(doc, indent=2).encode() + b"\n"
+    if not isinstance(entries, list):
+        raise ArchiveError(f"{layout.root}: index.json has no manifests list")
+    data = bundle_index(entries, annotations, referred)
     if data != raw:
         layout.sync_blobs()
         atomic_write(path, data)
     return Digest.of(data)
 
 
-def _entry_name(entry: object) -> str:
-    annotations = entry.get("annotations") if isinstance(entry, dict) else None
-    name = annotations.get(REF_NAME) if isinstance(annotations, dict) else None
-    return str(name or "")
+def bundle_index(
+    entries: list[object], annotations: dict[str, str], referred: set[Digest]
+) -> bytes:
+    """A layout's index.json ``entries`` as an archive bundle's index.json holds them
+    (``ArchiveDestination._oci_index`` with ``_BundleParts``' order): images in order of
+    name, each named as an archive names it (containerd's name and ref.name, then the
+    original's digest and what was left out), then the referrers (``referred``, and every
+    unnamed entry) in order of digest; compact JSON, the bundle's annotations last."""
+    from .endpoints.archive_write import name_annotations
+    from .endpoints.layout import ABSENT, INDEX_MEDIA_TYPE
+    from .ociview import ORIGINAL
+
+    images: list[tuple[str, dict[str, object]]] = []
+    referrers: list[tuple[str, dict[str, object]]] = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise ArchiveError("index.json: a manifests entry is not an object")
+        found = entry.get("annotations")
+        given = {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+        name = given.get(REF_NAME)
+        if name is not None:
+            named = name_annotations(name)
+            for key in (ORIGINAL, ABSENT):  # the archive's order after the names
+                if key in given:
+                    named[key] = given[key]
+            named.update({k: v for k, v in given.items() if k != CONTAINERD_NAME})
+            entry = {**entry, "annotations": named}
+        digest = str(entry.get("digest", ""))
+        if name is None or Digest.parse(digest) in referred:
+            referrers.append((digest, entry))
+        else:
+            images.append((name, entry))
+    doc: dict[str, object] = {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE}
+    doc["manifests"] = [e for _, e in sorted(images, key=lambda pair: pair[0])] + [
+        e for _, e in sorted(referrers, key=lambda pair: pair[0])
+    ]
+    if annotations:
+        doc["annotations"] = dict(sorted(annotations.items()))
+    return json.dumps(doc, separators=(",", ":")).encode()
 
 
 class _LayoutBundle(LayoutDestination):
@@ -508,10 +666,16 @@ class _LayoutBundle(LayoutDestination):
         name: str,
         leave_out: set[Digest],
         relied_on: dict[Digest, Descriptor],
+        referred: set[Digest],
     ) -> None:
         super().__init__(layout, name, {CONTAINERD_NAME: name})
         self.leave_out = leave_out
         self.relied_on = relied_on
+        self.referred = referred  # the referrers carried, by digest (listed after the images)
+
+    async def put_referrer(self, referrer: Referrer, manifest: Manifest) -> None:
+        self.referred.add(manifest.digest)
+        await super().put_referrer(referrer, manifest)
 
     async def has_blob(self, desc: Descriptor) -> bool:
         if desc.digest in self.leave_out:

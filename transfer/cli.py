@@ -1012,7 +1012,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "destination",
         metavar="DEST",
-        help="host[:port][/prefix], or a bundle to export into: oci-archive:FILE, oci:DIR",
+        help="host[:port][/prefix], or a bundle to export (or re-pack a bundle SRC) into: "
+        "oci-archive:FILE, oci:DIR",
     )
     p.add_argument(
         "--since",

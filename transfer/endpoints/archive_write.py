@@ -82,7 +82,7 @@ def create_beside(path: Path) -> tuple[int, Path]:
     return fd, temp
 
 
-def _name_annotations(name: str) -> dict[str, str]:
+def name_annotations(name: str) -> dict[str, str]:
     """An index.json entry's names: a full reference also as containerd's name, which
     containerd and docker read; a bare tag (an ``oci:`` layout's) only as ref.name."""
     if is_full_reference(name):
@@ -343,7 +343,7 @@ class ArchiveDestination:
     def _oci_index(self, top: dict[str, str] | None = None) -> bytes:
         entries = []
         for name, manifest in self._tagged:
-            annotations = _name_annotations(name)
+            annotations = name_annotations(name)
             view = self._views.get(manifest.digest)
             if view is not None:
                 annotations[ORIGINAL] = str(manifest.digest)
@@ -382,7 +382,7 @@ class ArchiveDestination:
                 entries.append(referrer_entry(referrer, manifest).to_json())
                 continue
             name = cosign_name(self._image_named(referrer.subject), referrer.tag)
-            annotations = _name_annotations(name)
+            annotations = name_annotations(name)
             entries.append(manifest.descriptor(annotations=annotations).to_json())
         return entries
 
