@@ -19,7 +19,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import anyio
 
-import transfer
+import transfer.api
 from fixtures.images import BuiltImages
 from fixtures.signing import Attached, check_signed, fallback_index, get_blob, get_manifest
 from transfer.digest import Digest
