@@ -103,6 +103,8 @@ def test_importing_the_package_loads_the_library_on_first_use() -> None:
     assert {m for m in modules if m.startswith("transfer")} == {"transfer"}
     using = loaded(code=LIBRARY.format("transfer.pull_sync, transfer.Session"))
     assert {"transfer.api", "transfer.session", "httpx"} <= using
+    # The API module itself, as scripts reached it when the package imported it eagerly.
+    assert "transfer.api" in loaded(code=LIBRARY.format("transfer.api.copy_sync"))
 
 
 def test_pull_loads_no_code_of_the_other_commands(

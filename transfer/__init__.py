@@ -145,6 +145,8 @@ if not TYPE_CHECKING:
         """The public names load on first use (PEP 562): ``import transfer.cli`` (``xfer
         --version``, ``--help``, a usage error) then loads neither the library nor httpx, and
         a command loads only the modules it runs."""
+        if name == "api":  # ``import transfer; transfer.api.…`` worked when it loaded eagerly
+            return importlib.import_module(".api", __name__)
         if name not in __all__:
             raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
         value = getattr(importlib.import_module(_HOMES.get(name, ".api"), __name__), name)
