@@ -2,14 +2,15 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := docker-registry skopeo umoci docker.io podman containerd
+APT_PACKAGES := docker-registry skopeo umoci docker.io podman containerd curl
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck system venv bench bench-quick bench-fleet clean
 
 # Debian packages the tests drive for real: the registry, two independent readers of our store,
 # and the engines that load what xfer saves and save what it loads (tests/test_interop_daemons.py
-# starts them on private roots and sockets; nothing here enables or starts their services).
+# starts them on private roots and sockets; nothing here enables or starts their services), and
+# curl, the bench's yardstick for the delay proxy and the shaped link.
 system:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

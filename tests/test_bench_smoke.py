@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from fixtures.bench import _floor_text
 from fixtures.delayproxy import DelayProxyProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,7 +105,28 @@ def test_bench_tls_copy_and_mirror_scenarios_smoke(tmp_path: Path) -> None:
     for name in ("tls-token-many", "company-many", "company-mirror-10"):
         assert scenarios[name]["data"]["token_requests"]["as_user"] >= 2, name
 
+    # the floor: after each run a fresh target took the same images from the floor client alone
+    # (the registry answered exactly its requests); big: five blobs of a POST and a PUT, and
+    # the manifest
+    for name in ("copy-big", "copy-rootfs", "mirror-set"):
+        floor = scenarios[name]["data"]["floor"]
+        assert floor["seconds"] > 0 and floor["registry_cpu_seconds"] > 0, name
+        assert [r["ok"] for r in floor["runs"]] == [True], (name, floor["runs"])
+        assert floor["runs"][0]["requests_answered"] == floor["requests"], name
+    assert scenarios["copy-big"]["data"]["floor"]["requests"] == 11
+    # the company rerun's round trips in series: TCP, TLS 1.3 and the 401 at the registry,
+    # TCP, TLS 1.3 and the token at the realm, the HEADs at once
+    trips = scenarios["company-mirror-10-rerun"]["data"]["round_trip_floor"]
+    assert [n for _, n in trips["steps"]] == [1, 1, 1, 1, 1, 1, 1], trips
+    assert trips["round_trips"] == 7 and trips["seconds"] == pytest.approx(7 * 0.025)
+
     targets = {t["scenario"]: t for t in report["targets"]}
+    for name in ("copy-big", "copy-rootfs", "mirror-set"):
+        why = targets[name]["why"]
+        assert targets[name]["status"] == "met" or "the target registry alone takes" in why
+    assert targets["company-mirror-10-rerun"]["status"] == "met" or (
+        "at least 7 round trips of 25 ms" in targets["company-mirror-10-rerun"]["why"]
+    )
     copies = ("mirror-30", "mirror-30-rerun", "company-mirror-10", "company-mirror-10-rerun")
     for name in (*copies, "mirror-set", "copy-big", "copy-rootfs"):
         assert targets[name]["status"] in ("met", "missed"), name
@@ -113,6 +135,10 @@ def test_bench_tls_copy_and_mirror_scenarios_smoke(tmp_path: Path) -> None:
     md = (out / "results.md").read_text()
     for title in NEW_ROWS.values():
         assert f"| {title} |" in md, title
+    floors = md.split("## The target registry alone (floors)", 1)[1].split("\n## ", 1)[0]
+    for name in ("copy-big", "copy-rootfs", "mirror-set"):
+        assert f"| {NEW_ROWS[name]} | " in floors, name
+    assert "at least 7 round trips of 25 ms in series" in floors
     assert "mirror 30 repos, no-op rerun: xfer/skopeo | ≤ 0.1 |" in md
 
 
@@ -142,6 +168,9 @@ def test_bench_bundle_scenarios_smoke(tmp_path: Path) -> None:
     # This xfer verifies archives: a verify the bench left out (its "not run" note) fails here.
     verify = scenarios["verify"]
     assert verify["metrics"].get("xfer/sha256sum", 0) > 0, verify["notes"]
+    floor = scenarios["import"]["data"]["floor"]
+    assert floor["seconds"] > 0 and [r["ok"] for r in floor["runs"]] == [True], floor["runs"]
+    assert floor["runs"][0]["requests_answered"] == floor["requests"] > 0
     targets = {t["scenario"]: t for t in report["targets"]}
     assert targets["export"]["status"] in ("met", "missed")
     assert targets["import"]["status"] in ("met", "missed")
@@ -193,3 +222,19 @@ def test_delay_proxy_adds_round_trips_and_counts(echo_server: str) -> None:
     assert rtt * 0.95 <= second < rtt + 0.04
     assert stats["bytes_up"] == stats["bytes_down"] == 6 + 7000
     assert stats["connections"] == 1
+
+
+def test_floor_text_says_whether_a_target_is_in_reach() -> None:
+    """A missed target's explanation compares the measured floor with the time allowed: above
+    it, out of reach; under it but above it with xfer's start-up; or under both."""
+    floor = {"seconds": 2.4, "registry_cpu_seconds": 3.8, "client_cpu_seconds": 0.1}
+    above = _floor_text(floor, 2.16, 0.15)
+    assert above.startswith("the target registry alone takes 2.40 s to accept")
+    assert "above the 2.16 s allowed: out of any client's reach" in above
+    floor["seconds"] = 2.1
+    assert "above it with xfer's 0.15 s start-up (2.25 s)" in _floor_text(floor, 2.16, 0.15)
+    floor["seconds"] = 1.5
+    under = _floor_text(floor, 2.16, 0.15)
+    assert "under the 2.16 s allowed (1.65 s with xfer's start-up)" in under
+    assert "reach" not in under and "above" not in under
+    assert _floor_text(None, 2.16, 0.15) == ""
