@@ -372,6 +372,16 @@ async def repack(
                 continue  # sha256-<hex>[.sig|.att|.sbom] travel with their subject (as export)
             if shard is not None and not shard.owns(ref):
                 continue
+            earlier = by_source.get(str(ref))
+            if earlier is not None:  # one name, one image: the bundle's first under it
+                if earlier.digest != image.digest:
+                    emit(
+                        Message(
+                            f"warning: {source}: {ref} names {earlier.digest} already: "
+                            f"{image.digest} skipped"
+                        )
+                    )
+                continue
             by_source[str(ref)] = image
             item = MirrorItem(ref, ref)
             entries.append(
@@ -387,7 +397,10 @@ async def repack(
         # refused: re-splitting a delta for removable media, or turning it into a directory,
         # is what a site boundary does with it; the record is what the far side's import and
         # verify check, and a copy of the blobs it names does not exist here to put in.
-        roots = [Digest.parse(text) for text in opened.since]
+        try:
+            roots = [Digest.parse(text) for text in opened.since]
+        except TransferError:  # the bundle's content, not a digest the user typed
+            raise ArchiveError(f"{source}: index.json's {SINCE} is not a list of digests") from None
         held = Held(held.blobs | set(opened.relied), list(dict.fromkeys([*roots, *held.roots])))
         await _write(
             target,
@@ -736,8 +749,9 @@ async def open_bundle(address: Address, emit: Emit = ignore) -> AsyncIterator[_O
             for image in await archive.images():
                 if not isinstance(image.identifier, Digest):
                     continue  # an OCI archive names every image by digest
-                if not image.names:
-                    skipped(image.identifier, None)
+                if not image.names or not is_full_reference(image.label):
+                    # as a layout's: a bare tag names no repository (not docker.io/library/…)
+                    skipped(image.identifier, image.label)
                     continue
                 source = ArchiveImageSource(archive, image.names[0])
                 found.append(_Image(image.names[0], image.identifier, source))

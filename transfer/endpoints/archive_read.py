@@ -67,6 +67,7 @@ class ArchivedImage:
 
     names: tuple[str, ...]  # full normalised references; empty when it carries none usable
     identifier: str | Digest
+    label: str | None = None  # an OCI entry's name as written (a bundle takes only full ones)
 
 
 class _Archive:
@@ -322,7 +323,7 @@ class OciArchive(_Archive):
             # Docker 25+ keeps only the tag in ref.name and the full name beside it.
             label = entry_name(desc)
             name = normalised(label) if label else None
-            out.append(ArchivedImage((name,) if name else (), desc.digest))
+            out.append(ArchivedImage((name,) if name else (), desc.digest, label))
         return out
 
     async def get_manifest(self, identifier: str | Digest) -> Manifest:
