@@ -101,3 +101,22 @@ def test_push_is_not_failed_by_another_stored_image_of_the_target_registry_that_
     run = xfer("push", elsewhere, f"{empty_registry.host}/team-b/shared-b:1", store=store)
 
     assert run.code == 0, run.err
+
+
+def test_a_repack_into_a_file_inside_the_source_directory_is_refused_leaving_it_whole(
+    tmp_path: Path,
+) -> None:
+    # oci-archive:DIR/index.json from oci:DIR: the re-pack's rename replaced the source's
+    # index.json with the new tar (the same-path check compares only equal paths), and the
+    # bundle it read no longer opened.
+    layout = tmp_path / "layout"
+    image = put_image(layout, "a")
+    write_layout(layout, [named_entry(image, "r.example/app:1")])
+    before = (layout / "index.json").read_bytes()
+
+    run = xfer("mirror", f"oci:{layout}", f"oci-archive:{layout / 'index.json'}")
+
+    assert run.code == 2, run.err
+    assert len(run.err.strip().splitlines()) == 1
+    assert (layout / "index.json").read_bytes() == before
+    assert xfer("verify", f"oci:{layout}").code == 0
