@@ -419,8 +419,8 @@ async def repack(
 
 
 def _refuse_same(source: Address, target: Address) -> None:
-    """A re-pack onto its own source would overwrite what it reads: one file, one directory,
-    or one volume set (``B.tar`` and ``B.001.tar`` … are the same bundle)."""
+    """A re-pack onto its own source would overwrite what it reads: one file, one directory
+    (or a path inside it), or one volume set (``B.tar`` and ``B.001.tar`` … are one bundle)."""
     assert source.path is not None and target.path is not None
 
     def base(path: Path) -> Path:
@@ -430,7 +430,9 @@ def _refuse_same(source: Address, target: Address) -> None:
             return path.with_name(f"{stem}.tar")  # a volume: its set
         return path
 
-    if base(source.path) == base(target.path):
+    reads, writes = base(source.path), base(target.path)
+    # Inside a source directory too: oci-archive:DIR/index.json replaces what it reads.
+    if reads == writes or reads in writes.parents:
         raise UsageError(
             f"mirror: {target} is the bundle it reads ({source}): write the copy elsewhere"
         )
