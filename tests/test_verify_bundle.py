@@ -105,6 +105,7 @@ def test_a_blob_the_archive_lacks_is_named_missing_with_its_image(
     run = xfer("verify", f"oci-archive:{cut}")
     assert run.code == 1
     assert f"blob {lost} is missing (used by {refs['shared-b']}" in run.out
+    assert f"{cut} has 1 problem: " in run.err  # not "1 problems"
 
 
 def test_expect_compares_the_root_digest(saved: tuple[Path, dict[str, str]]) -> None:

@@ -50,7 +50,7 @@ from .endpoints.layout import MAX_INDEX_BYTES, REF_NAME, Layout, LayoutDestinati
 from .endpoints.layout_referrers import entry_name, is_full_reference
 from .endpoints.registry import RunMounts
 from .endpoints.transports import Context, Origin, open_destination
-from .errors import ArchiveError, TransferError, UsageError
+from .errors import ArchiveError, TransferError, UsageError, counted
 from .manifest import Descriptor, Manifest
 from .progress import Emit, Message, ignore
 from .reference import Reference, parse
@@ -558,7 +558,7 @@ class _Export:
         if report.failed:
             item, error = report.failed[0]
             raise TransferError(
-                f"{len(report.failed)} images could not be read, so the bundle was not "
+                f"{counted(len(report.failed), 'image')} could not be read, so the bundle was not "
                 f"written; first: {item.source}: {error}"
             )
 

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import ArchiveError, StoreError, TransferError, UsageError, printable
+from .errors import ArchiveError, StoreError, TransferError, UsageError, counted, printable
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without loading typing for --version
 if TYPE_CHECKING:
@@ -776,7 +776,8 @@ async def cmd_verify(args: argparse.Namespace) -> int:
         hint = "xfer gc removes unreferenced blobs; pull again to restore missing ones"
     if report.problems:
         raise StoreError(
-            f"the store {store} has {len(report.problems)} problems: " + report.problems[0],
+            f"the store {store} has {counted(len(report.problems), 'problem')}: "
+            + report.problems[0],
             hint=hint,
         )
     return 0
@@ -798,26 +799,23 @@ async def _verify_bundle(args: argparse.Namespace) -> int:
         for problem in report.problems:
             _say(problem)
         if not args.quiet:
-            state = "ok" if not report.problems else _counted(len(report.problems), "problem")
+            state = "ok" if not report.problems else counted(len(report.problems), "problem")
             volumes = f" in {report.volumes} volumes" if report.volumes > 1 else ""
             relied = f", {report.relied_on} relied on from outside" if report.relied_on else ""
             print(
-                f"{report.endpoint}: {_counted(report.images, 'image')}, "
-                f"{_counted(report.referrers, 'referrer')}, {_counted(report.blobs, 'blob')} "
+                f"{report.endpoint}: {counted(report.images, 'image')}, "
+                f"{counted(report.referrers, 'referrer')}, {counted(report.blobs, 'blob')} "
                 f"({_size(report.bytes)}){volumes}{relied} in {seconds:.1f}s: {state}; "
                 f"root {report.root}",
                 file=sys.stderr,
             )
     if report.problems:
         raise ArchiveError(
-            f"{report.endpoint} has {len(report.problems)} problems: {report.problems[0]}",
+            f"{report.endpoint} has {counted(len(report.problems), 'problem')}: "
+            f"{report.problems[0]}",
             hint="export it again, or copy the damaged or missing files again",
         )
     return 0
-
-
-def _counted(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 async def cmd_tags(args: argparse.Namespace) -> int:

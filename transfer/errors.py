@@ -208,6 +208,11 @@ def _escape(match: re.Match[str]) -> str:
     return _NAMED.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
 
 
+def counted(n: int, noun: str) -> str:
+    """``1 image``, ``2 images``: a count as a person writes it in a message."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def printable(text: str) -> str:
     """``text`` safe to show on a terminal on one line: every control character escaped as
     Python writes it (``\\x1b``, ``\\n``), printable Unicode kept. Whatever a server or an
