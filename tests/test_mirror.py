@@ -221,3 +221,23 @@ def test_mirror_is_in_the_python_api_async_and_sync(
     ]
     with pytest.raises(UsageError, match="cannot read mirror configuration"):
         transfer.mirror_sync(tmp_path / "absent.yaml", target_registry.host, settings)
+
+
+@pytest.mark.parametrize("flag", [["--scoped"], ["--dest-creds", "alice:secret"]])
+def test_registry_only_flags_with_a_bundle_destination_are_refused_in_one_line(
+    registry: Registry, tmp_path: Path, flag: list[str]
+) -> None:
+    # A bundle names each image by its full source reference and has no credentials: these
+    # flags would be dropped without a word, the user believing they took effect.
+    config = tmp_path / "sync.yaml"
+    config.write_text(f"{registry.host}:\n  images:\n    test/small: ['1']\n")
+    bundle = tmp_path / "b.tar"
+    for source, destination in (
+        (config, f"oci-archive:{bundle}"),
+        (f"oci:{tmp_path / 'nothing-here'}", f"oci:{tmp_path / 'out'}"),
+    ):
+        run = xfer("mirror", *flag, source, destination)
+        assert run.code == 2, run.err
+        lines = run.err.strip().splitlines()
+        assert len(lines) == 1 and flag[0] in lines[0], run.err
+    assert not bundle.exists() and not (tmp_path / "out").exists()

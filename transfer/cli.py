@@ -366,6 +366,12 @@ async def cmd_mirror(args: argparse.Namespace) -> int:
     from .mirror import Shard  # YAML and semver load only for a mirror
 
     shard = Shard.parse(args.shard) if args.shard else None
+    if args.destination.startswith(("oci:", "oci-archive:")):
+        # A bundle names each image by its full source reference and holds no credentials:
+        # dropped without a word, these would leave the user believing they took effect.
+        for given, flag in ((args.scoped, "--scoped"), (args.dest_creds, "--dest-creds")):
+            if given:
+                raise UsageError(f"{flag} is for a registry destination, not a bundle")
     settings = replace(_settings(args), volume_size=_volume_size(args))
     dest_settings = replace(settings, credentials=None)
     if args.dest_creds:
