@@ -15,7 +15,7 @@ import pytest
 from fixtures.images import BuiltImages, ImageInfo, inspect_raw
 from fixtures.registry import Registry
 from tests.helpers import index_refs, stored_blobs, xfer
-from transfer.bundle import RELIES_ON, RELIES_ON_TYPE, SINCE
+from transfer.bundle_record import RELIES_ON, RELIES_ON_TYPE, SINCE
 
 WRITES = {"PUT", "POST", "PATCH", "DELETE"}
 NAMES = ("small", "multi", "shared-a", "shared-b")  # multi: a two-platform index

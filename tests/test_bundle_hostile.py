@@ -20,7 +20,7 @@ from tests.helpers import (
     write_layout,
     xfer,
 )
-from transfer.bundle import RELIES_ON, RELIES_ON_TYPE, record_bytes
+from transfer.bundle_record import RELIES_ON, RELIES_ON_TYPE, record_bytes
 
 # ---- a hand-built layout into a registry -------------------------------------------------------
 

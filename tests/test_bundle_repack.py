@@ -15,7 +15,7 @@ from fixtures.images import BuiltImages, inspect_raw
 from fixtures.registry import Registry
 from tests.helpers import xfer
 from tests.test_bundle import NAMES, _all_blobs, _blobs, _config, _export, _members, _tag
-from transfer.bundle import RELIES_ON, RELIES_ON_TYPE, SINCE
+from transfer.bundle_record import RELIES_ON, RELIES_ON_TYPE, SINCE
 
 
 @pytest.fixture

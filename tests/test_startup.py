@@ -27,6 +27,8 @@ OPTIONAL = {"yaml", "semver", "tqdm"}
 OTHER_COMMANDS = {
     "transfer.mirror",
     "transfer.bundle",
+    "transfer.bundle_import",
+    "transfer.bundle_record",
     "transfer.bundlecheck",
     "transfer.maintenance",
     "transfer.unpack",

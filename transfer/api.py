@@ -324,7 +324,7 @@ async def load(
 
         with layout.in_use():
             if archive.relied_on:  # an incremental bundle: the store must hold what it left out
-                from .bundle import lacking, relied_lacking_in_store
+                from .bundle_import import lacking, relied_lacking_in_store
 
                 images = [(ArchiveImageSource(archive, label(n)), i) for i, n in named.items()]
                 missing = await relied_lacking_in_store(images, archive.relied_on, layout, options)
@@ -719,7 +719,7 @@ async def mirror(
     if text_config.startswith(("oci:", "oci-archive:")):
         if since:
             raise UsageError("--since is for an export into a bundle, not an import")
-        from .bundle import import_bundle  # archive and tar code only for a bundle
+        from .bundle_import import import_bundle  # archive and tar code only for a bundle
 
         return await import_bundle(
             parse_address(text_config),

@@ -1,55 +1,50 @@
-"""Air-gapped bundles: a mirror set in one file (or layout), shipped whole or as what changed.
+"""Air-gapped bundles: a mirror set written into one file (or layout), whole or as what changed.
 
 ``xfer mirror CONFIG oci-archive:BUNDLE.tar`` (or ``oci:DIR``) exports every image the sync
 YAML names into one bundle, the layout ``xfer save`` writes (OCI layout, and docker's
 ``manifest.json`` when the bundle is whole); each image's ``org.opencontainers.image.ref.name``
-and ``io.containerd.image.name`` is its full source reference. ``xfer mirror oci-archive:BUNDLE.tar
-HOST/PREFIX`` imports it: each image to ``PREFIX/<source repository>:<tag>``. ``xfer mirror
-oci-archive:A.tar oci:DIR`` (any bundle into any bundle) re-packs it: the export's pipeline with
-the bundle as where images are read, so the same images give the same root digest.
+and ``io.containerd.image.name`` is its full source reference. ``xfer mirror oci-archive:A.tar
+oci:DIR`` (any bundle into any bundle) re-packs it: the export's pipeline with the bundle as
+where images are read (``bundle_import.open_bundle``), so the same images give the same root
+digest.
 
 The bundle's root digest is the digest of its ``index.json``: it names the whole content, since
-index.json names every image by digest and (below) the record of what the bundle relies on.
+index.json names every image by digest and the record of what the bundle relies on.
 
-Incremental bundles (``--since OLD``, repeatable: a bundle, an OCI layout, or an ``index.json``
-of what the far side holds) leave out every blob OLD holds; every manifest is still included.
-What the bundle then relies on from outside is recorded in one content-addressed JSON blob of
-the bundle (``blobs/sha256/HEX``, media type ``RELIES_ON_TYPE``)::
-
-    {"mediaType": "application/vnd.dev.xfer.bundle.relies-on.v1+json",
-     "blobs": [{"digest": "sha256:…", "size": N}, …]}          # sorted by digest
-
-named by the annotation ``dev.xfer.bundle.relies-on`` (its digest) on index.json itself, so the
-root digest covers it; ``dev.xfer.bundle.since`` lists the root digests of the OLD bundles it
-was made against (comma-separated, where they were bundles or layouts). Readers
-(``archive_read``) accept an image whose blobs are missing from the file when the record names
-them; an import first checks, with HEADs, that the target registry holds every one of them
-that the images it is about to write use, and names the missing ones before writing anything.
-An incremental bundle has no ``manifest.json``: ``docker load`` needs every layer in the file.
+With ``--since OLD`` the bundle leaves out every blob OLD holds and records what it then
+relies on from outside (``bundle_record.py``: the record, and what OLD holds). An incremental
+bundle has no ``manifest.json``: ``docker load`` needs every layer in the file. The import of a
+bundle into a registry is ``bundle_import.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
 
-from . import jsonio
-from .copy import CopyOptions, PlatformChoice, _Plan, copy_image, resolve
+from .bundle_import import BundleImage, open_bundle
+from .bundle_record import (
+    RELIES_ON,
+    RELIES_ON_TYPE,
+    SINCE,
+    Held,
+    held_by,
+    index_doc,
+    record_bytes,
+)
+from .copy import CopyOptions, PlatformChoice, copy_image, resolve
 from .digest import Digest
 from .endpoints import Destination, Source
 from .endpoints.address import Address
 from .endpoints.archive_read import CONTAINERD_NAME
 from .endpoints.layout import MAX_INDEX_BYTES, REF_NAME, Layout, LayoutDestination
-from .endpoints.layout_referrers import entry_name, is_full_reference
-from .endpoints.registry import RunMounts
-from .endpoints.transports import Context, Origin, open_destination
+from .endpoints.transports import Context
 from .errors import ArchiveError, TransferError, UsageError, counted
 from .manifest import Descriptor, Manifest
 from .progress import Emit, Message, ignore
@@ -58,232 +53,8 @@ from .referrers import Referrer, is_referrer_tag
 
 if TYPE_CHECKING:
     from .api import Settings
-    from .mirror import MirrorReport, PlanEntry, Shard, SyncSource
+    from .mirror import MirrorReport, PlanEntry, Shard
     from .session import Session
-
-RELIES_ON = "dev.xfer.bundle.relies-on"
-SINCE = "dev.xfer.bundle.since"
-RELIES_ON_TYPE = "application/vnd.dev.xfer.bundle.relies-on.v1+json"
-# ~100 bytes a blob: far above any real bundle's record, bounded as index.json is.
-MAX_RECORD_BYTES = 64 << 20
-HEADS_AT_ONCE = 32  # manifest walks and HEADs in flight at once (small requests)
-
-
-def record_bytes(blobs: Iterable[Descriptor]) -> bytes:
-    """The relies-on record: each blob once, sorted by digest (the same set, the same bytes)."""
-    unique = {d.digest: d for d in blobs}
-    doc = {
-        "mediaType": RELIES_ON_TYPE,
-        "blobs": [{"digest": str(d.digest), "size": d.size} for _, d in sorted(unique.items())],
-    }
-    return json.dumps(doc, separators=(",", ":")).encode()
-
-
-def parse_record(raw: bytes, where: str) -> dict[Digest, Descriptor]:
-    """A relies-on record's blobs by digest; anything else in it is an ``ArchiveError``."""
-    try:
-        doc = jsonio.loads(raw, strict=True)
-        if not isinstance(doc, dict) or doc.get("mediaType") != RELIES_ON_TYPE:
-            raise ValueError(f"not a {RELIES_ON_TYPE}")
-        blobs = doc.get("blobs")
-        if not isinstance(blobs, list):
-            raise ValueError("no blobs list")
-        found: dict[Digest, Descriptor] = {}
-        for entry in blobs:
-            size = entry.get("size") if isinstance(entry, dict) else None
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                raise ValueError("a blob without a size")
-            digest = Digest.parse(str(entry.get("digest")))
-            found[digest] = Descriptor("application/octet-stream", digest, size)
-        return found
-    except (ValueError, TransferError, jsonio.JSONError) as exc:
-        raise ArchiveError(f"{where}: the bundle's relies-on record is not valid: {exc}") from None
-
-
-def record_digest(index: object, where: str) -> Digest | None:
-    """The relies-on record an index.json document names, if any."""
-    annotations = index.get("annotations") if isinstance(index, dict) else None
-    text = annotations.get(RELIES_ON) if isinstance(annotations, dict) else None
-    if text is None:
-        return None
-    try:
-        return Digest.parse(str(text))
-    except TransferError:
-        raise ArchiveError(f"{where}: index.json's {RELIES_ON} is not a digest") from None
-
-
-# ---- what the far side holds (--since) -----------------------------------------------------------
-
-
-@dataclass
-class Held:
-    """The blobs a far side holds (every one of them left out of an incremental bundle), and
-    the root digests of the bundles that say so."""
-
-    blobs: set[Digest]
-    roots: list[Digest]
-
-
-def _blob_names(names: Iterable[str]) -> set[Digest]:
-    found = set()
-    for name in names:
-        parts = name.strip("/").split("/")
-        if len(parts) == 3 and parts[0] == "blobs":
-            try:
-                found.add(Digest.parse(f"{parts[1]}:{parts[2]}"))
-            except TransferError:
-                continue  # not a blob (a stray file): nothing claimed
-    return found
-
-
-def held_by_archive(path: Path) -> Held:
-    """An earlier bundle (a tar): every blob member, and what it itself relied on."""
-    from .endpoints.archive_read import relied_on_in_archive
-    from .endpoints.tarindex import TarIndex
-
-    tar = TarIndex.read(path)
-    try:
-        if "index.json" not in tar:
-            raise UsageError(f"--since {path}: not an OCI archive (no index.json)")
-        raw = tar.read_small("index.json", MAX_INDEX_BYTES)
-        blobs = _blob_names(tar.names())
-        blobs |= set(relied_on_in_archive(tar, _index_doc(raw, str(path)), path))
-        return Held(blobs, [Digest.of(raw)])
-    finally:
-        tar.close()
-
-
-def held_by_layout(path: Path) -> Held:
-    """An OCI layout directory (a bundle exported as ``oci:DIR``, or what the far side keeps):
-    every file under ``blobs/``, and what its index.json says it relied on."""
-    from .localfile import read_capped
-
-    if not (path / "oci-layout").is_file():
-        raise UsageError(f"--since {path}: not an OCI image layout (no oci-layout file)")
-    names = []
-    for algorithm in ("sha256", "sha512"):
-        directory = path / "blobs" / algorithm
-        if directory.is_dir():
-            names += [f"blobs/{algorithm}/{entry}" for entry in os.listdir(directory)]
-    blobs = _blob_names(names)
-    raw = read_capped(path / "index.json", MAX_INDEX_BYTES, str(path / "index.json"))
-    blobs |= set(_relied_on_in_layout(path, _index_doc(raw, str(path)), str(path)))
-    return Held(blobs, [Digest.of(raw)])
-
-
-def _relied_on_in_layout(root: Path, doc: object, where: str) -> dict[Digest, Descriptor]:
-    """The blobs the relies-on record named by a layout's index.json ``doc`` lists, checked
-    against its digest (as ``relied_on_in_archive`` checks an archive's)."""
-    from .localfile import read_capped
-
-    record = record_digest(doc, where)
-    if record is None:
-        return {}
-    file = root / "blobs" / record.algorithm / record.encoded
-    data = read_capped(file, MAX_RECORD_BYTES, str(file))
-    if Digest.of(data, record.algorithm) != record:
-        raise ArchiveError(f"{root}: its relies-on record {record} is damaged")
-    return parse_record(data, str(root))
-
-
-def _index_doc(raw: bytes, where: str) -> dict[str, object]:
-    try:
-        doc = jsonio.loads(raw, strict=True)
-    except jsonio.JSONError as exc:
-        raise ArchiveError(f"{where}: index.json is not valid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise ArchiveError(f"{where}: index.json is not an OCI index")
-    return doc
-
-
-async def held_by_index(
-    path: Path, session: Session, settings: Settings, sources: Sequence[SyncSource] = ()
-) -> Held:
-    """An ``index.json`` of what the far side holds: every image it names (by its full source
-    reference and digest) was imported whole there, so every blob of its graph is held; the
-    graphs are read from the source registries (manifests only). The file names any host it
-    likes: one of the sync YAML's registries is read with that source's settings (its TLS and
-    credentials, ``--creds`` included); any other host only with what the credential files
-    give it, as a configured mirror is, never with ``--creds``."""
-    from .copy import CopyOptions, resolve
-    from .endpoints.registry import RegistrySource
-    from .localfile import read_capped
-    from .mirror import _settings_for as settings_for
-    from .reference import parse
-
-    own: dict[str, Settings] = {}
-    for source in sources:
-        own.setdefault(parse(f"{source.registry}/x").registry, settings_for(source, settings))
-
-    raw = read_capped(path, MAX_INDEX_BYTES, str(path))
-    doc = _index_doc(raw, str(path))
-    entries = doc.get("manifests")
-    if not isinstance(entries, list):
-        raise UsageError(f"--since {path}: index.json has no manifests list")
-    held: set[Digest] = set()
-    options = CopyOptions(allow_absent=True, jobs=settings.jobs, retry=settings.retry)
-    limiter = anyio.CapacityLimiter(HEADS_AT_ONCE)
-
-    async def walk(entry: Descriptor) -> None:
-        name = entry_name(entry)
-        if not name:
-            raise UsageError(f"--since {path}: an image ({entry.digest}) without its reference")
-        ref = parse(name)
-        mine = own.get(ref.registry)
-        async with limiter:
-            if mine is not None:
-                client = session.client(ref, settings=mine)
-            else:
-                client = session.client(ref, settings=settings, explicit_credentials=False)
-            source = RegistrySource(client, ref)
-            top, plan = await resolve(source, entry.digest, options)
-        held.update(d.digest for d in plan.blobs())
-        held.update(m.digest for m in [top, plan.top, *plan.children])
-
-    descriptors = []
-    for at, item in enumerate(entries):
-        try:
-            descriptors.append(Descriptor.from_json(item, what=f"{path}: manifests[{at}]"))
-        except TransferError as exc:
-            raise UsageError(f"--since {path}: {exc}") from None
-    async with anyio.create_task_group() as group:
-        for desc in descriptors:
-            group.start_soon(walk, desc)
-    return Held(held, [Digest.of(raw)])
-
-
-async def held_by(
-    since: Sequence[str],
-    session: Session,
-    settings: Settings,
-    sources: Sequence[SyncSource] = (),
-) -> Held:
-    """What every ``--since`` names, together: ``oci-archive:FILE`` or a tar file, ``oci:DIR``
-    or a directory, or an ``index.json`` file (its images read from ``sources``' registries
-    with their settings, from any other host without ``--creds``)."""
-    held = Held(set(), [])
-    for text in since:
-        kind, _, rest = text.partition(":")
-        path = Path(rest) if kind in ("oci", "oci-archive") and rest else Path(text)
-        if kind == "oci" or path.is_dir():
-            found = await anyio.to_thread.run_sync(held_by_layout, path)
-        elif not path.is_file():
-            raise UsageError(f"--since {text}: no such file or directory")
-        elif kind != "oci-archive" and _is_json(path):
-            found = await held_by_index(path, session, settings, sources)
-        else:
-            found = await anyio.to_thread.run_sync(held_by_archive, path)
-        held.blobs |= found.blobs
-        held.roots += found.roots
-    return held
-
-
-def _is_json(path: Path) -> bool:
-    with path.open("rb") as handle:
-        return handle.read(512).lstrip()[:1] == b"{"
-
-
-# ---- export: a mirror set into one bundle ------------------------------------------------------
 
 
 async def export(
@@ -364,7 +135,7 @@ async def repack(
             platform, transfers=session.transfers(settings.jobs)
         )
         report = MirrorReport()
-        by_source: dict[str, _Image] = {}
+        by_source: dict[str, BundleImage] = {}
         entries = []
         for image in opened.images:
             ref = parse(image.name)
@@ -449,7 +220,7 @@ async def _write(
     images: int,
     held: Held,
     dry_run: bool,
-    bundle: Mapping[str, _Image] | None = None,
+    bundle: Mapping[str, BundleImage] | None = None,
 ) -> None:
     """The planned images into the bundle ``target``: the one pipeline of an export from the
     registries (``bundle`` None) and of a re-pack of another bundle (``bundle``: its images
@@ -479,7 +250,7 @@ class _Export:
     held: Held
     volumes: int | None = None  # --max-size: the bundle as volumes of at most this many bytes
     # A re-pack: the source bundle's images by their entry's source; None: the registries
-    bundle: Mapping[str, _Image] | None = None
+    bundle: Mapping[str, BundleImage] | None = None
 
     @contextlib.asynccontextmanager
     async def reading(self, entry: PlanEntry) -> AsyncIterator[tuple[Source, str | Digest]]:
@@ -619,7 +390,7 @@ def _annotate_index(layout: Layout, annotations: dict[str, str], referred: set[D
 
     path = layout.root / "index.json"
     raw = read_capped(path, MAX_INDEX_BYTES, str(path))
-    doc = _index_doc(raw, str(layout.root))
+    doc = index_doc(raw, str(layout.root))
     entries = doc.get("manifests")
     if not isinstance(entries, list):
         raise ArchiveError(f"{layout.root}: index.json has no manifests list")
@@ -698,415 +469,3 @@ class _LayoutBundle(LayoutDestination):
                 self.relied_on.setdefault(desc.digest, desc)
             return True
         return await super().has_blob(desc)
-
-
-# ---- import: a bundle into a registry -------------------------------------------------------
-
-
-@dataclass
-class _Image:
-    """One image of a bundle: its name (full source reference) and how to read it."""
-
-    name: str
-    digest: Digest
-    source: Source
-
-
-@dataclass
-class _Opened:
-    """A bundle open for reading: its named images, the blobs it relies on from outside, and
-    the root digests of the bundles it was made after (its ``dev.xfer.bundle.since``)."""
-
-    images: list[_Image]
-    relied: dict[Digest, Descriptor]
-    since: list[str]
-
-
-@contextlib.asynccontextmanager
-async def open_bundle(address: Address, emit: Emit = ignore) -> AsyncIterator[_Opened]:
-    """The named images of a bundle (``oci-archive:FILE`` or ``oci:DIR``), and what it relies
-    on from outside; open until the block ends. An image without a full reference names no
-    repository to go to: skipped, each on a warning line (referrers are no images: they
-    travel with their subjects)."""
-    from .endpoints.archive_read import ArchiveImageSource, OciArchive, open_archive
-    from .endpoints.layout import LayoutSource
-
-    assert address.path is not None
-
-    def skipped(digest: Digest, name: str | None) -> None:
-        what = f"its name {name!r} is not a full reference" if name else "an image without a name"
-        emit(
-            Message(
-                f"warning: {address}: {what} ({digest}, no {REF_NAME} to name its "
-                "repository): skipped"
-            )
-        )
-
-    if address.kind == "oci-archive":
-        archive = await open_archive(address.path)
-        async with contextlib.aclosing(archive):
-            if not isinstance(archive, OciArchive):
-                raise UsageError(f"{address.path} is a docker archive, not a bundle")
-            found = []
-            for image in await archive.images():
-                if not isinstance(image.identifier, Digest):
-                    continue  # an OCI archive names every image by digest
-                if not image.names or not is_full_reference(image.label):
-                    # as a layout's: a bare tag names no repository (not docker.io/library/…)
-                    skipped(image.identifier, image.label)
-                    continue
-                source = ArchiveImageSource(archive, image.names[0])
-                found.append(_Image(image.names[0], image.identifier, source))
-            since = _since(archive.annotations)
-            yield _Opened(found, archive.relied_on, since)
-        return
-    layout = Layout(address.path)
-    if not layout.exists():
-        raise UsageError(f"{address.path} is not an OCI image layout (no oci-layout file)")
-    entries = await anyio.to_thread.run_sync(layout.read_index)
-    listing = await anyio.to_thread.run_sync(layout.listing, entries)
-    found = []
-    for entry in listing.roots(entries):  # referrers (with a subject, or a cosign tag) left
-        name = entry_name(entry)
-        # A full reference names the source repository; a bare tag (another tool's layout)
-        # names none to import into.
-        if name and is_full_reference(name):
-            desc = await anyio.to_thread.run_sync(layout.resolve, entry)
-            found.append(_Image(name, desc.digest, LayoutSource(layout, name)))
-        else:
-            skipped(entry.digest, name)
-    relied, since = await anyio.to_thread.run_sync(_layout_relies_on, layout)
-    # Read only, as every oci:DIR source is: no store lock, whose .xfer/ a bundle on
-    # read-only media (where air-gapped bundles arrive) cannot hold.
-    yield _Opened(found, relied, since)
-
-
-def _since(annotations: object) -> list[str]:
-    """The root digests an index.json's ``dev.xfer.bundle.since`` lists."""
-    text = annotations.get(SINCE) if isinstance(annotations, dict) else None
-    return [part for part in str(text).split(",") if part] if text else []
-
-
-def _layout_relies_on(layout: Layout) -> tuple[dict[Digest, Descriptor], list[str]]:
-    from .localfile import read_capped
-
-    path = layout.root / "index.json"
-    doc = _index_doc(read_capped(path, MAX_INDEX_BYTES, str(path)), str(path))
-    return _relied_on_in_layout(layout.root, doc, str(path)), _since(doc.get("annotations"))
-
-
-async def import_bundle(
-    source: Address,
-    destination: str,
-    settings: Settings | None = None,
-    *,
-    dest_settings: Settings | None = None,
-    scoped: bool = False,
-    platform: PlatformChoice = None,
-    emit: Emit = ignore,
-    session: Session | None = None,
-    images: int = 4,
-    shard: Shard | None = None,
-    dry_run: bool = False,
-) -> MirrorReport:
-    """Every image of a bundle to ``destination`` (``host[:port][/prefix]``), each at
-    ``DEST/<source repository>:<tag>``, its digest kept; an image the target tag already
-    names is left (one HEAD); for an incremental bundle the target must hold every blob it
-    relies on that the images to write use (HEADs, all at once), else nothing is written and
-    the missing blobs are named."""
-    from .api import session_for
-    from .mirror import (
-        COPY,
-        FAILED,
-        UNCHANGED,
-        MirrorItem,
-        MirrorReport,
-        PlanEntry,
-        _check_destination,
-        _target,
-        refuse_clashes,
-    )
-
-    _check_destination(destination)
-    if images < 1:
-        raise UsageError("--images must be at least 1")
-    async with (
-        session_for(settings, session) as (settings, session),
-        open_bundle(source, emit) as opened,
-    ):
-        found, relied = opened.images, opened.relied
-        dest_settings = dest_settings or replace(settings, credentials=None)
-        options = settings.copy_options(  # --no-referrers, --referrers-type too
-            platform, transfers=session.transfers(settings.jobs)
-        )
-        report = MirrorReport()
-        work = []
-        for image in found:
-            ref, refused = _entry_reference(image, emit)
-            if options.referrers and ref.tag is not None and is_referrer_tag(ref.tag):
-                continue  # sha256-<hex>[.sig|.att|.sbom] travel with their subject (as mirror)
-            item = MirrorItem(ref, _target(ref, destination, scoped))
-            if shard is None or shard.owns(item.target):
-                work.append((image, item, refused))
-        if shard is not None:
-            emit(Message(f"mirror: shard {shard.index}/{shard.count}: {len(work)} images"))
-        limiter = anyio.CapacityLimiter(HEADS_AT_ONCE)
-        entries = [
-            PlanEntry(
-                str(item.source),
-                str(item.target),
-                FAILED if refused else COPY,
-                image.digest,
-                reason=refused,
-                item=item,
-            )
-            for image, item, refused in work
-        ]
-        refuse_clashes(entries)
-        for entry in entries:
-            if entry.action == FAILED and entry.item is not None:
-                report.failed.append((entry.item, entry.reason or "failed"))
-                emit(Message(f"failed {entry.item.source}: {entry.reason}"))
-        plans: dict[str, _Plan] = {}
-        referred: dict[str, list[Descriptor]] = {}  # the blobs of the referrers each carries
-
-        async def decide(image: _Image, entry: PlanEntry) -> None:
-            assert entry.item is not None
-            target = entry.item.target
-            async with limiter:
-                _, plan = await resolve(image.source, image.digest, options)
-                plans[entry.source] = plan
-                client = session.client(target, settings=dest_settings)
-                there = await client.head_manifest(target.repository, target.identifier)
-            if there is not None and there.digest == plan.top.digest:
-                entry.action = UNCHANGED
-            elif relied:
-                # The referrers the copy carries rely on blobs from outside too: checked
-                # with the image's, before anything is written.
-                async with limiter:
-                    referred[entry.source] = await _referrer_blobs(image.source, plan, options)
-
-        async with anyio.create_task_group() as group:
-            for (image, _, _), entry in zip(work, entries, strict=True):
-                if entry.action == COPY:
-                    group.start_soon(decide, image, entry)
-        report.plan = entries
-        copying = [
-            (image, e) for (image, _, _), e in zip(work, entries, strict=True) if e.action == COPY
-        ]
-        for entry in entries:
-            if entry.action == UNCHANGED and entry.item is not None:
-                report.unchanged.append(entry.item)
-                emit(Message(f"unchanged {entry.item.target}"))
-        if dry_run:
-            await _import_sizes(copying, plans, relied, session, dest_settings, limiter)
-            return report
-        mounts = RunMounts()
-        blobs = {
-            source: [*plan.blobs(), *referred.get(source, [])] for source, plan in plans.items()
-        }
-        needed = await _relied_needed(
-            copying, entries, blobs, relied, session, dest_settings, limiter, mounts
-        )
-        if needed:
-            raise lacking(source, "the target", [f"{repo}@{d}" for repo, d in needed], "import")
-        copies = anyio.CapacityLimiter(images)
-
-        async def copy_one(image: _Image, entry: PlanEntry) -> None:
-            assert entry.item is not None
-            item = entry.item
-            address = Address("registry", reference=item.target)
-            try:
-                async with (
-                    copies,
-                    open_destination(
-                        address, Context(session, dest_settings, emit), Origin(mounts=mounts)
-                    ) as writing,
-                ):
-                    result = await copy_image(
-                        image.source, writing.destination, image.digest, writing.tag, options, emit
-                    )
-            except TransferError as exc:
-                entry.action, entry.reason = "failed", str(exc)
-                report.failed.append((item, str(exc)))
-                emit(Message(f"failed {item.source}: {exc}"))
-                return
-            report.copied.append(result)
-            report.copied_items.append((item, result))
-
-        async with anyio.create_task_group() as group:
-            for image, entry in copying:
-                group.start_soon(copy_one, image, entry)
-        return report
-
-
-def lacking(source: object, target: str, needed: Sequence[str], verb: str) -> TransferError:
-    """The one error of an incremental bundle whose target (a registry, the store) lacks
-    blobs it relies on: how many, the first five named, and that nothing was written."""
-    shown = ", ".join(needed[:5])
-    more = f" and {len(needed) - 5} more" if len(needed) > 5 else ""
-    return TransferError(
-        f"{source}: {target} lacks {len(needed)} blobs this incremental bundle relies "
-        f"on: {shown}{more}; nothing was written",
-        hint=f"{verb} the bundles it was made after (its --since) first",
-    )
-
-
-async def relied_lacking_in_store(
-    images: Sequence[tuple[Source, str | Digest]],
-    relied: dict[Digest, Descriptor],
-    layout: Layout,
-    options: CopyOptions,
-) -> list[str]:
-    """The blobs ``images`` (and the referrers a copy carries with them) use that the bundle
-    relies on from outside and the store at ``layout`` lacks, sorted: a load's check before
-    it writes anything, as ``_relied_needed`` is an import's (the store is one blob store:
-    no repositories to ask, no HEADs)."""
-    if not relied:
-        return []
-    used: dict[Digest, Descriptor] = {}
-    for source, identifier in images:
-        _, plan = await resolve(source, identifier, options)
-        for blob in [*plan.blobs(), *await _referrer_blobs(source, plan, options)]:
-            if blob.digest in relied:
-                used.setdefault(blob.digest, blob)
-    return [str(d) for d, desc in sorted(used.items()) if not layout.has_blob(desc)]
-
-
-def _entry_reference(image: _Image, emit: Emit) -> tuple[Reference, str | None]:
-    """The reference an image of the bundle is imported as, and why it is refused (or None).
-    A name may pin a digest other than the manifest the entry holds (a hostile bundle; an
-    export of ``REPO@DIGEST`` with --platform holds that platform's image): a name without a
-    tag then goes by the entry's digest, the one actually written (and asked for by a rerun);
-    a tag is never put on what its name says is another image."""
-    ref = parse(image.name)
-    if ref.digest is None or ref.digest == image.digest:
-        return ref, None
-    if ref.tag is not None:
-        return ref, f"its name pins {ref.digest}, the bundle holds {image.digest}: not tagged"
-    emit(Message(f"{image.name} holds {image.digest}: imported by that digest"))
-    return Reference(ref.registry, ref.repository, None, image.digest), None
-
-
-async def _relied_needed(
-    copying: list[tuple[_Image, PlanEntry]],
-    entries: list[PlanEntry],
-    blobs: dict[str, list[Descriptor]],
-    relied: dict[Digest, Descriptor],
-    session: Session,
-    settings: Settings,
-    limiter: anyio.CapacityLimiter,
-    mounts: RunMounts,
-) -> list[tuple[str, Digest]]:
-    """The (target repository, blob) pairs of the images to write (``blobs``: each image's
-    and its referrers', by source), that the bundle relies on
-    from outside and the target lacks: every pair asked at once (HEADs). A blob missing from
-    an image's own repository may be in another the bundle's images go to (a new repository
-    whose base layers an earlier bundle brought to another): found there, it is mounted."""
-    users: dict[Digest, list[Reference]] = {}  # a relied-on blob → the targets whose images use it
-    for entry in entries:
-        if entry.item is not None and entry.source in blobs:
-            for blob in blobs[entry.source]:
-                if blob.digest in relied:
-                    users.setdefault(blob.digest, []).append(entry.item.target)
-    pairs: dict[tuple[str, Digest], Reference] = {}
-    for _, entry in copying:
-        assert entry.item is not None
-        target = entry.item.target
-        for blob in blobs[entry.source]:
-            if blob.digest in relied:
-                pairs.setdefault((f"{target.registry}/{target.repository}", blob.digest), target)
-    missing: list[tuple[str, Digest]] = []
-
-    async def head(key: tuple[str, Digest], target: Reference) -> None:
-        digest = key[1]
-        async with limiter:
-            client = session.client(target, settings=settings)
-            if await client.has_blob(target.repository, digest, push=True):
-                return
-            others = dict.fromkeys(
-                t.repository for t in users.get(digest, []) if t.repository != target.repository
-            )
-            for other in others:
-                if await client.has_blob(other, digest):
-                    mounts.setdefault(digest, other)
-                    return
-        missing.append(key)
-
-    async with anyio.create_task_group() as group:
-        for key, target in pairs.items():
-            group.start_soon(head, key, target)
-    return sorted(missing)
-
-
-async def _referrer_blobs(source: Source, plan: _Plan, options: CopyOptions) -> list[Descriptor]:
-    """The blobs of the referrer tree a copy of ``plan`` carries from ``source``: the same
-    subjects, artifact types and bounds as the carry (copy._Carry), each referrer read once;
-    one the bundle does not hold or cannot read is left, as the carry leaves it."""
-    from .endpoints import ReferrerSource
-    from .errors import ManifestError, NotFound, TooLarge
-
-    if not options.referrers or not isinstance(source, ReferrerSource):
-        return []
-    bounds = options.referrer_bounds
-    single = CopyOptions(jobs=options.jobs, retry=options.retry, bounds=options.bounds)
-    frontier = [m.descriptor() for m in (*plan.children, plan.top)]
-    seen = {d.digest for d in frontier}
-    found: list[Descriptor] = []
-    count = 0
-    for _ in range(bounds.depth):
-        below: list[Descriptor] = []
-        for subject in frontier:
-            try:
-                listed = await source.get_referrers(subject)
-            except (ManifestError, TooLarge):
-                continue  # the carry leaves a listing it cannot read, with a warning
-            for referrer in listed:
-                desc = referrer.descriptor
-                if desc.digest in seen:
-                    continue
-                seen.add(desc.digest)
-                if options.referrer_types and desc.artifact_type not in options.referrer_types:
-                    continue
-                if count >= bounds.count:
-                    return found
-                count += 1
-                try:
-                    _, referred = await resolve(source, desc.digest, single)
-                except (NotFound, ManifestError):
-                    continue
-                found += referred.blobs()
-                below.append(desc)
-        frontier = below
-    return found
-
-
-async def _import_sizes(
-    copying: list[tuple[_Image, PlanEntry]],
-    plans: dict[str, _Plan],
-    relied: dict[Digest, Descriptor],
-    session: Session,
-    settings: Settings,
-    limiter: anyio.CapacityLimiter,
-) -> None:
-    """--dry-run: the declared sizes of the blobs each target repository lacks (a HEAD per
-    blob), a blob shared by several images counted for the first only."""
-    counted: set[Digest] = set(relied)
-
-    async def size(entry: PlanEntry) -> None:
-        assert entry.item is not None
-        target = entry.item.target
-        total = 0
-        for blob in plans[entry.source].blobs():
-            if blob.digest in counted:
-                continue
-            counted.add(blob.digest)
-            async with limiter:
-                client = session.client(target, settings=settings)
-                if not await client.has_blob(target.repository, blob.digest):
-                    total += blob.size
-        entry.bytes = total
-
-    async with anyio.create_task_group() as group:
-        for _, entry in copying:
-            group.start_soon(size, entry)

@@ -149,9 +149,9 @@ class _Bundle:
 def relied_on(index: dict[str, Any], bundle: _Bundle, found: _Found) -> dict[Digest, int]:
     """The blobs (→ size) an incremental bundle says it relies on from outside: the record
     index.json's ``dev.xfer.bundle.relies-on`` names, a blob of the bundle (so the root digest
-    covers it; see bundle.py). None recorded: the bundle must hold everything it names. A record
-    named but missing, damaged or unreadable is a problem, and then nothing is relied on."""
-    from .bundle import MAX_RECORD_BYTES, parse_record, record_digest
+    covers it; see bundle_record.py). None recorded: the bundle must hold everything it names. A
+    record named but missing, damaged or unreadable is a problem, and then nothing is relied on."""
+    from .bundle_record import MAX_RECORD_BYTES, parse_record, record_digest
 
     try:
         record = record_digest(index, bundle.name)

@@ -387,7 +387,7 @@ class OciArchive(_Archive):
 
 def relied_on_in_archive(tar: TarIndex, doc: Any, path: Path) -> dict[Digest, Descriptor]:
     """The blobs an incremental bundle's record says it relies on from outside."""
-    from ..bundle import MAX_RECORD_BYTES, parse_record, record_digest
+    from ..bundle_record import MAX_RECORD_BYTES, parse_record, record_digest
 
     record = record_digest(doc, f"archive {path}")
     if record is None:
