@@ -270,6 +270,7 @@ class _Export:
     async def sizes(self, entries: list[PlanEntry]) -> None:
         """--dry-run: the declared sizes of the blobs the bundle would hold, each counted once."""
         from .endpoints.registry import RegistrySource
+        from .mirror import FAILED
 
         counted: set[Digest] = set(self.held.blobs)
 
@@ -287,7 +288,7 @@ class _Export:
                             RegistrySource(client, ref), ref.identifier, self.options
                         )
             except TransferError as exc:
-                entry.action, entry.reason = "failed", str(exc)
+                entry.action, entry.reason = FAILED, str(exc)
                 return
             total = 0
             for blob in plan.blobs():
@@ -306,6 +307,7 @@ class _Export:
         report: MirrorReport,
         destination: Callable[[Reference], Destination],
     ) -> None:
+        from .mirror import FAILED
 
         async def one(entry: PlanEntry) -> None:
             assert entry.item is not None
@@ -316,7 +318,7 @@ class _Export:
                         source, destination(ref), identifier, str(ref), self.options, self.emit
                     )
             except TransferError as exc:
-                entry.action, entry.reason = "failed", str(exc)
+                entry.action, entry.reason = FAILED, str(exc)
                 report.failed.append((entry.item, str(exc)))
                 self.emit(Message(f"failed {ref}: {exc}"))
                 return

@@ -35,7 +35,7 @@ from .endpoints.layout import MAX_INDEX_BYTES, REF_NAME, Layout
 from .endpoints.layout_referrers import entry_name, is_full_reference
 from .endpoints.registry import RunMounts
 from .endpoints.transports import Context, Origin, open_destination
-from .errors import TransferError, UsageError
+from .errors import TransferError, UsageError, counted
 from .manifest import Descriptor
 from .progress import Emit, Message, ignore
 from .reference import Reference, parse
@@ -265,7 +265,7 @@ async def import_bundle(
                         image.source, writing.destination, image.digest, writing.tag, options, emit
                     )
             except TransferError as exc:
-                entry.action, entry.reason = "failed", str(exc)
+                entry.action, entry.reason = FAILED, str(exc)
                 report.failed.append((item, str(exc)))
                 emit(Message(f"failed {item.source}: {exc}"))
                 return
@@ -284,7 +284,7 @@ def lacking(source: object, target: str, needed: Sequence[str], verb: str) -> Tr
     shown = ", ".join(needed[:5])
     more = f" and {len(needed) - 5} more" if len(needed) > 5 else ""
     return TransferError(
-        f"{source}: {target} lacks {len(needed)} blobs this incremental bundle relies "
+        f"{source}: {target} lacks {counted(len(needed), 'blob')} this incremental bundle relies "
         f"on: {shown}{more}; nothing was written",
         hint=f"{verb} the bundles it was made after (its --since) first",
     )
