@@ -694,45 +694,28 @@ async def mirror(
     side holds, left out; ``report.root`` is the bundle's root digest); ``config``
     ``oci-archive:FILE`` or ``oci:DIR`` imports a bundle's images into the registry, or, with
     a bundle as ``destination`` too, re-packs them into it (the export's flags and root)."""
-    from .mirror import mirror as mirror_config  # YAML and semver load only for a mirror
+    from .mirror import MirrorRun  # YAML and semver load only for a mirror
+    from .mirror import mirror as mirror_config
 
+    how = MirrorRun(platform, images, shard, dry_run, emit, session)
     text_config = str(config)
     volumes = settings.volume_size if settings is not None else None
     if volumes and not destination.startswith("oci-archive:"):
         raise UsageError("--max-size is for an export into a bundle file (oci-archive:FILE)")
     exporting = destination.startswith(("oci:", "oci-archive:"))
-    if text_config.startswith(("oci:", "oci-archive:")) and exporting:
+    from_bundle = text_config.startswith(("oci:", "oci-archive:"))
+    bundle = parse_address(text_config) if from_bundle else None
+    if bundle is not None and exporting:
         from .bundle import repack  # archive and tar code only for a bundle
 
-        return await repack(
-            parse_address(text_config),
-            parse_address(destination),
-            settings,
-            platform=platform,
-            emit=emit,
-            session=session,
-            images=images,
-            shard=shard,
-            dry_run=dry_run,
-            since=since,
-        )
-    if text_config.startswith(("oci:", "oci-archive:")):
+        return await repack(bundle, parse_address(destination), settings, how, since=since)
+    if bundle is not None:
         if since:
             raise UsageError("--since is for an export into a bundle, not an import")
         from .bundle_import import import_bundle  # archive and tar code only for a bundle
 
         return await import_bundle(
-            parse_address(text_config),
-            destination,
-            settings,
-            dest_settings=dest_settings,
-            scoped=scoped,
-            platform=platform,
-            emit=emit,
-            session=session,
-            images=images,
-            shard=shard,
-            dry_run=dry_run,
+            bundle, destination, settings, how, dest_settings=dest_settings, scoped=scoped
         )
     if since and not exporting:
         raise UsageError("--since is for an export into a bundle (oci-archive:FILE or oci:DIR)")
@@ -743,30 +726,9 @@ async def mirror(
     if exporting:
         from .bundle import export  # archive and tar code only for a bundle
 
-        return await export(
-            text,
-            parse_address(destination),
-            settings,
-            platform=platform,
-            emit=emit,
-            session=session,
-            images=images,
-            shard=shard,
-            dry_run=dry_run,
-            since=since,
-        )
+        return await export(text, parse_address(destination), settings, how, since=since)
     return await mirror_config(
-        text,
-        destination,
-        settings,
-        dest_settings=dest_settings,
-        scoped=scoped,
-        platform=platform,
-        emit=emit,
-        session=session,
-        images=images,
-        shard=shard,
-        dry_run=dry_run,
+        text, destination, settings, how, dest_settings=dest_settings, scoped=scoped
     )
 
 

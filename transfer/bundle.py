@@ -38,7 +38,7 @@ from .bundle_record import (
     index_doc,
     record_bytes,
 )
-from .copy import CopyOptions, PlatformChoice, copy_image, resolve
+from .copy import CopyOptions, copy_image, resolve
 from .digest import Digest
 from .endpoints import Destination, Source
 from .endpoints.address import Address
@@ -47,27 +47,22 @@ from .endpoints.layout import MAX_INDEX_BYTES, REF_NAME, Layout, LayoutDestinati
 from .endpoints.transports import Context
 from .errors import ArchiveError, TransferError, UsageError, counted
 from .manifest import Descriptor, Manifest
-from .progress import Emit, Message, ignore
+from .progress import Emit, Message
 from .reference import Reference, parse
 from .referrers import Referrer, is_referrer_tag
 
 if TYPE_CHECKING:
     from .api import Settings
-    from .mirror import MirrorReport, PlanEntry, Shard
+    from .mirror import MirrorReport, MirrorRun, PlanEntry
     from .session import Session
 
 
 async def export(
     config_text: str,
     target: Address,
-    settings: Settings | None = None,
+    settings: Settings | None,
+    how: MirrorRun,
     *,
-    platform: PlatformChoice = None,
-    emit: Emit = ignore,
-    session: Session | None = None,
-    images: int = 4,
-    shard: Shard | None = None,
-    dry_run: bool = False,
     since: Sequence[str] = (),
 ) -> MirrorReport:
     """Every image the sync YAML names into one bundle (``oci-archive:FILE`` or ``oci:DIR``),
@@ -76,10 +71,9 @@ async def export(
     from .mirror import COPY, SKIP, MirrorItem, MirrorReport, PlanEntry, parse_config, plan
     from .mirror import _settings_for as settings_for
 
-    if images < 1:
-        raise UsageError("--images must be at least 1")
+    platform, emit, images, shard = how.platform, how.emit, how.images, how.shard
     sources = parse_config(config_text)
-    async with session_for(settings, session) as (settings, session):
+    async with session_for(settings, how.session) as (settings, session):
         report = MirrorReport()
         wanted = await plan(sources, settings, emit, skipped=report.skipped, session=session)
         items = [(ref, settings_for(source, settings)) for ref, source in wanted]
@@ -98,7 +92,7 @@ async def export(
             platform, transfers=session.transfers(settings.jobs)
         )
         await _write(
-            target, entries, report, session, settings, options, emit, images, held, dry_run
+            target, entries, report, session, settings, options, emit, images, held, how.dry_run
         )
         return report
 
@@ -106,14 +100,9 @@ async def export(
 async def repack(
     source: Address,
     target: Address,
-    settings: Settings | None = None,
+    settings: Settings | None,
+    how: MirrorRun,
     *,
-    platform: PlatformChoice = None,
-    emit: Emit = ignore,
-    session: Session | None = None,
-    images: int = 4,
-    shard: Shard | None = None,
-    dry_run: bool = False,
     since: Sequence[str] = (),
 ) -> MirrorReport:
     """A bundle (``oci-archive:FILE`` or ``oci:DIR``) into another bundle: a file into a
@@ -124,11 +113,10 @@ async def repack(
     from .api import session_for
     from .mirror import COPY, MirrorItem, MirrorReport, PlanEntry
 
-    if images < 1:
-        raise UsageError("--images must be at least 1")
+    platform, emit, images, shard = how.platform, how.emit, how.images, how.shard
     _refuse_same(source, target)
     async with (
-        session_for(settings, session) as (settings, session),
+        session_for(settings, how.session) as (settings, session),
         open_bundle(source, emit) as opened,
     ):
         options = settings.copy_options(  # --no-referrers, --referrers-type too
@@ -183,7 +171,7 @@ async def repack(
             emit,
             images,
             held,
-            dry_run,
+            how.dry_run,
             by_source,
         )
         return report

@@ -27,7 +27,7 @@ from .bundle_record import (
     relied_on_in_layout,
     since_roots,
 )
-from .copy import CopyOptions, PlatformChoice, _Plan, copy_image, resolve
+from .copy import CopyOptions, _Plan, copy_image, resolve
 from .digest import Digest
 from .endpoints import Source
 from .endpoints.address import Address
@@ -43,7 +43,7 @@ from .referrers import is_referrer_tag
 
 if TYPE_CHECKING:
     from .api import Settings
-    from .mirror import MirrorReport, PlanEntry, Shard
+    from .mirror import MirrorReport, MirrorRun, PlanEntry
     from .session import Session
 
 
@@ -136,16 +136,11 @@ def _layout_relies_on(layout: Layout) -> tuple[dict[Digest, Descriptor], list[st
 async def import_bundle(
     source: Address,
     destination: str,
-    settings: Settings | None = None,
+    settings: Settings | None,
+    how: MirrorRun,
     *,
     dest_settings: Settings | None = None,
     scoped: bool = False,
-    platform: PlatformChoice = None,
-    emit: Emit = ignore,
-    session: Session | None = None,
-    images: int = 4,
-    shard: Shard | None = None,
-    dry_run: bool = False,
 ) -> MirrorReport:
     """Every image of a bundle to ``destination`` (``host[:port][/prefix]``), each at
     ``DEST/<source repository>:<tag>``, its digest kept; an image the target tag already
@@ -166,10 +161,9 @@ async def import_bundle(
     )
 
     _check_destination(destination)
-    if images < 1:
-        raise UsageError("--images must be at least 1")
+    platform, emit, images, shard = how.platform, how.emit, how.images, how.shard
     async with (
-        session_for(settings, session) as (settings, session),
+        session_for(settings, how.session) as (settings, session),
         open_bundle(source, emit) as opened,
     ):
         found, relied = opened.images, opened.relied
@@ -236,7 +230,7 @@ async def import_bundle(
             if entry.action == UNCHANGED and entry.item is not None:
                 report.unchanged.append(entry.item)
                 emit(Message(f"unchanged {entry.item.target}"))
-        if dry_run:
+        if how.dry_run:
             await _import_sizes(copying, plans, relied, session, dest_settings, limiter)
             return report
         mounts = RunMounts()

@@ -363,19 +363,33 @@ class PlanEntry:
         }
 
 
+@dataclass(frozen=True)
+class MirrorRun:
+    """How a mirror run goes, whichever its source and destination (registries, a bundle): the
+    platforms kept, images at once, this worker's shard, a plan only, where progress goes and
+    the session it runs in (None: one of its own). One value for the YAML mirror, the export,
+    the re-pack and the import, so none of them repeats the others' options."""
+
+    platform: PlatformChoice = None
+    images: int = MIRROR_IMAGES
+    shard: Shard | None = None
+    dry_run: bool = False
+    emit: Emit = ignore
+    session: Session | None = None
+
+    def __post_init__(self) -> None:
+        if self.images < 1:
+            raise UsageError("--images must be at least 1")
+
+
 async def mirror(
     config_text: str,
     destination: str,
-    settings: Settings | None = None,
+    settings: Settings | None,
+    how: MirrorRun,
     *,
     dest_settings: Settings | None = None,
     scoped: bool = False,
-    platform: PlatformChoice = None,
-    emit: Emit = ignore,
-    session: Session | None = None,
-    images: int = MIRROR_IMAGES,
-    shard: Shard | None = None,
-    dry_run: bool = False,
 ) -> MirrorReport:
     """Mirror what the configuration names into ``destination`` (``host[:port][/prefix]``):
     each whole index, or with ``platform`` only that image of it (the target tag then names
@@ -384,10 +398,9 @@ async def mirror(
     registry's connections and tokens shared by every image). ``shard`` keeps this worker's
     share; ``dry_run`` stops after the plan, with the bytes each copy would move."""
     _check_destination(destination)
-    if images < 1:
-        raise UsageError("--images must be at least 1")
+    platform, emit, images, shard = how.platform, how.emit, how.images, how.shard
     sources = parse_config(config_text)
-    async with session_for(settings, session) as (settings, session):
+    async with session_for(settings, how.session) as (settings, session):
         dest_settings = dest_settings or replace(settings, credentials=None)
         run = _Run(settings, dest_settings, session, platform, emit, images)
         report = MirrorReport()
@@ -406,7 +419,7 @@ async def mirror(
         entries = await run.states(items) + entries
         refuse_clashes(entries)
         report.plan = entries
-        if dry_run:
+        if how.dry_run:
             await run.sizes([e for e in entries if e.action == COPY])
             return report
         await run.copies(entries, report)
