@@ -15,7 +15,7 @@ import transfer
 from fixtures.registry import Registry
 from fixtures.tokenserver import TokenServer
 from tests.helpers import xfer
-from transfer.mirror import mirror
+from transfer.mirror import MirrorRun, mirror
 
 NAMES = ("small", "shared-a", "shared-b", "multi")
 
@@ -71,9 +71,10 @@ def test_one_session_serves_a_whole_mirror_with_one_pool_per_host_and_closes_the
 
     async def main() -> None:
         async with transfer.Session(settings) as session:
-            report = await mirror(config, f"{empty_registry.host}/s", session=session)
+            how = MirrorRun(session=session)
+            report = await mirror(config, f"{empty_registry.host}/s", None, how)
             assert len(report.copied) == len(NAMES) and not report.failed
-            again = await mirror(config, f"{empty_registry.host}/s", session=session)
+            again = await mirror(config, f"{empty_registry.host}/s", None, how)
             assert len(again.unchanged) == len(NAMES)
             hosts = sorted(c.host for c in session.clients)
             assert hosts == sorted([token_registry.host, empty_registry.host])
