@@ -40,13 +40,19 @@ def _index(bundle: Path) -> bytes:
     return _members(volumes[-1] if volumes and not bundle.exists() else bundle)["index.json"]
 
 
+def _export_all(registry: Registry, tmp_path: Path, bundle: Path) -> str:
+    """Every test image of ``registry`` exported into the bundle file ``bundle``; its root."""
+    config = _config(tmp_path / "sync.yaml", registry.host, {f"test/{n}": ["1"] for n in NAMES})
+    root = _export(config, f"oci-archive:{bundle}")["root_digest"]
+    assert isinstance(root, str)
+    return root
+
+
 def test_a_bundle_repacked_to_a_directory_and_back_names_the_same_root_as_the_export(
     registry: Registry, second_registry: Registry, images: BuiltImages, tmp_path: Path
 ) -> None:
-    config = _config(tmp_path / "sync.yaml", registry.host, {f"test/{n}": ["1"] for n in NAMES})
     exported = tmp_path / "exported.tar"
-    root = _export(config, f"oci-archive:{exported}")["root_digest"]
-    assert isinstance(root, str)
+    root = _export_all(registry, tmp_path, exported)
     names = [
         e["annotations"]["org.opencontainers.image.ref.name"]
         for e in json.loads(_index(exported))["manifests"]
@@ -84,10 +90,8 @@ def test_a_bundle_repacked_to_a_directory_and_back_names_the_same_root_as_the_ex
 def test_a_repack_resplits_a_bundle_into_volumes_with_the_same_root(
     registry: Registry, images: BuiltImages, tmp_path: Path, store: Path
 ) -> None:
-    config = _config(tmp_path / "sync.yaml", registry.host, {f"test/{n}": ["1"] for n in NAMES})
     whole = tmp_path / "whole.tar"
-    root = _export(config, f"oci-archive:{whole}")["root_digest"]
-    assert isinstance(root, str)
+    root = _export_all(registry, tmp_path, whole)
     dvd = tmp_path / "dvd.tar"
     summary = _export(Path(f"oci-archive:{whole}"), f"oci-archive:{dvd}", "--max-size", "64K")
     volumes = sorted(tmp_path.glob("dvd.*.tar"))

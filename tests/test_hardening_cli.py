@@ -288,6 +288,20 @@ def test_push_mounts_blobs_from_the_repository_the_stored_image_came_from(
     assert run.json_lines()[-1]["bytes_transferred"] == 0
 
 
+def store_shared_a_at_target_and_b_from_elsewhere(
+    registry: Registry, target: Registry, images: BuiltImages, store: Path
+) -> str:
+    """shared-a copied to the target's team-a and pulled from there (the store names it after
+    the target); shared-b, which shares its two base layers, pulled from ``registry``. Returns
+    shared-b's reference there, the image a push then sends to the target's team-b."""
+    earlier = f"{target.host}/team-a/shared-a:1"
+    assert xfer("copy", f"oci:{images.layout}:shared-a", earlier).code == 0
+    assert xfer("pull", earlier, store=store).code == 0
+    elsewhere = f"{registry.host}/{images.images['shared-b'].ref}"
+    assert xfer("pull", elsewhere, store=store).code == 0
+    return elsewhere
+
+
 def test_push_mounts_blobs_another_stored_image_holds_in_another_repository_of_the_target(
     registry: Registry, empty_registry: Registry, images: BuiltImages, store: Path
 ) -> None:
@@ -295,11 +309,9 @@ def test_push_mounts_blobs_another_stored_image_holds_in_another_repository_of_t
     # shared-b, pulled from elsewhere, shares its two base layers: pushed into team-b, those
     # are mounted from team-a, only its own layers cross the network.
     a, b = images.images["shared-a"], images.images["shared-b"]
-    earlier = f"{empty_registry.host}/team-a/shared-a:1"
-    assert xfer("copy", f"oci:{images.layout}:shared-a", earlier).code == 0
-    assert xfer("pull", earlier, store=store).code == 0
-    elsewhere = f"{registry.host}/{b.ref}"
-    assert xfer("pull", elsewhere, store=store).code == 0
+    elsewhere = store_shared_a_at_target_and_b_from_elsewhere(
+        registry, empty_registry, images, store
+    )
     mark = empty_registry.mark()
 
     run = xfer("push", "--json", elsewhere, f"{empty_registry.host}/team-b/shared-b:1", store=store)

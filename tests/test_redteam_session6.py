@@ -9,6 +9,7 @@ from pathlib import Path
 from fixtures.images import BuiltImages
 from fixtures.registry import Registry
 from tests.helpers import named_entry, put_image, tar_layout, write_layout, xfer
+from tests.test_hardening_cli import store_shared_a_at_target_and_b_from_elsewhere
 
 REF_NAME = "org.opencontainers.image.ref.name"
 
@@ -90,12 +91,10 @@ def test_push_is_not_failed_by_another_stored_image_of_the_target_registry_that_
 ) -> None:
     # push now walks the store's other images named after the target registry, to mount their
     # blobs; one whose manifest is gone from the store must cost only that shortcut.
-    a, b = images.images["shared-a"], images.images["shared-b"]
-    earlier = f"{empty_registry.host}/team-a/shared-a:1"
-    assert xfer("copy", f"oci:{images.layout}:shared-a", earlier).code == 0
-    assert xfer("pull", earlier, store=store).code == 0
-    elsewhere = f"{registry.host}/{b.ref}"
-    assert xfer("pull", elsewhere, store=store).code == 0
+    a = images.images["shared-a"]
+    elsewhere = store_shared_a_at_target_and_b_from_elsewhere(
+        registry, empty_registry, images, store
+    )
     (store / "blobs" / "sha256" / a.digest.split(":")[1]).unlink()
 
     run = xfer("push", elsewhere, f"{empty_registry.host}/team-b/shared-b:1", store=store)
